@@ -1,0 +1,46 @@
+"""Base class shared by every criterion."""
+from __future__ import annotations
+
+import argparse
+from typing import ClassVar, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+
+class BaseCriterion(nn.Module):
+    """A loss on a batch of embeddings.
+
+    ``forward(embeddings, labels, num_real)`` receives the real rows of the batch first, followed
+    by any generated rows (DAS dense anchors); ``num_real`` says how many rows are real (``None``:
+    all of them). Criteria fill ``self.stats`` with detached 0-d tensors (never ``.item()``) such as
+    ``tuples`` and ``tuples_with_generated`` so the training loop can log, without a host sync on
+    every step, how much of the mined signal involves generated rows.
+
+    Class attributes declare how the criterion plugs in:
+    ``requires_miner``: whether a batch miner picks its tuples; ``accepted_miners``: the miner names
+    it works with (checked at start-up); ``requires_normalized``: whether it expects L2-normalized
+    embeddings.
+    """
+
+    requires_miner: ClassVar[bool] = False
+    accepted_miners: ClassVar[Tuple[str, ...]] = ()
+    requires_normalized: ClassVar[bool] = True
+    registry_name: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stats: Dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_options(cls, opt: argparse.Namespace, num_classes: int, miner=None) -> "BaseCriterion":
+        """Build the criterion from the parsed command line (each member reads its own options)."""
+        raise NotImplementedError
+
+    def param_groups(self) -> List[dict]:
+        """Optimizer parameter groups (with their own learning rates) for learnable parameters."""
+        return []
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                num_real: Optional[int] = None) -> torch.Tensor:
+        raise NotImplementedError

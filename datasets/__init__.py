@@ -1,0 +1,29 @@
+"""Datasets, selected with ``--dataset`` and read from ``--source``.
+
+Each member module registers a parser ``load(source) -> DatasetSplits`` for one published
+layout. :func:`load` adds the optional class-disjoint train/validation split.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from utilities.registry import Registry
+
+from ._base import DataError, DatasetSplits, ImageDataset, Split, TransformConfig, build_transform
+
+REGISTRY: Registry = Registry("dataset", "--dataset")
+REGISTRY.import_members(__name__, __path__)
+
+
+def load(name: str, source: Optional[str], use_tv_split: bool = False, tv_split_perc: float = 0.8,
+         tv_split_by_samples: bool = False, seed: int = 0,
+         folder_name: Optional[str] = None) -> DatasetSplits:
+    """Parse dataset ``name`` under ``source`` and optionally hold out validation classes."""
+    from ._split import split_train_validation
+
+    parser = REGISTRY.get(name)
+    splits = parser(source, folder_name=folder_name)
+    if use_tv_split:
+        splits = split_train_validation(splits, tv_split_perc, by_samples=tv_split_by_samples,
+                                        seed=seed)
+    return splits

@@ -1,0 +1,237 @@
+"""Command-line options of ``main.py``.
+
+Option names and defaults follow the Revisiting-DML codebase and the DAS paper's published
+scripts, so their command lines run unchanged. Options whose sensible default depends on the
+dataset (architecture, crop size, number of epochs, pretraining, Recall@K values) default to
+``None`` here and are filled in by :func:`resolve_dataset_defaults`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import List, Optional
+
+# Defaults per dataset for options left unset on the command line. The bundled ``digits`` set is
+# tiny (8x8 images), so it trains a small network from scratch at a small crop on a CPU.
+IMAGE_BENCHMARK_DEFAULTS = dict(
+    arch="resnet50_frozen_normalize", crop_size=224, n_epochs=150, pretrained=True
+)
+DATASET_DEFAULTS = {
+    "digits": dict(arch="resnet18_normalize", crop_size=32, n_epochs=12, pretrained=False, lr=1e-3),
+    "folder": dict(IMAGE_BENCHMARK_DEFAULTS),
+    "cub200": dict(IMAGE_BENCHMARK_DEFAULTS),
+    "cars196": dict(IMAGE_BENCHMARK_DEFAULTS),
+    "online_products": dict(IMAGE_BENCHMARK_DEFAULTS),
+    "in-shop": dict(IMAGE_BENCHMARK_DEFAULTS),
+}
+RECALL_KS = {"online_products": [1, 10, 100, 1000], "in-shop": [1, 10, 20, 30, 50]}
+DEFAULT_RECALL_KS = [1, 2, 4, 8]
+
+
+def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default="digits", type=str,
+                       help="Dataset name (see datasets/). Default: the bundled scikit-learn digits.")
+    group.add_argument("--source", "--source_path", dest="source", default=None, type=str,
+                       help="Folder holding <dataset>/ in its published layout (for `folder`: the "
+                            "class tree itself, or its parent when named by --folder_name).")
+    group.add_argument("--folder_name", default=None, type=str,
+                       help="For --dataset folder: subfolder of --source that holds the class tree.")
+    group.add_argument("--use_tv_split", action="store_true",
+                       help="Split the training classes into train and validation (class-disjoint).")
+    group.add_argument("--tv_split_by_samples", action="store_true",
+                       help="Split per class by samples instead of by classes.")
+    group.add_argument("--tv_split_perc", default=0.8, type=float,
+                       help="Share of the training classes (or samples) kept for training.")
+    group.add_argument("--augmentation", default="base", choices=["base", "adv", "big", "red"],
+                       help="base: RandomResizedCrop+flip; adv: + colour jitter; big: 256 crops; "
+                            "red: resize+random crop instead of RandomResizedCrop.")
+    group.add_argument("--crop_size", default=None, type=int,
+                       help="Training/test crop size (224 for image benchmarks, 32 for digits).")
+    group.add_argument("--kernels", default=6, type=int, help="DataLoader worker processes.")
+
+    group = parser.add_argument_group("batches")
+    group.add_argument("--data_sampler", default="class_random", type=str,
+                       help="Batch sampler (see datasampler/).")
+    group.add_argument("--samples_per_class", default=2, type=int,
+                       help="Images per class in a class_random batch.")
+    group.add_argument("--bs", default=112, type=int, help="Mini-batch size (real images).")
+
+    group = parser.add_argument_group("network")
+    group.add_argument("--arch", default=None, type=str,
+                       help="Backbone name plus option words: frozen, normalize, double; other "
+                            "words are a run label (e.g. resnet50_frozen_normalize).")
+    group.add_argument("--embed_dim", default=128, type=int, help="Embedding dimension.")
+    group.add_argument("--not_pretrained", action="store_true", help="Start from random weights.")
+    group.add_argument("--pretrained", action="store_true",
+                       help="Use ImageNet weights even where the dataset default is random init.")
+    group.add_argument("--pretrained_path", "--ckpt_path", dest="pretrained_path", default=None,
+                       type=str, help="Local backbone state dict to start from.")
+    group.add_argument("--compile", action="store_true", help="torch.compile the backbone (CUDA).")
+
+    group = parser.add_argument_group("optimisation")
+    group.add_argument("--optim", default="adam", choices=["adam", "sgd", "adamw"])
+    group.add_argument("--lr", default=None, type=float, help="Learning rate (default 1e-5).")
+    group.add_argument("--fc_lr", default=-1, type=float,
+                       help="Learning rate of the embedding layer; -1 uses --lr.")
+    group.add_argument("--decay", default=0.0004, type=float, help="Weight decay.")
+    group.add_argument("--n_epochs", default=None, type=int, help="Training epochs.")
+    group.add_argument("--scheduler", default="multistep", choices=["multistep"])
+    group.add_argument("--tau", default=[1000], nargs="+", type=int,
+                       help="Epochs at which the learning rate is multiplied by --gamma.")
+    group.add_argument("--gamma", default=0.3, type=float, help="Learning-rate decay factor.")
+    group.add_argument("--loss", default="multisimilarity", type=str, help="Criterion (see criteria/).")
+    group.add_argument("--batch_mining", default="distance", type=str,
+                       help="Batch miner for tuple-based criteria (see batchminer/).")
+    group.add_argument("--no_amp", action="store_true", help="Disable bf16 autocast on CUDA.")
+
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--evaluation_metrics", nargs="+", default=None, type=str,
+                       help="Metrics (see metrics/); default recall@K for the dataset's K, nmi, "
+                            "f1, map@r, r_precision.")
+    group.add_argument("--storage_metric", "--storage_metrics", dest="storage_metric",
+                       default="recall@1", type=str, nargs="?",
+                       help="Metric that selects checkpoint_best.pth.")
+    group.add_argument("--train_metrics", action="store_true",
+                       help="Also evaluate on the training split every epoch.")
+    group.add_argument("--no_train_metrics", action="store_true",
+                       help="Accepted for the paper's scripts; train metrics are off unless asked.")
+    group.add_argument("--evaluate_on_gpu", action="store_true",
+                       help="Accepted for compatibility: faiss-gpu is used whenever available.")
+    group.add_argument("--kmeans_iterations", default=20, type=int,
+                       help="k-means iterations for NMI/F1.")
+    group.add_argument("--eval_bs", default=None, type=int,
+                       help="Batch size for computing evaluation embeddings (default: --bs).")
+
+    group = parser.add_argument_group("setup")
+    group.add_argument("--seed", default=0, type=int, help="Seeds Python, NumPy and torch.")
+    group.add_argument("--gpu", default=[0], nargs="+", type=int, help="CUDA card to use.")
+    group.add_argument("--device", default=None, type=str,
+                       help="Force a torch device (cpu, cuda, cuda:1); default: CUDA when present.")
+    group.add_argument("--savename", default="", type=str, help="Run folder name.")
+    group.add_argument("--save_path", default="Training_Results", type=str,
+                       help="Parent folder of run folders.")
+    group.add_argument("--resume", default=None, type=str,
+                       help="Run folder to continue from its checkpoint_last.pth.")
+    group.add_argument("--log_every", default=20, type=int,
+                       help="Steps between per-step TensorBoard scalars (each one syncs once).")
+    return parser
+
+
+def loss_specific_parameters(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    group = parser.add_argument_group("criteria")
+    add = group.add_argument
+    add("--loss_contrastive_pos_margin", default=0, type=float)
+    add("--loss_contrastive_neg_margin", default=1, type=float)
+    add("--loss_triplet_margin", default=0.2, type=float)
+    add("--loss_margin_margin", default=0.2, type=float)
+    add("--loss_margin_beta_lr", default=0.0005, type=float)
+    add("--loss_margin_beta", default=1.2, type=float)
+    add("--loss_margin_nu", default=0, type=float)
+    add("--loss_margin_beta_constant", action="store_true")
+    add("--loss_proxynca_lrmulti", default=50, type=float)
+    add("--loss_proxyanchor_margin", default=0.1, type=float)
+    add("--loss_proxyanchor_alpha", default=32, type=float)
+    add("--loss_proxyanchor_lrmulti", default=100, type=float)
+    add("--loss_proxyanchor_decay", default=0.0, type=float)
+    add("--loss_npair_l2", default=0.005, type=float)
+    add("--loss_angular_alpha", default=45, type=float)
+    add("--loss_angular_npair_ang_weight", default=2, type=float)
+    add("--loss_angular_npair_l2", default=0.005, type=float)
+    add("--loss_multisimilarity_pos_weight", default=2, type=float)
+    add("--loss_multisimilarity_neg_weight", default=40, type=float)
+    add("--loss_multisimilarity_margin", default=0.1, type=float)
+    add("--loss_multisimilarity_thresh", default=0.5, type=float)
+    add("--loss_lifted_neg_margin", default=1, type=float)
+    add("--loss_lifted_l2", default=0.005, type=float)
+    add("--loss_quadruplet_margin_alpha_1", default=0.2, type=float)
+    add("--loss_quadruplet_margin_alpha_2", default=0.2, type=float)
+    add("--loss_softtriplet_n_centroids", default=2, type=int)
+    add("--loss_softtriplet_margin_delta", default=0.01, type=float)
+    add("--loss_softtriplet_gamma", default=0.1, type=float)
+    add("--loss_softtriplet_lambda", default=8, type=float)
+    add("--loss_softtriplet_reg_weight", default=0.2, type=float)
+    add("--loss_softtriplet_lrmulti", default=1, type=float)
+    add("--loss_softmax_lr", default=0.00001, type=float)
+    add("--loss_softmax_temperature", default=0.05, type=float)
+    add("--loss_histogram_nbins", default=65, type=int)
+    add("--loss_snr_margin", default=0.2, type=float)
+    add("--loss_snr_reg_lambda", default=0.005, type=float)
+    add("--loss_arcface_lr", default=0.0005, type=float)
+    add("--loss_arcface_angular_margin", default=0.5, type=float)
+    add("--loss_arcface_feature_scale", default=16, type=float)
+    add("--loss_adversarial_separation_weight", default=1500, type=float)
+    add("--loss_adversarial_separation_proj_dim", default=512, type=int)
+    add("--loss_adversarial_separation_lr", default=0.0005, type=float)
+    return parser
+
+
+def batchmining_specific_parameters(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    group = parser.add_argument_group("batch miners")
+    add = group.add_argument
+    add("--miner_distance_lower_cutoff", default=0.5, type=float)
+    add("--miner_distance_upper_cutoff", default=1.4, type=float)
+    add("--miner_rho_distance_lower_cutoff", default=0.5, type=float)
+    add("--miner_rho_distance_upper_cutoff", default=1.4, type=float)
+    add("--miner_rho_distance_cp", default=0.2, type=float)
+    add("--miner_semihard_margin", default=None, type=float,
+        help="Margin of the semihard window; default --loss_triplet_margin.")
+    return parser
+
+
+def das_parameters(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    group = parser.add_argument_group("DAS (densely-anchored sampling)")
+    add = group.add_argument
+    add("--embedding_producer_used", action="store_true",
+        help="Add generated embeddings (dense anchors) to every batch.")
+    add("--produce_type", default="DAS", type=str, help="Embedding producer; only DAS exists.")
+    add("--das_num_produce", default=3, type=int, help="Generated copies of the batch per step.")
+    add("--das_not_normalize", action="store_true", help="Do not L2-normalize generated rows.")
+    add("--das_dfs_num_scale", default=4, type=int, help="K: dimensions scaled by DFS.")
+    add("--das_dfs_scale_left", default=0.5, type=float, help="DFS scale factors from [left, right).")
+    add("--das_dfs_scale_right", default=2.0, type=float)
+    add("--das_mts_num_transformation_bank", default=10, type=int,
+        help="Q: differences kept per class by MTS.")
+    add("--das_mts_scale", default=0.01, type=float, help="Scale of the MTS shift.")
+    add("--detach", action="store_true", help="Generated rows carry no gradient.")
+    add("--aux_loss", action="store_true", help="Loss = L(real) + w * L(real + generated).")
+    add("--aux_loss_weight", default=1.0, type=float)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Deep metric learning with densely-anchored sampling (DAS).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    basic_training_parameters(parser)
+    loss_specific_parameters(parser)
+    batchmining_specific_parameters(parser)
+    das_parameters(parser)
+    return parser
+
+
+def resolve_dataset_defaults(opt: argparse.Namespace) -> argparse.Namespace:
+    """Fill options left unset with the dataset's defaults (see ``DATASET_DEFAULTS``)."""
+    defaults = DATASET_DEFAULTS.get(opt.dataset, IMAGE_BENCHMARK_DEFAULTS)
+    for key in ("arch", "crop_size", "n_epochs"):
+        if getattr(opt, key) is None:
+            setattr(opt, key, defaults[key])
+    if opt.lr is None:
+        opt.lr = defaults.get("lr", 1e-5)
+    if opt.not_pretrained and opt.pretrained:
+        raise SystemExit("error: --pretrained and --not_pretrained contradict each other")
+    opt.pretrained = (defaults["pretrained"] or opt.pretrained) and not opt.not_pretrained
+    if opt.evaluation_metrics is None:
+        ks = RECALL_KS.get(opt.dataset, DEFAULT_RECALL_KS)
+        opt.evaluation_metrics = [f"recall@{k}" for k in ks] + ["nmi", "f1", "map@r", "r_precision"]
+    if opt.eval_bs is None:
+        opt.eval_bs = opt.bs
+    if opt.miner_semihard_margin is None:
+        opt.miner_semihard_margin = opt.loss_triplet_margin
+    return opt
+
+
+def parse_options(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    opt = build_parser().parse_args(argv)
+    return resolve_dataset_defaults(opt)
