@@ -1,0 +1,63 @@
+"""Backbones, selected with ``--arch``.
+
+An arch name is a registered backbone followed by option words joined with ``_``:
+``frozen`` (frozen BatchNorm), ``normalize`` (L2-normalized embedding), ``double`` (average plus
+max pooling). Any other word is a run label, so the paper's names such as
+``bninception_double_frozen_normalize_multiSim_300epoch_200_250_embeddingProducer_DAS_numScale8``
+are accepted as they are. A new backbone is one file registering a builder
+``(pretrained, pretrained_path) -> Backbone``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import FrozenSet, Optional
+
+from utilities.registry import Registry, UnknownNameError
+
+from ._base import EmbeddingNetwork, PretrainedWeightsError
+
+REGISTRY: Registry = Registry("backbone", "--arch")
+REGISTRY.import_members(__name__, __path__)
+
+OPTION_WORDS = ("frozen", "normalize", "double")
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    backbone: str
+    words: FrozenSet[str]
+
+    @property
+    def frozen(self) -> bool:
+        return "frozen" in self.words
+
+    @property
+    def normalize(self) -> bool:
+        return "normalize" in self.words
+
+    @property
+    def double(self) -> bool:
+        return "double" in self.words
+
+
+def parse_arch(name: str) -> ArchSpec:
+    """Split an arch name into its backbone (longest registered prefix) and option words."""
+    candidates = [b for b in REGISTRY.names() if name == b or name.startswith(b + "_")]
+    if not candidates:
+        raise UnknownNameError(f"unknown backbone in --arch '{name}'; the name must start with one "
+                               f"of: {', '.join(REGISTRY.names())}")
+    backbone = max(candidates, key=len)
+    words = frozenset(w for w in name[len(backbone):].split("_") if w)
+    return ArchSpec(backbone, words)
+
+
+def select(name: str, embed_dim: int, pretrained: bool = True,
+           pretrained_path: Optional[str] = None) -> EmbeddingNetwork:
+    """Build the embedding network described by arch ``name``."""
+    spec = parse_arch(name)
+    backbone = REGISTRY.get(spec.backbone)(pretrained, pretrained_path)
+    return EmbeddingNetwork(backbone, embed_dim, normalize=spec.normalize, double_pool=spec.double,
+                            frozen_bn=spec.frozen, name=name)
+
+
+__all__ = ["select", "parse_arch", "EmbeddingNetwork", "PretrainedWeightsError", "REGISTRY"]

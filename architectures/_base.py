@@ -1,0 +1,141 @@
+"""The embedding network shared by every backbone: features -> pooling -> linear -> (L2 norm)."""
+from __future__ import annotations
+
+import os
+import urllib.error
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from datasets._base import TransformConfig
+
+
+class PretrainedWeightsError(RuntimeError):
+    """ImageNet weights are neither cached nor downloadable, or a --pretrained_path is unusable."""
+
+
+@dataclass
+class Backbone:
+    """What a backbone member returns: a feature extractor and how it wants its input."""
+
+    features: nn.Module  # (B, 3, H, W) -> (B, feature_dim, h, w)
+    feature_dim: int
+    mean: tuple = (0.485, 0.456, 0.406)
+    std: tuple = (0.229, 0.224, 0.225)
+    bgr_255: bool = False
+
+
+class EmbeddingNetwork(nn.Module):
+    """Backbone features, global pooling, a linear embedding layer, optional L2 normalization.
+
+    ``double_pool`` adds global max pooling to global average pooling (the "double" arch word of
+    the paper's scripts). ``frozen_bn`` keeps every BatchNorm layer in eval mode with fixed running
+    statistics and affine terms, which the DML literature uses because class-balanced batches of
+    2 images per class give poor batch statistics.
+    """
+
+    def __init__(self, backbone: Backbone, embed_dim: int, normalize: bool = True,
+                 double_pool: bool = False, frozen_bn: bool = False, name: str = "") -> None:
+        super().__init__()
+        self.name = name
+        self.features = backbone.features
+        self.last_linear = nn.Linear(backbone.feature_dim, embed_dim)
+        self.embed_dim = embed_dim
+        self.normalize = normalize
+        self.double_pool = double_pool
+        self.frozen_bn = frozen_bn
+        self.input_convention = dict(mean=tuple(backbone.mean), std=tuple(backbone.std),
+                                     bgr_255=backbone.bgr_255)
+        if frozen_bn:
+            for module in self.batchnorm_layers():
+                for parameter in module.parameters():
+                    parameter.requires_grad_(False)
+
+    def batchnorm_layers(self) -> Iterable[nn.Module]:
+        return (m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+    def train(self, mode: bool = True) -> "EmbeddingNetwork":
+        super().train(mode)
+        if self.frozen_bn:
+            for module in self.batchnorm_layers():
+                module.eval()
+        return self
+
+    def transform_config(self, crop_size: int, augmentation: str) -> TransformConfig:
+        return TransformConfig(crop_size=crop_size, augmentation=augmentation,
+                               **self.input_convention)
+
+    def embedding_parameters(self) -> Iterable[nn.Parameter]:
+        return self.last_linear.parameters()
+
+    def backbone_parameters(self) -> Iterable[nn.Parameter]:
+        return (p for p in self.features.parameters() if p.requires_grad)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        feature_map = self.features(images)
+        pooled = F.adaptive_avg_pool2d(feature_map, 1).flatten(1)
+        if self.double_pool:
+            pooled = pooled + F.adaptive_max_pool2d(feature_map, 1).flatten(1)
+        embeddings = self.last_linear(pooled)
+        if self.normalize:
+            embeddings = F.normalize(embeddings.float(), dim=-1)
+        return embeddings
+
+
+def hub_cache_file(url: str) -> str:
+    """Where torch.hub keeps the file of ``url`` (honours $TORCH_HOME)."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+
+
+def load_imagenet_state_dict(url: str, arch: str) -> Dict[str, torch.Tensor]:
+    """ImageNet weights from the torch hub cache, downloading them there when possible."""
+    cached = hub_cache_file(url)
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True,
+                                                  weights_only=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as error:
+        raise PretrainedWeightsError(
+            f"ImageNet weights for '{arch}' are not cached at '{cached}' and could not be "
+            f"downloaded from {url} ({error}). Download that file and place it at '{cached}' "
+            f"(or set $TORCH_HOME), pass --pretrained_path FILE, or train from random weights "
+            f"with --not_pretrained.") from None
+
+
+def load_state_dict_file(path: str, arch: str) -> Dict[str, torch.Tensor]:
+    """A local state dict for --pretrained_path, loaded without running code from the file."""
+    if not os.path.isfile(path):
+        raise PretrainedWeightsError(f"--pretrained_path '{path}' is not a file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise PretrainedWeightsError(
+            f"--pretrained_path '{path}' is not a loadable state dict for '{arch}': {error}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise PretrainedWeightsError(f"--pretrained_path '{path}' holds a {type(state).__name__}, "
+                                     f"expected a state dict")
+    return state
+
+
+def load_into(module: nn.Module, state: Dict[str, torch.Tensor], source: str, arch: str,
+              ignore_prefixes: tuple = ("fc.", "last_linear.", "aux1.", "aux2.")) -> None:
+    """Load ``state`` into the backbone model, ignoring its ImageNet classifier; stop with a
+    message when weights of the backbone are missing or mis-shaped."""
+    state = {k.removeprefix("module."): v for k, v in state.items()
+             if not k.removeprefix("module.").startswith(ignore_prefixes)}
+    own = module.state_dict()
+    missing = [k for k in own if k not in state and not k.startswith(ignore_prefixes)
+               and not k.endswith("num_batches_tracked")]
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if missing or mismatched:
+        detail = (f"missing {len(missing)} tensor(s), e.g. {missing[:3]}" if missing else
+                  f"shape mismatch for {mismatched[:3]}")
+        raise PretrainedWeightsError(f"weights from {source} do not fit backbone '{arch}': {detail}")
+    module.load_state_dict(state, strict=False)
+
+
+BackboneBuilder = Callable[[bool, Optional[str]], Backbone]

@@ -1,0 +1,37 @@
+"""BN-Inception (Ioffe & Szegedy 2015), the paper's Table 1 backbone, from Cadene's
+pretrainedmodels. Its ImageNet weights expect BGR input on a 0-255 scale with mean subtraction."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import REGISTRY
+from ._base import Backbone, load_imagenet_state_dict, load_into, load_state_dict_file
+
+
+class BNInceptionFeatures(nn.Module):
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network.features(images)
+
+
+@REGISTRY.register("bninception")
+def bninception(pretrained: bool, pretrained_path: Optional[str] = None) -> Backbone:
+    import pretrainedmodels
+
+    settings = pretrainedmodels.pretrained_settings["bninception"]["imagenet"]
+    network = pretrainedmodels.bninception(pretrained=None)
+    if pretrained_path:
+        load_into(network, load_state_dict_file(pretrained_path, "bninception"), pretrained_path,
+                  "bninception")
+    elif pretrained:
+        load_into(network, load_imagenet_state_dict(settings["url"], "bninception"),
+                  settings["url"], "bninception")
+    # The ImageNet settings give mean in 0-255 BGR and std 1: mean subtraction only.
+    return Backbone(features=BNInceptionFeatures(network), feature_dim=1024,
+                    mean=tuple(settings["mean"]), std=tuple(settings["std"]), bgr_255=True)

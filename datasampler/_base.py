@@ -1,0 +1,59 @@
+"""Base class of the batch samplers: deterministic per (seed, epoch) and resumable mid-epoch."""
+from __future__ import annotations
+
+from typing import Dict, Iterator, List
+
+import numpy as np
+from torch.utils.data import Sampler
+
+
+class BaseBatchSampler(Sampler[List[int]]):
+    """Yields lists of dataset indices, one list per batch.
+
+    The order of epoch ``e`` depends only on ``(seed, e)``, so a resumed run sees the same batches
+    as an uninterrupted one; ``state_dict()`` records the epoch and how many batches were served.
+    With ``world_size > 1`` every rank gets its own part of the same global batch.
+    """
+
+    registry_name = ""
+
+    def __init__(self, labels: np.ndarray, batch_size: int, samples_per_class: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"--bs must be a positive integer, got {batch_size}")
+        if batch_size % world_size:
+            raise ValueError(f"--bs {batch_size} must be divisible by the number of processes "
+                             f"({world_size})")
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.batch_size = batch_size
+        self.samples_per_class = samples_per_class
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.start_batch = 0  # batches of the current epoch already served (for resume)
+
+    def __len__(self) -> int:
+        return max(len(self.labels) // self.batch_size, 1) - self.start_batch
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.start_batch = 0
+        self.epoch = epoch
+
+    def state_dict(self) -> Dict[str, int]:
+        return {"epoch": self.epoch, "start_batch": self.start_batch}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        self.epoch, self.start_batch = int(state["epoch"]), int(state["start_batch"])
+
+    def global_batches(self, rng: np.random.Generator) -> List[np.ndarray]:
+        """All batches of one epoch, as index arrays of length batch_size."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[List[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        batches = self.global_batches(rng)
+        local = self.batch_size // self.world_size
+        for batch in batches[self.start_batch:]:
+            yield batch[self.rank * local:(self.rank + 1) * local].tolist()

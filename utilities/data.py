@@ -1,0 +1,46 @@
+"""DataLoader plumbing: per-image augmentation seeds that do not depend on worker count or
+worker lifetime, so that a seed fixes the augmentations and a resumed epoch repeats them."""
+from __future__ import annotations
+
+from typing import Iterator, List, Tuple
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from datasampler import BaseBatchSampler
+
+from .seeding import sample_seeds
+
+
+class SeededBatches(Sampler[List[Tuple[int, int]]]):
+    """Wraps a batch sampler: every index becomes ``(index, augmentation_seed)``."""
+
+    def __init__(self, batch_sampler: BaseBatchSampler, seed: int) -> None:
+        self.batch_sampler = batch_sampler
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        first = self.batch_sampler.start_batch
+        for number, batch in enumerate(self.batch_sampler, start=first):
+            seeds = sample_seeds(self.seed, self.batch_sampler.epoch, number, len(batch))
+            yield list(zip(batch, seeds))
+
+
+class SeededDataset(Dataset):
+    """Seeds torch's RNG with the item's own seed before loading it (random crops and flips of
+    torchvision transforms draw from torch's global RNG)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Tuple[int, int]):
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream untouched
+            torch.manual_seed(seed)
+            return self.dataset[index]
