@@ -1,0 +1,75 @@
+"""Batch samplers: class balance, determinism, resume position, rank shares, refusals."""
+import numpy as np
+import pytest
+
+import datasampler
+from utilities.registry import UnknownNameError
+
+
+def labels_of(counts):
+    return np.repeat(np.arange(len(counts)), counts)
+
+
+def test_class_random_batches_hold_distinct_classes_with_samples_per_class_each():
+    labels = labels_of([5] * 12)
+    sampler = datasampler.select("class_random", labels, batch_size=8, samples_per_class=2, seed=3)
+    batches = list(sampler)
+    assert len(batches) == len(labels) // 8 == len(sampler)
+    for batch in batches:
+        classes, counts = np.unique(labels[batch], return_counts=True)
+        assert len(classes) == 4 and set(counts) == {2}
+        assert len(set(batch)) == 8
+
+
+def test_batches_depend_only_on_seed_and_epoch():
+    labels = labels_of([4] * 10)
+    a = datasampler.select("class_random", labels, 8, 2, seed=1)
+    b = datasampler.select("class_random", labels, 8, 2, seed=1)
+    assert list(a) == list(b)
+    b.set_epoch(1)
+    assert list(a) != list(b)
+    c = datasampler.select("class_random", labels, 8, 2, seed=2)
+    assert list(a) != list(c)
+
+
+def test_resume_position_skips_served_batches():
+    labels = labels_of([4] * 10)
+    full = list(datasampler.select("random", labels, 8, 1, seed=0))
+    resumed = datasampler.select("random", labels, 8, 1, seed=0)
+    resumed.load_state_dict({"epoch": 0, "start_batch": 2})
+    assert list(resumed) == full[2:]
+    assert len(resumed) == len(full) - 2
+
+
+def test_ranks_split_the_same_global_batch_by_whole_classes():
+    labels = labels_of([3] * 16)
+    single = list(datasampler.select("class_random", labels, 8, 2, seed=5))
+    rank0 = list(datasampler.select("class_random", labels, 8, 2, seed=5, rank=0, world_size=2))
+    rank1 = list(datasampler.select("class_random", labels, 8, 2, seed=5, rank=1, world_size=2))
+    for whole, part0, part1 in zip(single, rank0, rank1):
+        assert part0 + part1 == whole
+        assert not set(labels[part0]) & set(labels[part1])
+
+
+def test_random_sampler_covers_each_index_at_most_once_per_epoch():
+    labels = labels_of([7] * 5)
+    batches = list(datasampler.select("random", labels, 10, 1, seed=0))
+    flat = [i for b in batches for i in b]
+    assert len(flat) == len(set(flat)) == 30
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(batch_size=9, samples_per_class=2), "--bs 9 is not divisible by --samples_per_class 2"),
+    (dict(batch_size=8, samples_per_class=4), "larger than training class 'c2', which has 3"),
+    (dict(batch_size=40, samples_per_class=2), "needs 20 distinct classes"),
+    (dict(batch_size=0, samples_per_class=2), "--bs must be a positive integer"),
+])
+def test_class_random_refuses_impossible_batches(kwargs, message):
+    labels = labels_of([5, 4, 3, 6])
+    with pytest.raises(ValueError, match=message):
+        datasampler.select("class_random", labels, class_names=["c0", "c1", "c2", "c3"], **kwargs)
+
+
+def test_unknown_sampler_lists_valid_names():
+    with pytest.raises(UnknownNameError, match="class_random, random"):
+        datasampler.select("balanced", np.zeros(4, dtype=int), 2, 1)
