@@ -25,8 +25,10 @@ class DataError(RuntimeError):
         super().__init__(message if self.MARKER in message else self.MARKER + message)
 
     def short_message(self) -> str:
+        """The original one-line message, also when PyTorch wrapped it in a worker traceback."""
         text = str(self)
-        return text[text.rfind(self.MARKER) + len(self.MARKER):].strip()
+        tail = text[text.rfind(self.MARKER) + len(self.MARKER):].strip()
+        return tail.splitlines()[0] if tail else tail
 
 
 ImageSource = Union[str, np.ndarray]  # a file path, or an in-memory HxW / HxWxC uint8 array
@@ -42,9 +44,15 @@ class Split:
     super_labels: Optional[np.ndarray] = None  # SOP super-classes
 
     def __post_init__(self) -> None:
-        self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
         if len(self.images) != len(self.labels):
             raise ValueError("images and labels differ in length")
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
+            raise ValueError(f"labels must lie in 0..{self.num_classes - 1} (one per class name)")
+        if self.super_labels is not None:
+            self.super_labels = np.asarray(self.super_labels, dtype=np.int64).reshape(-1)
+            if len(self.super_labels) != len(self.labels):
+                raise ValueError("super_labels and labels differ in length")
 
     @property
     def num_classes(self) -> int:
@@ -65,15 +73,38 @@ class DatasetSplits:
     validation: Optional[Split] = None
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# BN-Inception's ImageNet convention (pretrainedmodels' settings): BGR, 0-255, mean subtraction only.
+BGR_255_MEAN = (104.0, 117.0, 128.0)
+BGR_255_STD = (1.0, 1.0, 1.0)
+AUGMENTATIONS = ("base", "adv", "big", "red")
+
+
 @dataclass
 class TransformConfig:
-    """Input convention of a backbone plus the augmentation choice."""
+    """Input convention of a backbone plus the augmentation choice.
+
+    ``mean``/``std`` left as None take the convention's values: ImageNet's on a 0-1 RGB scale,
+    or BN-Inception's BGR 0-255 mean with std 1 when ``bgr_255`` is set.
+    """
 
     crop_size: int = 224
     augmentation: str = "base"
-    mean: Sequence[float] = (0.485, 0.456, 0.406)
-    std: Sequence[float] = (0.229, 0.224, 0.225)
+    mean: Optional[Sequence[float]] = None
+    std: Optional[Sequence[float]] = None
     bgr_255: bool = False  # BN-Inception: BGR channel order on a 0-255 scale
+
+    def __post_init__(self) -> None:
+        if self.mean is None:
+            self.mean = BGR_255_MEAN if self.bgr_255 else IMAGENET_MEAN
+        if self.std is None:
+            self.std = BGR_255_STD if self.bgr_255 else IMAGENET_STD
+        if self.crop_size <= 0:
+            raise ValueError(f"--crop_size must be a positive integer, got {self.crop_size}")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"--augmentation '{self.augmentation}' is not one of "
+                             f"{', '.join(AUGMENTATIONS)}")
 
 
 def _to_bgr_255(tensor: torch.Tensor) -> torch.Tensor:
@@ -107,15 +138,28 @@ def build_transform(config: TransformConfig, train: bool) -> Callable[[Image.Ima
     return transforms.Compose(steps)
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """3-channel RGB; grayscale, 1-bit and palette images are expanded, and transparent images
+    (RGBA, LA, palette with transparency) are composited on white rather than on whatever colour
+    their invisible pixels happen to hold."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def load_image(source: ImageSource) -> Image.Image:
-    """Open an image as 3-channel RGB; grayscale and palette images are converted."""
+    """Open an image as 3-channel RGB (see :func:`to_rgb`); a file that fails to decode raises
+    a DataError naming it."""
     if isinstance(source, np.ndarray):
-        return Image.fromarray(source).convert("RGB")
+        return to_rgb(Image.fromarray(source))
     try:
         with Image.open(source) as image:
-            return image.convert("RGB")
+            return to_rgb(image)
     except Exception as error:  # PIL raises many types for corrupt or truncated files
-        raise DataError(f"cannot decode image '{source}': {error}") from None
+        reason = " ".join(str(error).split()) or type(error).__name__  # keep the message one line
+        raise DataError(f"cannot decode image '{source}': {reason}") from None
 
 
 class ImageDataset(torch.utils.data.Dataset):

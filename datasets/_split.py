@@ -22,7 +22,8 @@ def split_train_validation(splits: DatasetSplits, train_share: float, by_samples
     By classes (default): the first ``train_share`` of the training classes, in label order,
     stay for training and the rest become a class-disjoint validation split, so that model
     selection never looks at the test classes. By samples: within every class the first
-    ``train_share`` of its images (after a seeded shuffle) train and the rest validate.
+    ``train_share`` of its images (after a seeded shuffle, at least one on each side) train and
+    the rest validate; both splits then keep every class and its label.
     """
     if not 0.0 < train_share < 1.0:
         raise DataError(f"--tv_split_perc must lie strictly between 0 and 1, got {train_share}")
@@ -30,12 +31,18 @@ def split_train_validation(splits: DatasetSplits, train_share: float, by_samples
     if by_samples:
         rng = np.random.default_rng(seed)
         keep, held = [], []
+        by_class = np.argsort(train.labels, kind="stable")  # one sort, not a scan per class
+        counts = np.bincount(train.labels, minlength=train.num_classes)
+        ends = np.cumsum(counts)
+        starts = ends - counts
         for c in range(train.num_classes):
-            members = rng.permutation(np.flatnonzero(train.labels == c))
-            n_keep = max(1, int(round(len(members) * train_share)))
-            if n_keep >= len(members):
-                raise DataError(f"class '{train.class_names[c]}' has {len(members)} image(s): too few "
-                                f"to split by samples with --tv_split_perc {train_share}")
+            members = rng.permutation(by_class[starts[c]:ends[c]])
+            if len(members) < 2:
+                raise DataError(f"class '{train.class_names[c]}' has {len(members)} image(s); "
+                                f"--tv_split_by_samples needs at least 2 per class")
+            # At least one image on each side, so that every class appears in both splits
+            # (SOP has many 2-image classes, which a plain rounding would keep whole).
+            n_keep = min(len(members) - 1, max(1, int(round(len(members) * train_share))))
             keep.append(members[:n_keep])
             held.append(members[n_keep:])
         classes = np.arange(train.num_classes)

@@ -1,0 +1,204 @@
+"""Helpers shared by the parsers of published layouts.
+
+Every check here runs at parse time, before training, and fails with one :class:`DataError`
+naming the path and what was expected: a missing folder or list file, a class folder without
+images, a listed image that is missing, empty or unreadable, a malformed list line, too few
+classes. Images are only decoded later, by :func:`datasets._base.load_image`.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from ._base import DataError, Split
+
+IMAGE_EXTENSIONS = tuple(sorted({ext.lower() for ext in IMG_EXTENSIONS}))
+MIN_CLASSES_PER_SPLIT = 2  # retrieval needs at least one other class to be meaningful
+
+# (relative class name, image paths of that class), in the published class order.
+ClassImages = Tuple[str, List[str]]
+
+
+def dataset_root(source: Optional[str], name: str, layout: str) -> str:
+    """``<source>/<name>``, checked to be a folder; ``layout`` describes what it should hold."""
+    if source is None:
+        raise DataError(f"--dataset {name} needs --source: the folder that holds {name}/ "
+                        f"({layout})")
+    source = os.path.abspath(os.path.expanduser(source))
+    require_dir(source, f"the --source folder holding {name}/ ({layout})")
+    root = os.path.join(source, name)
+    if not os.path.isdir(root):
+        hint = ""
+        if os.path.basename(source) == name:
+            hint = f"; --source names the dataset folder itself, pass its parent '{os.path.dirname(source)}'"
+        raise DataError(f"expected the {name} folder ({layout}) at '{root}', but it does not "
+                        f"exist{hint}")
+    return root
+
+
+def require_dir(path: str, what: str) -> str:
+    """Stop with a message naming ``path`` unless it is an existing folder."""
+    if not os.path.exists(path):
+        raise DataError(f"expected {what} at '{path}', but it does not exist")
+    if not os.path.isdir(path):
+        raise DataError(f"expected {what} at '{path}', but it is a file, not a folder")
+    return path
+
+
+def require_file(path: str, what: str) -> str:
+    """Stop with a message naming ``path`` unless it is an existing regular file."""
+    if not os.path.exists(path):
+        raise DataError(f"expected {what} at '{path}', but it does not exist")
+    if not os.path.isfile(path):
+        raise DataError(f"expected {what} at '{path}', but it is not a file")
+    return path
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def visible_entries(folder: str) -> List[os.DirEntry]:
+    """Entries of ``folder`` sorted by name, without hidden ones ('.DS_Store', macOS '._x.jpg'
+    resource forks, which carry image extensions but are not images) and '__MACOSX'."""
+    try:
+        with os.scandir(folder) as entries:
+            kept = [e for e in entries if not e.name.startswith(".") and e.name != "__MACOSX"]
+    except OSError as error:
+        raise DataError(f"cannot list folder '{folder}': {error.strerror}") from None
+    return sorted(kept, key=lambda entry: entry.name)
+
+
+def image_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be an image file (missing, not a file, empty, unreadable), or None.
+
+    Only metadata is checked, which stays fast on 120k-image lists; decoding happens at load time.
+    """
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as error:
+        return f"cannot be read ({error.strerror})"
+    if not stat.S_ISREG(status.st_mode):
+        return "is not a file"
+    if status.st_size == 0:
+        return "is empty (0 bytes)"
+    if not os.access(path, os.R_OK):
+        return "is not readable (permission denied)"
+    return None
+
+
+def class_images(folder: str) -> List[str]:
+    """Image files directly inside a class folder, sorted by name; each must be readable."""
+    paths = [e.path for e in visible_entries(folder) if is_image_name(e.name) and not e.is_dir()]
+    if not paths:
+        raise DataError(f"class folder '{folder}' holds no images; expected image files "
+                        f"({', '.join(IMAGE_EXTENSIONS)}) directly inside it")
+    for path in paths:
+        problem = image_problem(path)
+        if problem:
+            raise DataError(f"image '{path}' {problem}; expected a readable image file")
+    return paths
+
+
+def flat_class_folders(images_dir: str) -> List[ClassImages]:
+    """Classes = the subfolders of ``images_dir`` (CUB, CARS layout), sorted by folder name."""
+    classes = [(e.name, class_images(e.path)) for e in visible_entries(images_dir) if e.is_dir()]
+    if not classes:
+        raise DataError(f"folder '{images_dir}' holds no class folders; expected one subfolder "
+                        f"of images per class")
+    return classes
+
+
+def leaf_class_folders(tree: str) -> List[ClassImages]:
+    """Classes = the leaf folders of ``tree`` (nested too, e.g. alphabet/character), named by their
+    path relative to ``tree`` with '/' and sorted component by component."""
+    classes: List[ClassImages] = []
+
+    def visit(folder: str, parts: Tuple[str, ...], ancestors: Tuple[str, ...]) -> None:
+        entries = visible_entries(folder)
+        subfolders = [e for e in entries if e.is_dir()]
+        if not subfolders:
+            classes.append(("/".join(parts) or ".", class_images(folder)))
+            return
+        stray = [e.name for e in entries if not e.is_dir() and is_image_name(e.name)]
+        if stray:
+            raise DataError(f"folder '{folder}' holds both images (e.g. '{stray[0]}') and "
+                            f"subfolders; expected images only in leaf folders, one per class")
+        for entry in subfolders:
+            real = os.path.realpath(entry.path)
+            if real in ancestors:
+                raise DataError(f"folder '{entry.path}' links back to its parent '{real}'; "
+                                f"expected a tree without symlink loops")
+            visit(entry.path, parts + (entry.name,), ancestors + (real,))
+
+    visit(tree, (), (os.path.realpath(tree),))
+    return classes
+
+
+def require_classes(count: int, minimum: int, where: str, what: str) -> None:
+    if count < minimum:
+        raise DataError(f"found {count} {what} in '{where}'; expected at least {minimum}")
+
+
+def halve_classes(classes: Sequence[ClassImages], where: str) -> Tuple[List[ClassImages],
+                                                                      List[ClassImages]]:
+    """First half of the sorted classes train (the larger half for an odd count), rest test."""
+    require_classes(len(classes), 2 * MIN_CLASSES_PER_SPLIT, where,
+                    f"class folder(s) (half train, half test)")
+    n_train = (len(classes) + 1) // 2
+    return list(classes[:n_train]), list(classes[n_train:])
+
+
+def split_from_classes(classes: Sequence[ClassImages]) -> Split:
+    """A Split with labels 0..len(classes)-1 in the given class order."""
+    images: List[str] = []
+    labels: List[int] = []
+    for label, (_, paths) in enumerate(classes):
+        images += paths
+        labels += [label] * len(paths)
+    return Split(images, np.asarray(labels, dtype=np.int64), [name for name, _ in classes])
+
+
+def read_list_file(path: str) -> List[Tuple[int, List[str]]]:
+    """Non-blank lines of a whitespace-separated list file as (1-based line number, fields)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"list file '{path}' is not UTF-8 text; expected the published text "
+                        f"file") from None
+    except OSError as error:
+        raise DataError(f"cannot read list file '{path}': {error.strerror}") from None
+    return [(number, line.split()) for number, line in enumerate(lines, start=1) if line.strip()]
+
+
+def check_listed_images(paths: Sequence[str], line_numbers: Sequence[int], list_file: str,
+                        images_dir: str) -> None:
+    """Every image a list file names must be a readable file; one message for all problems."""
+    problems = [(path, number, problem) for path, number in zip(paths, line_numbers)
+                for problem in [image_problem(path)] if problem]
+    if problems:
+        path, number, problem = problems[0]
+        more = (f"; {len(problems) - 1} more of the {len(paths)} listed images are missing or "
+                f"unreadable" if len(problems) > 1 else "")
+        raise DataError(f"image '{path}' listed in '{list_file}' line {number} {problem}; "
+                        f"expected the listed images under '{images_dir}'{more}")
+
+
+def parse_int(text: str, list_file: str, number: int, column: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise DataError(f"'{list_file}' line {number}: {column} '{text}' is not an integer") from None
+
+
+def dense_labels(keys: Iterable) -> Tuple[np.ndarray, List]:
+    """Map published ids to 0..n-1 in sorted id order; returns (labels, sorted unique ids)."""
+    unique, labels = np.unique(np.asarray(list(keys)), return_inverse=True)
+    return labels.astype(np.int64).reshape(-1), unique.tolist()

@@ -1,0 +1,52 @@
+"""Any image tree whose leaf folders are classes, e.g. ``<alphabet>/<character>/*.png``.
+
+The tree is ``--source`` itself, or ``<source>/<folder_name>`` with ``--folder_name``. Classes
+are named by their path relative to the tree and sorted component by component; the first half
+train (the larger half for an odd count) and the rest test, the CUB/CARS convention. When the
+tree holds ``train/`` and ``test/`` subfolders, each is read as its own class tree instead.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from . import REGISTRY
+from ._base import DataError, DatasetSplits
+from ._layout import (MIN_CLASSES_PER_SPLIT, halve_classes, leaf_class_folders, require_classes,
+                      require_dir, split_from_classes, visible_entries)
+
+LAYOUT = "one leaf folder of images per class, or train/ and test/ class trees"
+EXPLICIT = ("train", "test")
+
+
+@REGISTRY.register("folder")
+def load_folder(source: Optional[str], folder_name: Optional[str] = None) -> DatasetSplits:
+    if source is None:
+        raise DataError(f"--dataset folder needs --source: the image tree ({LAYOUT}), or its "
+                        f"parent with --folder_name")
+    source = os.path.abspath(os.path.expanduser(source))
+    if folder_name:
+        require_dir(source, f"the --source folder holding '{folder_name}/'")
+        tree = require_dir(os.path.join(source, folder_name),
+                           f"the image tree named by --folder_name ({LAYOUT})")
+    else:
+        tree = require_dir(source, f"the image tree ({LAYOUT})")
+
+    top = [e.name for e in visible_entries(tree) if e.is_dir()]
+    if any(name in EXPLICIT for name in top):
+        missing = [name for name in EXPLICIT if name not in top]
+        if missing:
+            raise DataError(f"'{tree}' holds {'/'.join(n for n in EXPLICIT if n in top)}/ but no "
+                            f"{missing[0]}/; expected both train/ and test/ class trees, or a "
+                            f"tree of class folders without them")
+        extra = [name for name in top if name not in EXPLICIT]
+        if extra:
+            raise DataError(f"'{tree}' holds train/ and test/ and also '{extra[0]}/'; expected "
+                            f"only train/ and test/ (use --use_tv_split for a validation split)")
+        train, test = (leaf_class_folders(os.path.join(tree, name)) for name in EXPLICIT)
+        for name, classes in zip(EXPLICIT, (train, test)):
+            require_classes(len(classes), MIN_CLASSES_PER_SPLIT, os.path.join(tree, name),
+                            "class folder(s)")
+    else:
+        train, test = halve_classes(leaf_class_folders(tree), tree)
+    return DatasetSplits("folder", split_from_classes(train), {"test": split_from_classes(test)})

@@ -1,0 +1,89 @@
+"""In-Shop Clothes Retrieval (DeepFashion, Liu et al. 2016) as published:
+``<source>/in-shop/img/...`` plus ``<source>/in-shop/Eval/list_eval_partition.txt``.
+
+The partition file's first line is the number of images, its second the column names
+``image_name item_id evaluation_status``; every further line is one image (``image_name``
+relative to ``in-shop/``, e.g. ``img/WOMEN/Dresses/id_00000002/02_1_front.jpg``) with status
+train, query or gallery. Every row is kept and the count line must match them (the paper's
+published loader drops the first row, and its evaluation then crashes).
+
+Train: 3,997 items / 25,882 images. Evaluation ``{'test': (query, gallery)}``: 14,218 query and
+12,612 gallery images; each query is searched among the gallery only. Query and gallery share
+one label space (the test items sorted by item_id), so a query's label equals the label of its
+item's gallery images.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from . import REGISTRY
+from ._base import DataError, DatasetSplits, Split
+from ._layout import (MIN_CLASSES_PER_SPLIT, check_listed_images, dataset_root, dense_labels,
+                      read_list_file, require_classes, require_dir, require_file)
+
+LAYOUT = "img/... plus Eval/list_eval_partition.txt"
+HEADER = ["image_name", "item_id", "evaluation_status"]
+STATUSES = ("train", "query", "gallery")
+
+
+def _read_partition(list_file: str, root: str) -> Dict[str, Dict[str, List]]:
+    """Rows per status: image paths, item ids and line numbers, checked against the count line."""
+    rows = read_list_file(list_file)
+    if not rows or len(rows[0][1]) != 1 or not rows[0][1][0].isdigit():
+        found = " ".join(rows[0][1]) if rows else "nothing"
+        raise DataError(f"'{list_file}' line {rows[0][0] if rows else 1}: expected the image "
+                        f"count (a single integer), found '{found}'")
+    count = int(rows[0][1][0])
+    if len(rows) < 2 or rows[1][1] != HEADER:
+        found = " ".join(rows[1][1]) if len(rows) > 1 else "nothing"
+        raise DataError(f"'{list_file}' line {rows[1][0] if len(rows) > 1 else 2}: expected the "
+                        f"column names '{' '.join(HEADER)}', found '{found}'")
+    parts: Dict[str, Dict[str, List]] = {s: {"paths": [], "items": [], "lines": []} for s in STATUSES}
+    for number, fields in rows[2:]:
+        if len(fields) != len(HEADER):
+            raise DataError(f"'{list_file}' line {number}: expected {len(HEADER)} fields "
+                            f"({' '.join(HEADER)}), found {len(fields)}: '{' '.join(fields)}'")
+        name, item, status = fields
+        if status not in parts:
+            raise DataError(f"'{list_file}' line {number}: evaluation_status '{status}' is not "
+                            f"one of {', '.join(STATUSES)}")
+        parts[status]["paths"].append(os.path.join(root, name))
+        parts[status]["items"].append(item)
+        parts[status]["lines"].append(number)
+    if count != len(rows) - 2:
+        raise DataError(f"'{list_file}' line {rows[0][0]} announces {count} images but "
+                        f"{len(rows) - 2} rows follow the column names; expected them to agree "
+                        f"(a truncated or edited file?)")
+    for status in STATUSES:
+        check_listed_images(parts[status]["paths"], parts[status]["lines"], list_file,
+                            os.path.join(root, "img"))
+    return parts
+
+
+@REGISTRY.register("in-shop")
+def load_in_shop(source: Optional[str], folder_name: Optional[str] = None) -> DatasetSplits:
+    root = dataset_root(source, "in-shop", LAYOUT)
+    require_dir(os.path.join(root, "img"), "the In-Shop images folder img/")
+    list_file = require_file(os.path.join(root, "Eval", "list_eval_partition.txt"),
+                             "the In-Shop partition file (count line, column names "
+                             f"'{' '.join(HEADER)}', then one row per image)")
+    parts = _read_partition(list_file, root)
+
+    train_labels, train_items = dense_labels(parts["train"]["items"])
+    require_classes(len(train_items), MIN_CLASSES_PER_SPLIT, list_file, "train item(s)")
+    train = Split(parts["train"]["paths"], train_labels, train_items)
+
+    query, gallery = parts["query"], parts["gallery"]
+    for status in ("query", "gallery"):
+        if not parts[status]["paths"]:
+            raise DataError(f"'{list_file}' lists no {status} images; expected query and "
+                            f"gallery rows for evaluation")
+    test_labels, test_items = dense_labels(query["items"] + gallery["items"])
+    require_classes(len(test_items), MIN_CLASSES_PER_SPLIT, list_file, "query/gallery item(s)")
+    n_query = len(query["items"])
+    query_split = Split(query["paths"], test_labels[:n_query], test_items)
+    gallery_split = Split(gallery["paths"], test_labels[n_query:], list(test_items))
+    return DatasetSplits("in-shop", train, {"test": (query_split, gallery_split)})

@@ -1,0 +1,50 @@
+"""Shared fixtures.
+
+``omniglot_root``: the real Omniglot "background small 1" data (see the README next to the zip),
+unzipped once per test session into a temporary folder. It returns the folder that holds
+``images_background_small1/`` (136 classes ``<alphabet>/<characterNN>/``, 20 PNGs each), so
+``--dataset folder --source <omniglot_root> --folder_name images_background_small1`` reads it.
+Tests using it are skipped, with the reason, when the zip is absent.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import List
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+OMNIGLOT_ZIP_NAME = "images_background_small1.zip"
+OMNIGLOT_TREE_NAME = "images_background_small1"
+OMNIGLOT_CLASSES = 136
+OMNIGLOT_IMAGES = 2720
+
+
+def omniglot_zip_candidates() -> List[Path]:
+    """Where the shared data may lie: $OMNIGLOT_ZIP, then shared/ beside or inside the checkout."""
+    candidates = []
+    if os.environ.get("OMNIGLOT_ZIP"):
+        candidates.append(Path(os.environ["OMNIGLOT_ZIP"]))
+    for shared in (REPO_ROOT.parent / "shared", REPO_ROOT / "shared"):
+        candidates.append(shared / "data" / "omniglot" / OMNIGLOT_ZIP_NAME)
+    return candidates
+
+
+@pytest.fixture(scope="session")
+def omniglot_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder holding the unzipped ``images_background_small1/`` (unzipped once per session)."""
+    archive = next((path for path in omniglot_zip_candidates() if path.is_file()), None)
+    if archive is None:
+        pytest.skip("Omniglot data absent: expected " + " or ".join(
+            str(path) for path in omniglot_zip_candidates()))
+    root = tmp_path_factory.mktemp("omniglot")
+    with zipfile.ZipFile(archive) as bundle:
+        bundle.extractall(root)  # extractall drops absolute and '..' member paths
+    tree = root / OMNIGLOT_TREE_NAME
+    pngs = sum(1 for _ in tree.rglob("*.png")) if tree.is_dir() else 0
+    if pngs != OMNIGLOT_IMAGES:
+        pytest.fail(f"{archive} unzipped to {pngs} PNG files under {tree}; expected "
+                    f"{OMNIGLOT_IMAGES} (is the zip damaged?)")
+    return root
