@@ -1,0 +1,64 @@
+"""``distance``: distance-weighted sampling (Wu et al. 2017, "Sampling matters in deep embedding
+learning")."""
+from __future__ import annotations
+
+import argparse
+from typing import Optional
+
+import torch
+
+from . import REGISTRY
+from ._base import BaseMiner
+from ._functional import (detached_distances, inverse_sphere_log_density, label_masks,
+                          random_choice, stack_triplets, weighted_choice)
+
+
+def distance_weighted_log_weights(distances: torch.Tensor, negatives: torch.Tensor, dim: int,
+                                  lower_cutoff: float, upper_cutoff: float) -> torch.Tensor:
+    """Log sampling weights of every negative: 1/q(d) with d clipped to [lower, upper].
+
+    The lower clip keeps the hardest negatives from dominating (their gradients are noisy); the
+    upper clip bounds the weight of far negatives, whose 1/q grows again towards d = 2. Rows are
+    shifted by their maximum; non-negatives are ``-inf``.
+    """
+    clipped = distances.clamp(min=lower_cutoff, max=upper_cutoff)
+    log_weights = inverse_sphere_log_density(clipped, dim).masked_fill(~negatives, float("-inf"))
+    row_max = log_weights.amax(dim=1, keepdim=True)
+    return log_weights - torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+
+
+@REGISTRY.register("distance")
+class DistanceMiner(BaseMiner):
+    """One triplet per anchor: a uniformly random positive and a negative drawn with probability
+    proportional to 1/q(d(a, n)), q the density of pairwise distances of uniform points on the
+    unit hypersphere of the embedding dimension (embeddings are expected L2-normalized), with d
+    clipped to ``[lower_cutoff, upper_cutoff]``.
+
+    Returns a ``(T, 3)`` LongTensor of (anchor, positive, negative); anchors without a positive or
+    a negative are skipped. ``stats['negative_distance']``: mean d(a, n) of the chosen negatives.
+    """
+
+    def __init__(self, lower_cutoff: float = 0.5, upper_cutoff: float = 1.4) -> None:
+        super().__init__()
+        if not lower_cutoff < upper_cutoff:
+            raise ValueError(f"distance miner: lower cutoff {lower_cutoff} must be below the "
+                             f"upper cutoff {upper_cutoff}")
+        self.lower_cutoff = lower_cutoff
+        self.upper_cutoff = upper_cutoff
+
+    @classmethod
+    def from_options(cls, opt: argparse.Namespace) -> "DistanceMiner":
+        return cls(opt.miner_distance_lower_cutoff, opt.miner_distance_upper_cutoff)
+
+    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                 distances: Optional[torch.Tensor] = None) -> torch.Tensor:
+        distances = detached_distances(embeddings, distances)
+        positives, negatives = label_masks(labels)
+        log_weights = distance_weighted_log_weights(distances, negatives, embeddings.shape[1],
+                                                    self.lower_cutoff, self.upper_cutoff)
+        negative, has_negative = weighted_choice(log_weights)
+        positive, has_positive = random_choice(positives)
+        triplets = stack_triplets(has_positive & has_negative, positive, negative)
+        chosen = distances[triplets[:, 0], triplets[:, 2]]
+        self.stats = {"negative_distance": (chosen.sum() / max(len(chosen), 1)).detach()}
+        return triplets

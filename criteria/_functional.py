@@ -1,0 +1,70 @@
+"""Helpers shared by the criteria: dtype handling, masked log-sum-exp, tuple statistics."""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+
+from batchminer._functional import label_masks, pairwise_distances  # noqa: F401 (re-exported)
+
+
+def as_float(embeddings: torch.Tensor) -> torch.Tensor:
+    """Losses are computed in float32 even when the model ran under bf16/fp16 autocast."""
+    return embeddings.float() if embeddings.dtype != torch.float64 else embeddings
+
+
+def generated_rows(batch_size: int, num_real: Optional[int], device: torch.device) -> torch.Tensor:
+    """Bool vector flagging the generated rows (DAS appends them after the ``num_real`` real ones)."""
+    if num_real is None:
+        num_real = batch_size
+    return torch.arange(batch_size, device=device) >= num_real
+
+
+def tuple_stats(tuples: torch.Tensor, num_real: Optional[int]) -> Dict[str, torch.Tensor]:
+    """``tuples``/``tuples_with_generated`` for an index tensor of shape (T, k), without host sync."""
+    if num_real is None:
+        with_generated = torch.zeros((), dtype=torch.long, device=tuples.device)
+    else:
+        with_generated = (tuples >= num_real).any(dim=1).sum()
+    return {"tuples": torch.full((), tuples.shape[0], dtype=torch.long, device=tuples.device),
+            "tuples_with_generated": with_generated.detach()}
+
+
+def pair_stats(pairs: torch.Tensor, num_real: Optional[int]) -> Dict[str, torch.Tensor]:
+    """``tuples``/``tuples_with_generated`` for a (B x B) bool mask of used pairs (row, column)."""
+    generated = generated_rows(pairs.shape[0], num_real, pairs.device)
+    involves_generated = generated[:, None] | generated[None, :]
+    return {"tuples": pairs.sum().detach(),
+            "tuples_with_generated": (pairs & involves_generated).sum().detach()}
+
+
+def masked_log1p_sum_exp(values: torch.Tensor, mask: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """``log(1 + sum_{mask} exp(values))`` along ``dim``, stable, 0 (with zero gradient) where the
+    mask is empty."""
+    values = values.masked_fill(~mask, float("-inf"))
+    shift = values.detach().amax(dim=dim, keepdim=True).clamp_min(0.0)
+    total = torch.exp(values - shift).sum(dim=dim, keepdim=True) + torch.exp(-shift)
+    return (shift + torch.log(total)).squeeze(dim)
+
+
+def masked_log_sum_exp(values: torch.Tensor, mask: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """``log(sum_{mask} exp(values))`` along ``dim``, stable; 0 where the mask is empty (callers
+    drop those rows), with finite gradients everywhere."""
+    values = values.masked_fill(~mask, float("-inf"))
+    nonempty = mask.any(dim=dim, keepdim=True)
+    shift = values.detach().amax(dim=dim, keepdim=True)
+    shift = torch.where(nonempty, shift, torch.zeros_like(shift))
+    total = torch.exp(values - shift).sum(dim=dim, keepdim=True)
+    total = torch.where(nonempty, total, torch.ones_like(total))
+    return (shift + torch.log(total)).squeeze(dim)
+
+
+def mean_over(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``keep``; 0 (still attached to the graph) when nothing is kept."""
+    kept = torch.where(keep, values, torch.zeros_like(values))
+    return kept.sum() / keep.sum().clamp_min(1)
+
+
+# Miners that return (T, 3) (anchor, positive, negative) index tensors.
+TRIPLET_MINERS = ("random", "semihard", "softhard", "distance", "rho_distance", "parametric",
+                  "intra_random", "random_distance")
