@@ -1,11 +1,13 @@
 """Dataset parsers against tiny trees in each publisher's layout, bad input, and real Omniglot."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import datasets
@@ -282,6 +284,15 @@ def test_empty_image_file_is_refused_at_parse_time(tmp_path):
                     "expected a readable image file")
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="file permissions do not bind root")
+def test_unreadable_image_is_refused_at_parse_time(tmp_path):
+    make_cars(tmp_path)
+    locked = tmp_path / "cars196" / "images" / "Audi R8 Coupe 2012" / "img_00.jpg"
+    locked.chmod(0)
+    assert_mentions(parse_error("cars196", tmp_path), f"'{locked}'", "not readable")
+
+
 def test_sop_missing_info_file(tmp_path):
     make_sop(tmp_path)
     info = tmp_path / "online_products" / "Info_Files" / "Ebay_test.txt"
@@ -362,6 +373,13 @@ def test_folder_bad_trees(tmp_path):
                     f"'{tmp_path / 'absent'}'", "--folder_name", "does not exist")
 
 
+def test_folder_symlink_loop(tmp_path):
+    tree = make_nested(tmp_path / "tree")
+    loop = tree / "Greek" / "loop"
+    loop.symlink_to(tree, target_is_directory=True)
+    assert_mentions(parse_error("folder", tree), f"'{loop}'", "links back", "without symlink loops")
+
+
 def test_folder_train_without_test_or_with_extra_folder(tmp_path):
     make_class_tree(tmp_path / "train", {"a": 2, "b": 2})
     assert_mentions(parse_error("folder", tmp_path), f"'{tmp_path}'", "no test/",
@@ -395,3 +413,10 @@ def test_omniglot_folder_gives_68_nested_classes_per_split(omniglot_root):
     # The same tree named directly by --source.
     direct = datasets.load("folder", str(omniglot_root / "images_background_small1"))
     assert direct.train.images == train.images
+    # Its 1-bit PNGs load as 3-channel tensors with ink on a white page.
+    loader = datasets.ImageDataset(test, datasets.build_transform(
+        datasets.TransformConfig(crop_size=28, mean=(0, 0, 0), std=(1, 1, 1)), train=False))
+    image, label, _ = loader[len(test) - 1]
+    assert image.shape == (3, 28, 28) and label == 67
+    assert image.max() == 1.0 and image.min() < 0.5
+    assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
