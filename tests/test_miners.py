@@ -17,6 +17,15 @@ TRIPLET_MINERS = ["random", "semihard", "softhard", "distance", "rho_distance", 
                   "random_distance"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny tensors: one intra-op thread avoids thread contention on the shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def opt():
     return parse_options([])
@@ -57,7 +66,8 @@ def test_triplet_miners_shape_range_device(name, opt):
     assert triplets.min() >= 0 and triplets.max() < len(labels)
     assert triplets.device == embeddings.device
     anchors, positives, negatives = triplets.unbind(1)
-    assert torch.all(anchors != positives)
+    if name != "rho_distance":  # rho rows are (a, a, p) on purpose, tested below
+        assert torch.all(anchors != positives)
     assert torch.all(labels[anchors] == labels[positives])
 
 
@@ -172,7 +182,142 @@ def test_random_miner_covers_valid_triplets(opt):
     assert all(labels[a] == labels[p] != labels[n] for a, p, n in seen)
 
 
+def test_softhard_picks_hard_pairs_when_they_exist(opt):
+    torch.manual_seed(0)
+    embeddings, labels = make_batch(num_classes=6, per_class=4, dim=6)
+    miner = batchminer.select("softhard", opt)
+    triplets = miner(embeddings, labels)
+    assert len(triplets) == len(labels)
+    distances = distances_of(embeddings)
+    a, p, n = triplets.unbind(1)
+    same = labels[:, None] == labels[None, :]
+    farthest_positive = distances.masked_fill(~same | torch.eye(len(labels), dtype=torch.bool),
+                                              -1).max(1).values
+    closest_negative = distances.masked_fill(same, 9).min(1).values
+    has_hard_negative = ((distances < farthest_positive[:, None]) & ~same).any(1)[a]
+    has_hard_positive = ((distances > closest_negative[:, None]) & same).any(1)[a]
+    assert has_hard_negative.any() and has_hard_positive.any()
+    assert torch.all(distances[a, n][has_hard_negative] < farthest_positive[a][has_hard_negative])
+    assert torch.all(distances[a, p][has_hard_positive] > closest_negative[a][has_hard_positive])
+
+
+def test_rho_distance_pushes_positives_with_probability_cp(opt):
+    embeddings, labels = make_batch(num_classes=10, per_class=4, dim=16)
+    miner = batchminer.select("rho_distance", opt)
+    assert miner.push_probability == 0.2
+    torch.manual_seed(0)
+    pushed = total = 0
+    for _ in range(50):
+        triplets = miner(embeddings, labels)
+        a, p, n = triplets.unbind(1)
+        push = a == p
+        assert torch.all(labels[n[push]] == labels[a[push]]) and torch.all(n[push] != a[push])
+        assert torch.all(labels[n[~push]] != labels[a[~push]])
+        pushed += int(push.sum())
+        total += len(triplets)
+    assert abs(pushed / total - 0.2) < 0.03
+    miner.push_probability = 0.0
+    triplets = miner(embeddings, labels)
+    assert torch.all(triplets[:, 0] != triplets[:, 1])
+
+
+def test_rho_distance_rejects_a_bad_probability():
+    from batchminer.rho_distance import RhoDistanceMiner
+    with pytest.raises(ValueError, match="--miner_rho_distance_cp"):
+        RhoDistanceMiner(push_probability=1.5)
+
+
+def test_random_distance_negatives_are_uniform(opt):
+    from scipy.stats import chisquare
+    embeddings, labels = make_batch(num_classes=5, per_class=2, dim=4, seed=2)
+    miner = batchminer.select("random_distance", opt)
+    torch.manual_seed(0)
+    counts = np.zeros(len(labels))
+    for _ in range(1600):
+        counts[int(miner(embeddings, labels)[0, 2])] += 1
+    assert counts[:2].sum() == 0
+    assert chisquare(counts[2:]).pvalue > 1e-3
+
+
+def test_parametric_matches_its_target_over_bins(opt):
+    """Uniform target: each non-empty distance bin of an anchor is drawn equally often, although
+    the batch's own distances crowd around sqrt(2)."""
+    from batchminer.parametric import ParametricMiner
+    embeddings, labels = make_batch(num_classes=40, per_class=2, dim=3, seed=4)
+    miner = ParametricMiner("uniform", num_bins=4, support=(0.0, 2.0))
+    distances = distances_of(embeddings)[0]
+    negatives = labels != labels[0]
+    bins = miner.bin_of(distances)[negatives]
+    occupied = torch.unique(bins)
+    assert len(occupied) >= 3
+    torch.manual_seed(0)
+    drawn = torch.stack([miner(embeddings, labels)[0, 2] for _ in range(1200)])
+    drawn_bins = miner.bin_of(distances[drawn])
+    shares = torch.stack([(drawn_bins == b).float().mean() for b in occupied])
+    assert torch.all((shares - 1 / len(occupied)).abs() < 0.06), shares
+    with pytest.raises(ValueError, match="unknown mode 'nope'"):
+        ParametricMiner("nope")
+
+
+def test_parametric_hard_target_prefers_close_negatives(opt):
+    from batchminer.parametric import ParametricMiner
+    embeddings, labels = make_batch(num_classes=20, per_class=2, dim=4, seed=6)
+    distances = distances_of(embeddings)
+    torch.manual_seed(0)
+    mean_distance = {}
+    for mode in ["uniform", "veryhards"]:
+        miner = ParametricMiner(mode)
+        triplets = torch.cat([miner(embeddings, labels) for _ in range(20)])
+        mean_distance[mode] = distances[triplets[:, 0], triplets[:, 2]].mean()
+    assert mean_distance["veryhards"] < mean_distance["uniform"] - 0.2
+
+
+def test_intra_random_stays_inside_the_class(opt):
+    embeddings, labels = make_batch(num_classes=4, per_class=3)
+    torch.manual_seed(0)
+    triplets = batchminer.select("intra_random", opt)(embeddings, labels)
+    a, p, n = triplets.unbind(1)
+    assert len(triplets) == len(labels)
+    assert torch.all(labels[a] == labels[p]) and torch.all(labels[a] == labels[n])
+    assert torch.all(a != p) and torch.all(a != n)
+
+
+def test_npair_has_exactly_one_positive_per_anchor(opt):
+    torch.manual_seed(0)
+    embeddings, labels = make_batch(num_classes=5, per_class=3, generated_copies=1)
+    labels = torch.cat([labels, torch.tensor([99])])  # a row without any positive
+    embeddings = torch.cat([embeddings, embeddings[:1]])
+    anchors, positives, negatives = batchminer.select("npair", opt)(embeddings, labels)
+    assert anchors.shape == positives.shape and anchors.dim() == 1
+    assert negatives.shape == (len(anchors), len(labels)) and negatives.dtype == torch.bool
+    assert torch.equal(anchors, torch.arange(len(labels) - 1))
+    assert torch.all(labels[positives] == labels[anchors]) and torch.all(positives != anchors)
+    assert torch.equal(negatives, labels[anchors][:, None] != labels[None, :])
+
+
+def test_lifted_masks_hold_all_positives_and_negatives(opt):
+    embeddings, labels = make_batch(num_classes=3, per_class=3)
+    labels[-1] = 7  # alone in its class: not an anchor
+    anchors, positives, negatives = batchminer.select("lifted", opt)(embeddings, labels)
+    assert torch.equal(anchors, torch.arange(len(labels) - 1))
+    same = labels[anchors][:, None] == labels[None, :]
+    assert torch.equal(negatives, ~same)
+    assert torch.equal(positives, same & (anchors[:, None] != torch.arange(len(labels))))
+    assert positives.sum(1).min() >= 1
+
+
+def test_miners_set_detached_scalar_stats(opt):
+    embeddings, labels = make_batch(generated_copies=1)
+    for name in ["semihard", "softhard", "distance", "rho_distance"]:
+        miner = batchminer.select(name, opt)
+        miner(embeddings.requires_grad_(), labels)
+        assert miner.stats and all(v.dim() == 0 and not v.requires_grad
+                                   for v in miner.stats.values()), name
+
+
 def test_miners_without_any_positive_return_no_triplets(opt):
     embeddings, labels = make_batch(num_classes=6, per_class=1)
-    for name in ["random", "semihard", "distance"]:
-        assert len(batchminer.select(name, opt)(embeddings, labels)) == 0
+    for name in TRIPLET_MINERS + ["intra_random"]:
+        assert len(batchminer.select(name, opt)(embeddings, labels)) == 0, name
+    for name in ["npair", "lifted"]:
+        assert len(batchminer.select(name, opt)(embeddings, labels)[0]) == 0, name
