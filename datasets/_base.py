@@ -75,7 +75,8 @@ class DatasetSplits:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# BN-Inception's ImageNet convention (pretrainedmodels' settings): BGR, 0-255, mean subtraction only.
+# BN-Inception's ImageNet convention (pretrainedmodels' settings): BGR, 0-255, mean subtraction
+# only.
 BGR_255_MEAN = (104.0, 117.0, 128.0)
 BGR_255_STD = (1.0, 1.0, 1.0)
 AUGMENTATIONS = ("base", "adv", "big", "red")

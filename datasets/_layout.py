@@ -34,7 +34,8 @@ def dataset_root(source: Optional[str], name: str, layout: str) -> str:
     if not os.path.isdir(root):
         hint = ""
         if os.path.basename(source) == name:
-            hint = f"; --source names the dataset folder itself, pass its parent '{os.path.dirname(source)}'"
+            hint = (f"; --source names the dataset folder itself, pass its parent "
+                    f"'{os.path.dirname(source)}'")
         raise DataError(f"expected the {name} folder ({layout}) at '{root}', but it does not "
                         f"exist{hint}")
     return root
@@ -150,7 +151,7 @@ def halve_classes(classes: Sequence[ClassImages], where: str) -> Tuple[List[Clas
                                                                       List[ClassImages]]:
     """First half of the sorted classes train (the larger half for an odd count), rest test."""
     require_classes(len(classes), 2 * MIN_CLASSES_PER_SPLIT, where,
-                    f"class folder(s) (half train, half test)")
+                    "class folder(s) (half train, half test)")
     n_train = (len(classes) + 1) // 2
     return list(classes[:n_train]), list(classes[n_train:])
 
@@ -168,7 +169,7 @@ def split_from_classes(classes: Sequence[ClassImages]) -> Split:
 def read_list_file(path: str) -> List[Tuple[int, List[str]]]:
     """Non-blank lines of a whitespace-separated list file as (1-based line number, fields)."""
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # tolerate a BOM
             lines = handle.read().splitlines()
     except UnicodeDecodeError:
         raise DataError(f"list file '{path}' is not UTF-8 text; expected the published text "
@@ -195,7 +196,8 @@ def parse_int(text: str, list_file: str, number: int, column: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise DataError(f"'{list_file}' line {number}: {column} '{text}' is not an integer") from None
+        raise DataError(f"'{list_file}' line {number}: {column} '{text}' is not an "
+                        f"integer") from None
 
 
 def dense_labels(keys: Iterable) -> Tuple[np.ndarray, List]:

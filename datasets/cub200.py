@@ -11,7 +11,8 @@ from typing import Optional
 
 from . import REGISTRY
 from ._base import DatasetSplits
-from ._layout import dataset_root, flat_class_folders, halve_classes, require_dir, split_from_classes
+from ._layout import (dataset_root, flat_class_folders, halve_classes, require_dir,
+                      split_from_classes)
 
 LAYOUT = "images/<NNN.Class_Name>/*.jpg"
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional
 
-import numpy as np
-
 from . import REGISTRY
 from ._base import DataError, DatasetSplits, Split
 from ._layout import (MIN_CLASSES_PER_SPLIT, check_listed_images, dataset_root, dense_labels,
@@ -41,7 +39,8 @@ def _read_partition(list_file: str, root: str) -> Dict[str, Dict[str, List]]:
         found = " ".join(rows[1][1]) if len(rows) > 1 else "nothing"
         raise DataError(f"'{list_file}' line {rows[1][0] if len(rows) > 1 else 2}: expected the "
                         f"column names '{' '.join(HEADER)}', found '{found}'")
-    parts: Dict[str, Dict[str, List]] = {s: {"paths": [], "items": [], "lines": []} for s in STATUSES}
+    parts: Dict[str, Dict[str, List]] = {status: {"paths": [], "items": [], "lines": []}
+                                         for status in STATUSES}
     for number, fields in rows[2:]:
         if len(fields) != len(HEADER):
             raise DataError(f"'{list_file}' line {number}: expected {len(HEADER)} fields "

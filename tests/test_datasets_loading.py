@@ -173,9 +173,11 @@ def test_tv_split_by_classes_is_class_disjoint():
     assert val.class_names == ["class3", "class4"]
     assert not set(train.images) & set(val.images)
     assert len(train) + len(val) == len(splits.train)
-    assert train.labels.tolist() == [0, 0, 1, 1, 1, 2, 2] and val.labels.tolist() == [0] * 4 + [1] * 2
+    assert train.labels.tolist() == [0, 0, 1, 1, 1, 2, 2]
+    assert val.labels.tolist() == [0] * 4 + [1] * 2
     assert val.super_labels.tolist() == [1] * 4 + [0] * 2  # carried over, not relabelled
-    assert result.evaluation["val"] is val and result.evaluation["test"] is splits.evaluation["test"]
+    assert result.evaluation["val"] is val
+    assert result.evaluation["test"] is splits.evaluation["test"]
 
 
 def test_tv_split_by_samples_keeps_every_class_on_both_sides():
