@@ -1,0 +1,439 @@
+"""Train and evaluate a deep metric learning model, optionally with densely-anchored sampling.
+
+    python main.py                                   # bundled digits default, a few minutes on CPU
+    python main.py --dataset cub200 --source DATA --loss multisimilarity \
+        --arch resnet50_double_frozen_normalize --embed_dim 512 \
+        --embedding_producer_used --produce_type DAS --das_dfs_num_scale 8
+
+Reads top to bottom: options -> data -> network -> miner/criterion/DAS -> optimizer -> run folder
+-> (resume) -> epochs of training and evaluation -> summary. See README.md for every option.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import sys
+import time
+from collections import defaultdict
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import architectures
+import batchminer
+import criteria
+import datasampler
+import datasets
+import evaluation
+from batchminer.das import build_producer
+from datasets import DataError, ImageDataset, build_transform
+from parameters import build_parser, parse_options
+from utilities import checkpoint as ckpt
+from utilities import distributed
+from utilities import run_folder as rf
+from utilities.data import SeededBatches, SeededDataset
+from utilities.registry import UnknownNameError
+from utilities.seeding import rng_state, seed_everything, set_rng_state
+
+SETUP = {"finished": False}  # see run(): ValueErrors before this are bad input
+
+# Options that a resumed run may take from the new command line instead of the saved config.
+RESUME_OVERRIDABLE = ("n_epochs", "kernels", "gpu", "device", "log_every")
+
+
+class TrainingError(RuntimeError):
+    """A failure during training that deserves a one-line message (e.g. a non-finite loss)."""
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag: the current step finishes, a checkpoint is saved."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+
+# ----------------------------------------------------------------------------- set-up helpers
+def validate_options(opt: argparse.Namespace) -> None:
+    """Refuse inconsistent options at start-up, naming the option and the expected value."""
+    if opt.bs <= 0:
+        raise ValueError(f"--bs must be a positive integer, got {opt.bs}")
+    if opt.lr <= 0:
+        raise ValueError(f"--lr must be positive, got {opt.lr}")
+    if opt.fc_lr != -1 and opt.fc_lr <= 0:
+        raise ValueError(f"--fc_lr must be positive (or -1 to use --lr), got {opt.fc_lr}")
+    if opt.n_epochs < 0:
+        raise ValueError(f"--n_epochs must be non-negative, got {opt.n_epochs}")
+    if opt.embed_dim <= 0:
+        raise ValueError(f"--embed_dim must be positive, got {opt.embed_dim}")
+    if opt.kernels < 0:
+        raise ValueError(f"--kernels must be non-negative, got {opt.kernels}")
+    if opt.crop_size <= 0:
+        raise ValueError(f"--crop_size must be positive, got {opt.crop_size}")
+
+
+def choose_device(opt: argparse.Namespace) -> torch.device:
+    if opt.device:
+        device = torch.device(opt.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {opt.device} asked for CUDA, but no CUDA device is available")
+        return device
+    if distributed.is_distributed():
+        return distributed.local_device()
+    if torch.cuda.is_available():
+        gpu = opt.gpu[0]
+        if gpu >= torch.cuda.device_count():
+            raise ValueError(f"--gpu {gpu} does not exist; {torch.cuda.device_count()} CUDA "
+                             f"device(s) are visible")
+        return torch.device(f"cuda:{gpu}")
+    return torch.device("cpu")
+
+
+def make_optimizer(opt: argparse.Namespace, model: architectures.EmbeddingNetwork,
+                   criterion: criteria.BaseCriterion) -> torch.optim.Optimizer:
+    """Backbone at --lr, embedding layer at --fc_lr, learnable loss parameters at their own lr."""
+    fc_lr = opt.fc_lr if opt.fc_lr > 0 else opt.lr
+    groups = [
+        {"params": list(model.backbone_parameters()), "lr": opt.lr, "name": "backbone"},
+        {"params": list(model.embedding_parameters()), "lr": fc_lr, "name": "embedding"},
+    ]
+    groups += [dict(group, name=group.get("name", f"criterion_{i}"))
+               for i, group in enumerate(criterion.param_groups())]
+    if opt.optim == "adam":
+        return torch.optim.Adam(groups, lr=opt.lr, weight_decay=opt.decay)
+    if opt.optim == "adamw":
+        return torch.optim.AdamW(groups, lr=opt.lr, weight_decay=opt.decay)
+    return torch.optim.SGD(groups, lr=opt.lr, momentum=0.9, weight_decay=opt.decay)
+
+
+def resume_options(argv: Optional[List[str]]) -> argparse.Namespace:
+    """For --resume: the saved configuration, with a few options taken from the command line."""
+    cli = parse_options(argv)
+    folder = cli.resume
+    if not os.path.isdir(folder):
+        raise ckpt.CheckpointError(f"--resume '{folder}' is not a run folder")
+    if not os.path.isfile(os.path.join(folder, rf.LAST_CHECKPOINT)):
+        raise ckpt.CheckpointError(f"--resume '{folder}' holds no {rf.LAST_CHECKPOINT} to continue "
+                                   f"from")
+    saved = argparse.Namespace(**rf.read_config(folder))
+    defaults = build_parser().parse_args([])
+    for key in RESUME_OVERRIDABLE:
+        if getattr(cli, key) != getattr(defaults, key):
+            setattr(saved, key, getattr(cli, key))
+    saved.resume = folder
+    return saved
+
+
+class EpochStats:
+    """Sums of per-step scalars kept as device tensors: no host sync until they are read."""
+
+    def __init__(self) -> None:
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.steps = 0
+
+    def add(self, values: Dict[str, torch.Tensor]) -> None:
+        for key, value in values.items():
+            value = value.detach().float()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
+        self.steps += 1
+
+    def means(self) -> Dict[str, float]:
+        return {key: (value / max(self.steps, 1)).item() for key, value in self.sums.items()}
+
+    def state_dict(self) -> Dict:
+        return {"sums": {k: v.cpu() for k, v in self.sums.items()}, "steps": self.steps}
+
+    def load_state_dict(self, state: Dict, device: torch.device) -> None:
+        self.sums = {k: v.to(device) for k, v in state["sums"].items()}
+        self.steps = int(state["steps"])
+
+
+# ----------------------------------------------------------------------------- train / evaluate
+def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int,
+                    stats: EpochStats, writer, opt, stop: StopRequest,
+                    global_step: int) -> Tuple[int, bool]:
+    """One pass over the training batches. Returns the global step and whether it was stopped."""
+    model.train()
+    use_amp = device.type == "cuda" and not opt.no_amp
+    first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
+                    disable=not distributed.is_main_process())
+    for step, (images, labels, _) in enumerate(progress, start=loader.batch_sampler.batch_sampler.start_batch):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            embeddings = model(images)
+        embeddings, labels = distributed.gather_with_grad(embeddings.float(), labels)
+        if das is not None:
+            loss = das.compute_loss(criterion, embeddings, labels)
+        else:
+            loss = criterion(embeddings, labels)
+        optimizer.zero_grad(set_to_none=True)
+        (loss * distributed.loss_scale()).backward()
+        optimizer.step()
+
+        step_scalars = {"loss": loss.detach()}
+        step_scalars.update({f"criterion/{k}": v for k, v in criterion.stats.items()})
+        if das is not None:
+            step_scalars.update({f"das/{k}": v for k, v in das.stats.items()})
+        stats.add(step_scalars)
+        first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss.detach()),
+                                     torch.tensor(step, device=device), first_bad_step)
+        global_step += 1
+        loader.batch_sampler.batch_sampler.start_batch = step + 1
+        if global_step % opt.log_every == 0 or stop.requested:
+            # The one host sync of the step, every --log_every steps.
+            if first_bad_step.item() >= 0:
+                raise TrainingError(f"non-finite loss at epoch {epoch}, step "
+                                    f"{first_bad_step.item()}; the last good checkpoint is kept")
+            values = {k: v.item() for k, v in step_scalars.items()}
+            progress.set_postfix(loss=f"{values['loss']:.4f}")
+            if writer is not None:
+                for key, value in values.items():
+                    writer.add_scalar(f"step/{key}", value, global_step)
+        if stop.requested:
+            return global_step, True
+    if first_bad_step.item() >= 0:
+        raise TrainingError(f"non-finite loss at epoch {epoch}, step {first_bad_step.item()}; "
+                            f"the last good checkpoint is kept")
+    return global_step, False
+
+
+def evaluate_all(model, eval_sets, opt, device) -> Dict[str, float]:
+    """Every evaluation split's metrics, keyed ``<split>/<metric>``."""
+    results = {}
+    for split_name, eval_set in eval_sets.items():
+        values = evaluation.evaluate(model, eval_set, opt.evaluation_metrics, device,
+                                     batch_size=opt.eval_bs, num_workers=opt.kernels,
+                                     kmeans_iterations=opt.kmeans_iterations, seed=opt.seed)
+        results.update({f"{split_name}/{name}": value for name, value in values.items()})
+    return results
+
+
+def format_results(results: Dict[str, float]) -> str:
+    return "  ".join(f"{k}={v:.4f}" for k, v in results.items())
+
+
+# ----------------------------------------------------------------------------- the run
+def main(argv: Optional[List[str]] = None) -> str:
+    """Run one training; returns the run folder."""
+    distributed.init_from_environment()
+    opt = resume_options(argv) if "--resume" in (argv if argv is not None else sys.argv[1:]) \
+        else parse_options(argv)
+    validate_options(opt)
+    device = choose_device(opt)
+    seed_everything(opt.seed)
+    rank, world_size = distributed.rank(), distributed.world_size()
+    is_main = distributed.is_main_process()
+
+    # Data and network. The network decides the input convention (BN-Inception: BGR, 0-255).
+    splits = datasets.load(opt.dataset, opt.source, use_tv_split=opt.use_tv_split,
+                           tv_split_perc=opt.tv_split_perc,
+                           tv_split_by_samples=opt.tv_split_by_samples, seed=opt.seed,
+                           folder_name=opt.folder_name)
+    model = architectures.select(opt.arch, opt.embed_dim, pretrained=opt.pretrained,
+                                 pretrained_path=opt.pretrained_path)
+    transform_config = model.transform_config(opt.crop_size, opt.augmentation)
+    train_set = ImageDataset(splits.train, build_transform(transform_config, train=True))
+    test_transform = build_transform(transform_config, train=False)
+
+    def eval_dataset(split):
+        if isinstance(split, tuple):  # In-Shop: (query, gallery)
+            return tuple(ImageDataset(s, test_transform) for s in split)
+        return ImageDataset(split, test_transform)
+
+    eval_sets = {name: eval_dataset(split) for name, split in splits.evaluation.items()}
+    if opt.train_metrics:
+        eval_sets["train"] = eval_dataset(splits.train)
+    selection_split = "val" if "val" in eval_sets else "test"
+    selection_key = f"{selection_split}/{opt.storage_metric}"
+
+    sampler = datasampler.select(opt.data_sampler, splits.train.labels, opt.bs,
+                                 opt.samples_per_class, seed=opt.seed, rank=rank,
+                                 world_size=world_size, class_names=splits.train.class_names)
+    loader = DataLoader(SeededDataset(train_set), batch_sampler=SeededBatches(sampler, opt.seed),
+                        num_workers=opt.kernels, pin_memory=device.type == "cuda",
+                        persistent_workers=opt.kernels > 0)
+
+    # Miner, criterion and dense anchors.
+    criterion_class = criteria.REGISTRY.get(opt.loss)
+    miner = batchminer.select(opt.batch_mining, opt) if criterion_class.requires_miner else None
+    criterion = criteria.select(opt.loss, opt, num_classes=splits.train.num_classes, miner=miner)
+    das = build_producer(opt, num_classes=splits.train.num_classes)
+
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    criterion.to(device)
+    if das is not None:
+        das.to(device)
+    optimizer = make_optimizer(opt, model, criterion)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=opt.tau, gamma=opt.gamma)
+    train_model = distributed.wrap_model(model, device)
+    if opt.compile:
+        train_model = torch.compile(train_model)
+
+    # Run folder (rank 0 writes everything).
+    start_epoch, global_step, best = 0, 0, {"key": selection_key, "value": -math.inf, "epoch": -1}
+    epoch_stats = EpochStats()
+    if opt.resume:
+        folder = opt.resume
+        state = ckpt.load_checkpoint(os.path.join(folder, rf.LAST_CHECKPOINT))
+        ckpt.check_compatible(state, opt.arch, opt.embed_dim, os.path.join(folder, rf.LAST_CHECKPOINT))
+        model.load_state_dict(state["network"]["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        criterion.load_state_dict(state["criterion"])
+        if das is not None:
+            das.load_state_dict(state["das"])
+        sampler.load_state_dict(state["sampler"])
+        epoch_stats.load_state_dict(state["epoch_stats"], device)
+        start_epoch, global_step, best = state["epoch"], state["global_step"], state["best"]
+        set_rng_state(state["rng"])
+        if is_main:
+            rf.MetricsTable(folder).truncate_after(start_epoch - 1 if sampler.start_batch else start_epoch)
+    elif is_main:
+        folder = rf.create_run_folder(opt.save_path, opt.savename, opt.dataset, opt.arch, opt.seed)
+    else:
+        folder = ""
+    folder = distributed.broadcast_string(folder)
+    if is_main:
+        rf.write_config(folder, dict(vars(opt), device=str(device), world_size=world_size,
+                                     train_classes=splits.train.num_classes,
+                                     train_images=len(splits.train)))
+        print(f"run folder: {folder}", flush=True)
+        print(f"device: {device}  train: {len(splits.train)} images / {splits.train.num_classes} "
+              f"classes  batches per epoch: {len(sampler)}", flush=True)
+    from torch.utils.tensorboard import SummaryWriter  # imported late: slow import
+
+    writer = SummaryWriter(folder, purge_step=global_step or None) if is_main else None
+    metrics_table = rf.MetricsTable(folder) if is_main else None
+    stop = StopRequest()
+    stop.install()
+
+    def checkpoint_state(epoch: int) -> Dict:
+        return {"epoch": epoch, "global_step": global_step, "best": best,
+                "network": {"arch": opt.arch, "embed_dim": opt.embed_dim,
+                            "state_dict": model.state_dict()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": {k: (dict(v) if k == "milestones" else v)
+                              for k, v in scheduler.state_dict().items()},
+                "criterion": criterion.state_dict(),
+                "das": das.state_dict() if das is not None else {},
+                "sampler": sampler.state_dict(), "epoch_stats": epoch_stats.state_dict(),
+                "rng": rng_state()}
+
+    if is_main and start_epoch == 0 and sampler.start_batch == 0 and opt.eval_initial:
+        initial = evaluate_all(model, eval_sets, opt, device)
+        metrics_table.append(dict(epoch=0, loss=float("nan"), lr=opt.lr, **initial))
+        print(f"epoch 0 (untrained): {format_results(initial)}", flush=True)
+
+    SETUP["finished"] = True
+    # Epochs. Epoch numbers in logs start at 1; row 0 is the untrained network (--eval_initial).
+    for epoch in range(start_epoch, opt.n_epochs):
+        started = time.time()
+        sampler.set_epoch(epoch)
+        global_step, stopped = train_one_epoch(train_model, criterion, das, optimizer, loader,
+                                               device, epoch + 1, epoch_stats, writer, opt, stop,
+                                               global_step)
+        if stopped:
+            if is_main:
+                ckpt.save_checkpoint(checkpoint_state(epoch), os.path.join(folder, rf.LAST_CHECKPOINT))
+                print(f"\nstopped by {stop.signal_name} during epoch {epoch + 1}; saved "
+                      f"{os.path.join(folder, rf.LAST_CHECKPOINT)}. Continue with: "
+                      f"python main.py --resume {folder}", flush=True)
+            distributed.cleanup()
+            sys.exit(130)
+        scheduler.step()
+        train_means = epoch_stats.means()
+        epoch_stats = EpochStats()
+        sampler.start_batch = 0
+        if is_main:
+            results = evaluate_all(model, eval_sets, opt, device)
+            row = {"epoch": epoch + 1, "loss": train_means.pop("loss"),
+                   "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": time.time() - started}
+            row.update({f"train/{k}": v for k, v in train_means.items()})
+            row.update(results)
+            metrics_table.append(row)
+            for key, value in row.items():
+                if key != "epoch":
+                    writer.add_scalar(f"epoch/{key}", value, epoch + 1)
+            print(f"epoch {epoch + 1}/{opt.n_epochs} loss={row['loss']:.4f}  "
+                  f"{format_results(results)}", flush=True)
+            current = results.get(selection_key)
+            if current is not None and current > best["value"]:
+                best = {"key": selection_key, "value": current, "epoch": epoch + 1}
+                ckpt.save_checkpoint(checkpoint_state(epoch + 1), os.path.join(folder, rf.BEST_CHECKPOINT))
+            ckpt.save_checkpoint(checkpoint_state(epoch + 1), os.path.join(folder, rf.LAST_CHECKPOINT))
+        distributed.barrier()
+
+    if is_main:
+        writer.close()
+        write_training_summary(folder, metrics_table, best, opt)
+        print(open(os.path.join(folder, rf.SUMMARY_FILE)).read(), end="")
+        print(f"run folder: {folder}", flush=True)
+    distributed.cleanup()
+    return folder
+
+
+def write_training_summary(folder: str, table: rf.MetricsTable, best: Dict, opt) -> None:
+    rows = [r for r in table.rows() if int(float(r["epoch"])) > 0]
+    lines = [f"dataset: {opt.dataset}   arch: {opt.arch}   loss: {opt.loss}   "
+             f"DAS: {'on' if opt.embedding_producer_used else 'off'}   seed: {opt.seed}"]
+    if not rows:
+        lines.append("no epoch finished")
+        rf.write_summary(folder, lines)
+        return
+    metric_columns = [c for c in rows[-1] if "/" in c and not c.startswith("train/")]
+    last = rows[-1]
+    lines.append(f"last epoch ({last['epoch']}): " +
+                 "  ".join(f"{c}={float(last[c]):.4f}" for c in metric_columns if last[c]))
+    best_row = next((r for r in rows if int(float(r["epoch"])) == best["epoch"]), None)
+    if best_row is not None:
+        lines.append(f"best epoch ({best['epoch']}) selected by {best['key']} "
+                     f"(split '{best['key'].split('/')[0]}'): " +
+                     "  ".join(f"{c}={float(best_row[c]):.4f}" for c in metric_columns if best_row[c]))
+    else:
+        lines.append(f"best: no epoch reported {best['key']}")
+    rf.write_summary(folder, lines)
+
+
+def run(argv: Optional[List[str]] = None) -> int:
+    """Command-line entry: known failures print one line, not a stack trace. A ValueError
+    counts as bad input only while the run is being set up; later it is a bug and keeps its
+    traceback."""
+    try:
+        main(argv)
+    except DataError as error:
+        print(f"error: {error.short_message()}", file=sys.stderr)
+        return 2
+    except (UnknownNameError, ckpt.CheckpointError, architectures.PretrainedWeightsError,
+            TrainingError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:
+        if SETUP["finished"]:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())
