@@ -68,3 +68,26 @@ def mean_over(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 # Miners that return (T, 3) (anchor, positive, negative) index tensors.
 TRIPLET_MINERS = ("random", "semihard", "softhard", "distance", "rho_distance", "parametric",
                   "intra_random", "random_distance")
+
+
+def anchored_pair_stats(anchors: torch.Tensor, pairs: torch.Tensor,
+                        num_real: Optional[int]) -> Dict[str, torch.Tensor]:
+    """``tuples``/``tuples_with_generated`` for an (A x B) bool mask of pairs (anchors[k], column)."""
+    generated = generated_rows(pairs.shape[1], num_real, pairs.device)
+    involves_generated = generated[anchors][:, None] | generated[None, :]
+    return {"tuples": pairs.sum().detach(),
+            "tuples_with_generated": (pairs & involves_generated).sum().detach()}
+
+
+def row_stats(batch_size: int, num_real: Optional[int], device: torch.device
+              ) -> Dict[str, torch.Tensor]:
+    """For proxy/classification losses every row is one (sample, own proxy) tuple."""
+    generated = 0 if num_real is None else batch_size - num_real
+    return {"tuples": torch.full((), batch_size, dtype=torch.long, device=device),
+            "tuples_with_generated": torch.full((), generated, dtype=torch.long, device=device)}
+
+
+def mean_norm(embeddings: torch.Tensor) -> torch.Tensor:
+    """Mean L2 norm of the rows: the small regularizer of the lifted/N-pair losses on
+    unnormalized embeddings (Revisiting-DML uses the norm, not its square)."""
+    return embeddings.norm(dim=1).mean()

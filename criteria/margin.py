@@ -1,0 +1,65 @@
+"""``margin``: margin loss with learnable per-class boundaries beta (Wu et al. 2017)."""
+from __future__ import annotations
+
+import argparse
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import REGISTRY
+from ._base import BaseCriterion
+from ._functional import TRIPLET_MINERS, as_float, pairwise_distances, tuple_stats
+
+
+@REGISTRY.register("margin")
+class MarginCriterion(BaseCriterion):
+    """For mined triplets (a, p, n) with beta = beta[y_a]:
+    (sum relu(d(a,p) - beta + margin) + relu(beta - d(a,n) + margin) + nu * sum beta) / #active,
+    #active the number of non-zero terms (1 when none). beta is a learnable per-class parameter
+    (its own learning rate ``--loss_margin_beta_lr``) unless ``--loss_margin_beta_constant``."""
+
+    requires_miner = True
+    accepted_miners = TRIPLET_MINERS
+    requires_normalized = True
+
+    def __init__(self, miner, num_classes: int, margin: float = 0.2, beta: float = 1.2,
+                 nu: float = 0.0, beta_lr: float = 0.0005, beta_constant: bool = False) -> None:
+        super().__init__()
+        self.miner = miner
+        self.margin = margin
+        self.nu = nu
+        self.beta_lr = beta_lr
+        self.beta_constant = beta_constant
+        initial = torch.full((num_classes,), float(beta))
+        if beta_constant:
+            self.register_buffer("beta", initial)
+        else:
+            self.beta = nn.Parameter(initial)
+
+    @classmethod
+    def from_options(cls, opt: argparse.Namespace, num_classes: int,
+                     miner=None) -> "MarginCriterion":
+        return cls(miner, num_classes, opt.loss_margin_margin, opt.loss_margin_beta,
+                   opt.loss_margin_nu, opt.loss_margin_beta_lr, opt.loss_margin_beta_constant)
+
+    def param_groups(self) -> List[dict]:
+        return [] if self.beta_constant else [{"params": [self.beta], "lr": self.beta_lr}]
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                num_real: Optional[int] = None) -> torch.Tensor:
+        embeddings = as_float(embeddings)
+        distances = pairwise_distances(embeddings)
+        triplets = self.miner(embeddings, labels, distances.detach())
+        anchors, positives, negatives = triplets.unbind(dim=1)
+        beta = self.beta[labels[anchors]]
+        pos_loss = F.relu(distances[anchors, positives] - beta + self.margin)
+        neg_loss = F.relu(beta - distances[anchors, negatives] + self.margin)
+        active = (pos_loss > 0).sum() + (neg_loss > 0).sum()
+        total = (pos_loss + neg_loss).sum()
+        if self.nu:
+            total = total + self.nu * beta.sum()
+        self.stats = tuple_stats(triplets, num_real)
+        self.stats["active_pairs"] = active.detach()
+        return total / active.clamp_min(1)

@@ -1,0 +1,50 @@
+"""``npair``: N-pair loss (Sohn 2016) with every other-class row as a negative."""
+from __future__ import annotations
+
+import argparse
+from typing import Optional
+
+import torch
+
+from . import REGISTRY
+from ._base import BaseCriterion
+from ._functional import anchored_pair_stats, as_float, masked_log1p_sum_exp, mean_norm
+
+
+def npair_terms(embeddings: torch.Tensor, anchors: torch.Tensor, positives: torch.Tensor,
+                negatives: torch.Tensor) -> torch.Tensor:
+    """log(1 + sum_n exp(a.n - a.p)) per anchor (one matrix product for the whole batch)."""
+    anchor_products = embeddings[anchors] @ embeddings.T
+    positive_products = anchor_products.gather(1, positives[:, None])
+    return masked_log1p_sum_exp(anchor_products - positive_products, negatives)
+
+
+@REGISTRY.register("npair")
+class NPairCriterion(BaseCriterion):
+    """mean over anchors of log(1 + sum_{n in N(a)} exp(a.n - a.p)) + ``l2_weight`` x the mean
+    embedding norm; one positive per anchor and all other-class rows as negatives (``npair``
+    miner). Inner products of unnormalized embeddings, as in Sohn 2016."""
+
+    requires_miner = True
+    accepted_miners = ("npair",)
+    requires_normalized = False
+
+    def __init__(self, miner, l2_weight: float = 0.005) -> None:
+        super().__init__()
+        self.miner = miner
+        self.l2_weight = l2_weight
+
+    @classmethod
+    def from_options(cls, opt: argparse.Namespace, num_classes: int,
+                     miner=None) -> "NPairCriterion":
+        return cls(miner, opt.loss_npair_l2)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                num_real: Optional[int] = None) -> torch.Tensor:
+        embeddings = as_float(embeddings)
+        anchors, positives, negatives = self.miner(embeddings, labels)
+        losses = npair_terms(embeddings, anchors, positives, negatives)
+        used = negatives.clone()
+        used[torch.arange(len(anchors), device=used.device), positives] = True
+        self.stats = anchored_pair_stats(anchors, used, num_real)
+        return losses.sum() / max(len(losses), 1) + self.l2_weight * mean_norm(embeddings)

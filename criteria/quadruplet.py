@@ -1,0 +1,54 @@
+"""``quadruplet``: quadruplet loss (Chen et al. 2017, "Beyond triplet loss")."""
+from __future__ import annotations
+
+import argparse
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from batchminer._functional import random_choice
+
+from . import REGISTRY
+from ._base import BaseCriterion
+from ._functional import TRIPLET_MINERS, as_float, mean_over, pairwise_distances, tuple_stats
+
+
+@REGISTRY.register("quadruplet")
+class QuadrupletCriterion(BaseCriterion):
+    """For each mined triplet (a, p, n) a fourth row m is drawn uniformly among the rows whose
+    class differs from both a's and n's:
+    mean relu(d(a,p) - d(a,n) + alpha_1) + mean relu(d(a,p) - d(n,m) + alpha_2)
+    (the second mean over the triplets that found an m). The paper's second term pushes the
+    negative pair (n, m) farther apart than any positive pair."""
+
+    requires_miner = True
+    accepted_miners = TRIPLET_MINERS
+    requires_normalized = True
+
+    def __init__(self, miner, margin_alpha_1: float = 0.2, margin_alpha_2: float = 0.2) -> None:
+        super().__init__()
+        self.miner = miner
+        self.margin_alpha_1 = margin_alpha_1
+        self.margin_alpha_2 = margin_alpha_2
+
+    @classmethod
+    def from_options(cls, opt: argparse.Namespace, num_classes: int,
+                     miner=None) -> "QuadrupletCriterion":
+        return cls(miner, opt.loss_quadruplet_margin_alpha_1, opt.loss_quadruplet_margin_alpha_2)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                num_real: Optional[int] = None) -> torch.Tensor:
+        embeddings = as_float(embeddings)
+        distances = pairwise_distances(embeddings)
+        triplets = self.miner(embeddings, labels, distances.detach())
+        anchors, positives, negatives = triplets.unbind(dim=1)
+        candidates = ((labels[None, :] != labels[anchors][:, None])
+                      & (labels[None, :] != labels[negatives][:, None]))
+        fourth, found = random_choice(candidates)
+        d_ap = distances[anchors, positives]
+        triplet_loss = F.relu(d_ap - distances[anchors, negatives] + self.margin_alpha_1)
+        quadruplet_loss = F.relu(d_ap - distances[negatives, fourth] + self.margin_alpha_2)
+        self.stats = tuple_stats(torch.cat([triplets, fourth[:, None]], dim=1), num_real)
+        return (triplet_loss.sum() / max(len(triplets), 1)
+                + mean_over(quadruplet_loss, found))

@@ -1,0 +1,58 @@
+"""``snr``: triplet loss on the signal-to-noise-ratio distance (Yuan et al. 2019)."""
+from __future__ import annotations
+
+import argparse
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import REGISTRY
+from ._base import BaseCriterion
+from ._functional import TRIPLET_MINERS, as_float, pairwise_distances, tuple_stats
+
+
+def snr_distances(embeddings: torch.Tensor) -> torch.Tensor:
+    """SNR distance matrix var(x_j - x_i) / var(x_i) (unbiased variances over the dimensions),
+    from the pairwise squared distances and row sums rather than a B x B x D difference tensor:
+    (D - 1) var(x_i - x_j) = |x_i - x_j|^2 - (s_i - s_j)^2 / D, s the row sums."""
+    dim = embeddings.shape[1]
+    sums = embeddings.sum(dim=1)
+    squared = pairwise_distances(embeddings, squared=True)
+    noise = squared - (sums[:, None] - sums[None, :]).pow(2) / dim
+    signal = embeddings.pow(2).sum(dim=1) - sums.pow(2) / dim
+    return noise / signal[:, None]
+
+
+@REGISTRY.register("snr")
+class SNRCriterion(BaseCriterion):
+    """mean over mined triplets of relu(SNR(a,p) - SNR(a,n) + margin)
+    + ``reg_lambda`` x mean over the triplets' anchors of |sum of the anchor's entries|
+    (the regularizer keeps embeddings zero-mean, which the SNR distance assumes)."""
+
+    requires_miner = True
+    accepted_miners = TRIPLET_MINERS
+    requires_normalized = True
+
+    def __init__(self, miner, margin: float = 0.2, reg_lambda: float = 0.005) -> None:
+        super().__init__()
+        self.miner = miner
+        self.margin = margin
+        self.reg_lambda = reg_lambda
+
+    @classmethod
+    def from_options(cls, opt: argparse.Namespace, num_classes: int,
+                     miner=None) -> "SNRCriterion":
+        return cls(miner, opt.loss_snr_margin, opt.loss_snr_reg_lambda)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                num_real: Optional[int] = None) -> torch.Tensor:
+        embeddings = as_float(embeddings)
+        snr = snr_distances(embeddings)
+        triplets = self.miner(embeddings, labels, pairwise_distances(embeddings.detach()))
+        anchors, positives, negatives = triplets.unbind(dim=1)
+        count = max(len(triplets), 1)
+        losses = F.relu(snr[anchors, positives] - snr[anchors, negatives] + self.margin)
+        regularizer = embeddings.sum(dim=1)[anchors].abs().sum() / count
+        self.stats = tuple_stats(triplets, num_real)
+        return losses.sum() / count + self.reg_lambda * regularizer
