@@ -192,3 +192,295 @@ def test_multisimilarity_stats_and_bf16_input():
     assert 0 < stats["tuples_with_generated"].item() < used
     # only pairs among rows 0..3 are real-only: they are 4 rows of different classes (negatives)
     assert used - stats["tuples_with_generated"].item() <= 12
+
+
+# ---------------------------------------------------------------- contrastive, margin
+
+
+def test_contrastive_matches_pml_on_the_pairs_of_the_triplets():
+    raw, labels = raw_batch(seed=2)
+    triplets = all_triplets(labels)[::4]
+    ours = criteria.REGISTRY.get("contrastive")(FixedMiner(triplets), pos_margin=0.3, neg_margin=1.2)
+    theirs = pml_losses.ContrastiveLoss(pos_margin=0.3, neg_margin=1.2,
+                                        reducer=pml_reducers.MeanReducer())
+    a, p, n = triplets.unbind(1)
+    assert_same(lambda z: ours(F.normalize(z, dim=1), labels),
+                lambda z: theirs(z, labels, (a, p, a, n)), raw)
+
+
+def test_margin_matches_pml_including_the_beta_gradient():
+    raw, labels = raw_batch(num_classes=4, per_class=3, dim=6, seed=3)
+    triplets = all_triplets(labels)
+    ours = criteria.REGISTRY.get("margin")(FixedMiner(triplets), num_classes=4, margin=0.2,
+                                           beta=1.2).double()
+    theirs = pml_losses.MarginLoss(margin=0.2, nu=0, beta=1.2, learn_beta=True, num_classes=4)
+    betas = torch.tensor([1.1, 1.2, 1.3, 1.25], dtype=torch.float64)
+    with torch.no_grad():
+        ours.beta.copy_(betas)
+        theirs.beta.data = betas.clone()
+    assert_same(lambda z: ours(F.normalize(z, dim=1), labels),
+                lambda z: theirs(z, labels, tuple(triplets.unbind(1))), raw)
+    torch.testing.assert_close(ours.beta.grad, theirs.beta.grad.double(), rtol=1e-5, atol=1e-8)
+    assert ours.param_groups() == [{"params": [ours.beta], "lr": 0.0005}]
+
+
+def test_margin_beta_constant_and_nu():
+    labels = torch.tensor([0, 0, 1, 1])
+    embeddings = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.1], [0.0, 3.0]])
+    triplets = torch.tensor([[0, 1, 2], [0, 1, 3]])
+    constant = criteria.REGISTRY.get("margin")(FixedMiner(triplets), 2, beta_constant=True, nu=0.1)
+    assert constant.param_groups() == [] and not list(constant.parameters())
+    # d_ap = 1, d_an = 1.1, 3; beta 1.2, margin 0.2: pos 0, 0; neg 0.3, 0 -> one active term
+    expected = (0.3 + 0.1 * 2 * 1.2) / 1
+    assert math.isclose(constant(embeddings, labels).item(), expected, rel_tol=1e-5)
+
+
+# ---------------------------------------------------------------- lifted, npair, angular
+
+
+def test_lifted_matches_pml_generalized_lifted_structure():
+    raw, labels = raw_batch(num_classes=4, per_class=3, dim=8, seed=4)
+    raw = raw * 0.4  # unnormalized embeddings of moderate norm
+    miner = batchminer.select("lifted", parse_options([]))
+    ours = criteria.REGISTRY.get("lifted")(miner, neg_margin=1.0, l2_weight=0.0)
+    theirs = pml_losses.GeneralizedLiftedStructureLoss(
+        neg_margin=1.0, pos_margin=0, distance=pml_distances.LpDistance(normalize_embeddings=False))
+    assert_same(lambda z: ours(z, labels), lambda z: theirs(z, labels), raw)
+
+
+def test_lifted_and_npair_l2_regularizer_is_the_mean_norm():
+    raw, labels = raw_batch(seed=5)
+    opt = parse_options([])
+    for name in ["lifted", "npair"]:
+        miner = batchminer.select(name, opt)
+        plain = criteria.REGISTRY.get(name)(miner, l2_weight=0.0)
+        regularized = criteria.REGISTRY.get(name)(miner, l2_weight=0.005)
+        torch.manual_seed(0)
+        low = plain(raw, labels)
+        torch.manual_seed(0)
+        high = regularized(raw, labels)
+        torch.testing.assert_close(high - low, 0.005 * raw.norm(dim=1).mean())
+
+
+def npair_loop_oracle(x, anchors, positives, labels):
+    """Per-anchor Python loop: log(1 + sum over other-class rows n of exp(a.n - a.p))."""
+    total = 0.0
+    for a, p in zip(anchors.tolist(), positives.tolist()):
+        terms = [torch.dot(x[a], x[n]) - torch.dot(x[a], x[p])
+                 for n in range(len(labels)) if labels[n] != labels[a]]
+        total = total + torch.log(1 + torch.exp(torch.stack(terms)).sum())
+    return total / len(anchors)
+
+
+def test_npair_matches_a_loop_oracle():
+    """PML's NPairsLoss takes one pair per class and the other pairs' positives as negatives;
+    Revisiting-DML's (this one) takes every other-class row, so a loop oracle checks it."""
+    raw, labels = raw_batch(num_classes=4, per_class=3, dim=6, seed=6)
+    miner = batchminer.select("npair", parse_options([]))
+    torch.manual_seed(0)
+    anchors, positives, negatives = miner(raw, labels)
+    fixed = FixedMiner((anchors, positives, negatives))
+    ours = criteria.REGISTRY.get("npair")(fixed, l2_weight=0.0)
+    assert_same(lambda z: ours(z, labels),
+                lambda z: npair_loop_oracle(z, anchors, positives, labels), raw)
+
+
+def test_angular_part_matches_pml_angular_loss():
+    """angular(lambda=1, l2=0) - npair(l2=0) is the angular term alone, which PML computes with
+    the same pairs and every other-class row as negatives. PML normalizes anchors and positives
+    but not the negatives (Revisiting-DML and the paper normalize all three), so both sides get
+    normalized rows here."""
+    raw, labels = raw_batch(num_classes=5, per_class=3, dim=8, seed=7)
+    miner = batchminer.select("npair", parse_options([]))
+    torch.manual_seed(0)
+    anchors, positives, negatives = miner(raw, labels)
+    fixed = FixedMiner((anchors, positives, negatives))
+    angular = criteria.REGISTRY.get("angular")(fixed, alpha_degrees=45, angular_weight=1.0,
+                                               l2_weight=0.0)
+    npair = criteria.REGISTRY.get("npair")(fixed, l2_weight=0.0)
+    theirs = pml_losses.AngularLoss(alpha=45)
+    some_negative = (labels != labels[0]).nonzero()[:1, 0]
+    pml_pairs = (anchors, positives, anchors[:1], some_negative)
+    assert_same(lambda z: angular(F.normalize(z, dim=1), labels) - npair(F.normalize(z, dim=1), labels),
+                lambda z: theirs(F.normalize(z, dim=1), labels, pml_pairs), raw)
+
+
+# ---------------------------------------------------------------- quadruplet, snr, histogram
+
+
+def test_quadruplet_hand_computed():
+    # classes 0 (rows 0, 1), 1 (row 2), 2 (row 3): the fourth row for (0, 1, 2) can only be 3
+    embeddings = torch.tensor([[0.0, 0.0], [0.5, 0.0], [0.0, 0.6], [0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1, 2])
+    ours = criteria.REGISTRY.get("quadruplet")(FixedMiner(torch.tensor([[0, 1, 2]])), 0.2, 0.3)
+    # relu(0.5 - 0.6 + 0.2) + relu(0.5 - d(2, 3) + 0.3) = 0.1 + relu(0.5 - 0.4 + 0.3) = 0.1 + 0.4
+    assert math.isclose(ours(embeddings, labels).item(), 0.5, rel_tol=1e-5)
+    assert ours.stats["tuples"].item() == 1
+    ours(embeddings, labels, num_real=3)  # row 3 (the fourth) is generated
+    assert ours.stats["tuples_with_generated"].item() == 1
+
+
+def test_snr_matches_pml_snr_distance_triplets():
+    raw, labels = raw_batch(seed=8)
+    triplets = all_triplets(labels)[::5]
+    ours = criteria.REGISTRY.get("snr")(FixedMiner(triplets), margin=0.2, reg_lambda=0.0)
+    theirs = pml_losses.TripletMarginLoss(margin=0.2, distance=pml_distances.SNRDistance(),
+                                          reducer=pml_reducers.MeanReducer())
+    assert_same(lambda z: ours(F.normalize(z, dim=1), labels),
+                lambda z: theirs(z, labels, tuple(triplets.unbind(1))), raw)
+    # the regularizer: reg_lambda x mean over the triplets' anchors of |sum of the entries|
+    regularized = criteria.REGISTRY.get("snr")(FixedMiner(triplets), margin=0.2, reg_lambda=0.5)
+    x = F.normalize(raw, dim=1)
+    torch.testing.assert_close(regularized(x, labels) - ours(x, labels),
+                               0.5 * x[triplets[:, 0]].sum(1).abs().mean())
+
+
+@pytest.mark.filterwarnings("ignore:Using a non-tuple sequence")  # inside PML's HistogramLoss
+def test_histogram_matches_pml():
+    """Revisiting-DML's nbins counts nodes; PML's n_bins counts intervals (nodes - 1)."""
+    raw, labels = raw_batch(num_classes=4, per_class=5, dim=4, seed=9)
+    ours = criteria.REGISTRY.get("histogram")(num_bins=21)
+    theirs = pml_losses.HistogramLoss(n_bins=20)
+    assert_same(lambda z: ours(F.normalize(z, dim=1), labels), lambda z: theirs(z, labels), raw,
+                rtol=1e-5)
+    assert ours.stats["tuples"].item() == 20 * 19 // 2
+
+
+def test_histogram_hand_computed():
+    # 3 nodes at -1, 0, 1. Positive pair similarity 0.5 -> half on node 0, half on node 1;
+    # negative pairs at 0 (node 0) -> loss = h_neg . cumsum(h_pos) = 1 x 0.5
+    embeddings = torch.tensor([[1.0, 0.0, 0.0], [0.5, math.sqrt(0.75), 0.0], [0.0, 0.0, 1.0]])
+    labels = torch.tensor([0, 0, 1])
+    ours = criteria.REGISTRY.get("histogram")(num_bins=3)
+    assert math.isclose(ours(embeddings, labels).item(), 0.5, rel_tol=1e-5)
+
+
+# ---------------------------------------------------------------- proxy and classification losses
+
+
+def test_proxynca_matches_a_loop_oracle():
+    """Own proxy excluded from the denominator (as in the paper and Revisiting-DML); PML's
+    ProxyNCALoss keeps it, so a loop oracle checks ours."""
+    raw, labels = raw_batch(num_classes=4, per_class=2, dim=6, seed=10)
+    ours = criteria.REGISTRY.get("proxynca")(num_classes=4, embed_dim=6, lr=0.1).double()
+    proxies = ours.proxies.detach().clone()
+
+    def oracle(z):
+        total = 0.0
+        for x, y in zip(F.normalize(z, dim=1), labels.tolist()):
+            d = [((3 * x - 3 * F.normalize(p, dim=0)) ** 2).sum() for p in proxies]
+            others = torch.stack([-d[c] for c in range(4) if c != y])
+            total = total + d[y] + torch.logsumexp(others, dim=0)
+        return total / len(labels)
+
+    assert_same(lambda z: ours(z, labels), oracle, raw)
+    assert ours.param_groups()[0]["lr"] == 0.1
+
+
+def test_proxyanchor_matches_pml_including_the_proxy_gradient(opt):
+    raw, labels = raw_batch(num_classes=6, per_class=2, dim=8, seed=11)
+    labels = labels[:8]  # classes 4 and 5 have no positive in the batch
+    raw = raw[:8]
+    ours = criteria.REGISTRY.get("proxyanchor")(6, 8, margin=0.1, alpha=32).double()
+    theirs = pml_losses.ProxyAnchorLoss(6, 8, margin=0.1, alpha=32)
+    theirs.proxies.data = ours.proxies.detach().clone()
+    assert_same(lambda z: ours(z, labels), lambda z: theirs(z, labels), raw, rtol=1e-5)
+    torch.testing.assert_close(ours.proxies.grad, theirs.proxies.grad, rtol=1e-4, atol=1e-8)
+    built = criteria.select("proxyanchor", opt, 6)
+    assert built.param_groups()[0]["lr"] == opt.lr * 100
+
+
+def test_softtriple_matches_pml_and_the_regularizer_by_hand():
+    raw, labels = raw_batch(num_classes=3, per_class=3, dim=5, seed=12)
+    ours = criteria.REGISTRY.get("softtriplet")(3, 5, centers_per_class=2, margin_delta=0.01,
+                                                gamma=0.1, lam=8, reg_weight=0.0).double()
+    theirs = pml_losses.SoftTripleLoss(3, 5, centers_per_class=2, la=8, gamma=0.1, margin=0.01)
+    theirs.fc.data = ours.centers.detach().clone().T.contiguous()
+    assert_same(lambda z: ours(z, labels), lambda z: theirs(z, labels), raw, rtol=1e-5)
+    ours.reg_weight = 0.2
+    w = F.normalize(ours.centers.detach(), dim=1)
+    pairs = [(0, 1), (2, 3), (4, 5)]  # the two centers of each class
+    regularizer = sum(torch.sqrt(2 + 1e-5 - 2 * w[i] @ w[j]) for i, j in pairs) / (3 * 2 * 1)
+    x = raw.detach()
+    with torch.no_grad():
+        difference = ours(x, labels)
+        ours.reg_weight = 0.0
+        difference = difference - ours(x, labels)
+    torch.testing.assert_close(difference, 0.2 * regularizer)
+
+
+def test_arcface_matches_pml():
+    raw, labels = raw_batch(num_classes=5, per_class=2, dim=8, seed=13)
+    ours = criteria.REGISTRY.get("arcface")(5, 8, angular_margin=0.5, feature_scale=16).double()
+    theirs = pml_losses.ArcFaceLoss(5, 8, margin=math.degrees(0.5), scale=16)
+    theirs.W.data = ours.class_weights.detach().clone().T.contiguous()
+    assert_same(lambda z: ours(z, labels), lambda z: theirs(z, labels), raw, rtol=1e-5)
+
+
+def test_normalized_softmax_matches_pml():
+    raw, labels = raw_batch(num_classes=5, per_class=2, dim=8, seed=14)
+    ours = criteria.REGISTRY.get("softmax")(5, 8, temperature=0.05).double()
+    theirs = pml_losses.NormalizedSoftmaxLoss(5, 8, temperature=0.05)
+    theirs.W.data = ours.class_weights.detach().clone().T.contiguous()
+    assert_same(lambda z: ours(z, labels), lambda z: theirs(z, labels), raw, rtol=1e-5)
+
+
+def test_proxy_losses_count_generated_rows(opt):
+    labels = torch.arange(4).repeat(3)
+    embeddings = F.normalize(torch.randn(12, opt.embed_dim), dim=1)
+    for name in ["proxynca", "proxyanchor", "softtriplet", "arcface", "softmax"]:
+        criterion = criteria.select(name, opt, 4)
+        loss = criterion(embeddings.bfloat16(), labels, num_real=4)
+        assert loss.dtype == torch.float32 and torch.isfinite(loss), name
+        assert criterion.stats["tuples"].item() == 12, name
+        assert criterion.stats["tuples_with_generated"].item() == 8, name
+        assert criterion.param_groups() and all(g["lr"] > 0 for g in criterion.param_groups())
+
+
+# ---------------------------------------------------------------- adversarial separation
+
+
+def test_adversarial_separation_reverses_the_gradient_into_the_embedding(opt):
+    torch.manual_seed(0)
+    criterion = criteria.REGISTRY.get("adversarial_separation")(FixedMiner(None), embed_dim=6,
+                                                               weight=1.0, proj_dim=8)
+    x = F.normalize(torch.randn(5, 6), dim=1).requires_grad_(True)
+    criterion.separation(x).backward()
+    reversed_grad = x.grad.clone()
+    regressor_grad = criterion.regressor[0].weight.grad.clone()
+    # the same expression without the reversal layer
+    x.grad = None
+    criterion.zero_grad()
+    source = F.normalize(x[:, :3], dim=1)
+    target = F.normalize(x[:, 3:], dim=1)
+    plain = -(target * F.normalize(criterion.regressor(source), dim=1)).pow(2).mean()
+    plain.backward()
+    torch.testing.assert_close(reversed_grad, -x.grad)
+    torch.testing.assert_close(regressor_grad, criterion.regressor[0].weight.grad)
+    built = criteria.select("adversarial_separation", opt, 4, batchminer.select("distance", opt))
+    group = built.param_groups()[0]
+    assert group["lr"] == opt.loss_adversarial_separation_lr
+    assert sum(p.numel() for p in group["params"]) == sum(
+        p.numel() for p in built.regressor.parameters())
+
+
+def test_all_tuple_criteria_count_generated_rows(opt):
+    torch.manual_seed(0)
+    labels = torch.arange(6).repeat_interleave(2).repeat(4)
+    embeddings = F.normalize(torch.randn(len(labels), opt.embed_dim), dim=1)
+    for name in criteria.REGISTRY.names():
+        member = criteria.REGISTRY.get(name)
+        accepted = member.accepted_miners
+        miner_name = "semihard" if "semihard" in accepted else accepted[0] if accepted else None
+        miner = batchminer.select(miner_name, opt) if member.requires_miner else None
+        criterion = criteria.select(name, opt, 6, miner)
+        loss = criterion(embeddings, labels, num_real=24)
+        assert torch.isfinite(loss), name
+        tuples = criterion.stats["tuples"]
+        with_generated = criterion.stats["tuples_with_generated"]
+        assert tuples.dim() == 0 and not tuples.requires_grad, name
+        assert 0 < with_generated.item() <= tuples.item(), name
+        if name != "quadruplet":  # its random fourth row is most often generated
+            assert with_generated.item() < tuples.item(), name
+        criterion(embeddings, labels)
+        assert criterion.stats["tuples_with_generated"].item() == 0, name
