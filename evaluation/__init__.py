@@ -1,0 +1,10 @@
+"""Evaluation: embeddings of a split, then the metrics named by ``--evaluation_metrics``.
+
+``evaluate(model, eval_set, ...)`` is what ``main.py`` calls after each epoch;
+``compute_metrics(names, embeddings, labels, ...)`` works on numpy arrays (tests, benchmarks).
+"""
+from .compute import compute_metrics, evaluate
+from .embeddings import compute_embeddings
+from .faiss_ops import faiss_gpu_available
+
+__all__ = ["compute_embeddings", "compute_metrics", "evaluate", "faiss_gpu_available"]

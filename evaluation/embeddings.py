@@ -1,0 +1,44 @@
+"""Embeddings of a dataset, computed in eval mode without gradients."""
+from __future__ import annotations
+
+from typing import Tuple, Union
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+
+def compute_embeddings(model: torch.nn.Module, dataset: torch.utils.data.Dataset,
+                       device: Union[str, torch.device], batch_size: int,
+                       num_workers: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``(embeddings float32 (N, D), labels int64 (N,))`` in dataset order.
+
+    The dataset yields ``(image, label, index)`` (the index is not needed); ``model(images)``
+    returns the (B, D) embeddings, in float32 here whatever the model computes in.
+    Every submodule's train/eval flag is restored afterwards, exactly as it was (a plain
+    ``model.train()`` would also wake BatchNorm layers that a frozen backbone keeps in eval mode).
+    """
+    device = torch.device(device)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         num_workers=num_workers,
+                                         pin_memory=device.type == "cuda")
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    outputs, labels = [], []
+    try:
+        with torch.no_grad():
+            for images, batch_labels, *_ in tqdm(loader, desc="Embedding", leave=False):
+                embedded = model(images.to(device, non_blocking=True))
+                if not isinstance(embedded, torch.Tensor) or embedded.ndim != 2:
+                    raise TypeError(f"{type(model).__name__}.forward must return a (batch, dim) "
+                                    f"embedding tensor, got {type(embedded).__name__} "
+                                    f"{tuple(getattr(embedded, 'shape', ()))}")
+                outputs.append(embedded.float())  # kept on the device: one copy at the end
+                labels.append(torch.as_tensor(batch_labels))
+    finally:
+        for module, mode in modes:
+            module.training = mode
+    if not outputs:
+        raise ValueError(f"cannot embed an empty dataset ({type(dataset).__name__})")
+    embeddings = torch.cat(outputs).cpu().numpy()
+    return np.ascontiguousarray(embeddings), torch.cat(labels).numpy().astype(np.int64)

@@ -1,0 +1,99 @@
+"""The two faiss calls the metrics share: an exact L2 k-nearest-neighbour search (called on
+chunks of queries, so that its output never grows with N x k) and a k-means clustering.
+
+The faiss GPU build is used when it is installed and sees a CUDA device; otherwise the CPU build.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional
+
+import faiss
+import numpy as np
+
+# Bytes of faiss output (float32 distance + int64 id per neighbour) per chunk of queries. Keeps
+# the search's own memory bounded (about 64 MiB, or ~5,600 queries at k = 1001) at no speed cost:
+# faiss itself works in blocks of a few thousand queries.
+SEARCH_CHUNK_BYTES = 64 * 2**20
+MIN_CHUNK_QUERIES = 256
+# Largest k a faiss GPU flat index searches (faiss/gpu/utils/DeviceDefs.cuh, GPU_MAX_SELECTION_K).
+GPU_MAX_K = 2048
+
+
+def faiss_gpu_available() -> bool:
+    """True when the faiss GPU build is installed and sees at least one CUDA device."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def chunk_size(k: int, chunk_bytes: Optional[int] = None) -> int:
+    """Queries per search call so that a call's output stays within ``chunk_bytes``."""
+    chunk_bytes = SEARCH_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    return max(MIN_CHUNK_QUERIES, chunk_bytes // (12 * k))
+
+
+class NeighbourIndex:
+    """Exact L2 nearest-neighbour search among ``references`` (faiss flat index).
+
+    ``max_k`` is the largest k that will be asked for: it decides whether the GPU index can
+    serve (faiss GPU selects at most 2048 neighbours).
+    """
+
+    def __init__(self, references: np.ndarray, max_k: int) -> None:
+        self.num_references = len(references)
+        index = faiss.IndexFlatL2(references.shape[1])
+        if faiss_gpu_available():
+            if max_k <= GPU_MAX_K:
+                index = faiss.index_cpu_to_all_gpus(index)
+            else:
+                warnings.warn(f"faiss GPU search supports k <= {GPU_MAX_K}; searching k={max_k} "
+                              "neighbours with the CPU index instead")
+        index.add(references)
+        self.index = index
+
+    def search(self, queries: np.ndarray, k: int, own_ids: Optional[np.ndarray] = None) -> np.ndarray:
+        """(len(queries), k) int64 ids of the ``k`` nearest references, nearest first.
+
+        ``own_ids`` (self-retrieval): the reference id of each query, which is never returned.
+        It is removed wherever it ranks (with duplicate embeddings it need not come first); when
+        k + 1 exact ties push it out of the list, the last neighbour is dropped instead.
+        """
+        available = self.num_references - int(own_ids is not None)
+        if not 0 < k <= available:
+            raise ValueError(f"k={k} neighbours asked for, but there are {available} references")
+        if own_ids is None:
+            return self.index.search(queries, k)[1]
+        return _without_self(self.index.search(queries, k + 1)[1], own_ids)
+
+
+def _without_self(ids: np.ndarray, own_ids: np.ndarray) -> np.ndarray:
+    """Drop each row's own id from (n, k + 1) ranked ids; rows that lack it lose their last id."""
+    kept = ids[:, 1:]  # the usual case, self ranked first: a view, no copy
+    unusual = np.flatnonzero(ids[:, 0] != own_ids)
+    if unusual.size:
+        rows = ids[unusual]
+        drop = rows == own_ids[unusual, None]
+        drop[~drop.any(axis=1), -1] = True  # exactly one dropped entry per row
+        kept[unusual] = rows[~drop].reshape(len(unusual), -1)
+    return kept
+
+
+def kmeans_cluster_ids(embeddings: np.ndarray, num_clusters: int, iterations: int,
+                       seed: int = 0) -> np.ndarray:
+    """Cluster id (int64, N) of each row after ``iterations`` rounds of faiss k-means with
+    ``num_clusters`` centroids, every row used for training (no subsampling)."""
+    if iterations < 1:
+        raise ValueError(f"--kmeans_iterations must be at least 1, got {iterations}")
+    if not 0 < num_clusters <= len(embeddings):
+        raise ValueError(f"cannot make {num_clusters} clusters of {len(embeddings)} embeddings")
+    kmeans = faiss.Kmeans(
+        embeddings.shape[1], num_clusters, niter=iterations, seed=seed, verbose=False,
+        gpu=faiss_gpu_available(),
+        # Use every point, and silence faiss's warning about few points per centroid, which
+        # is the normal case here (SOP: ~5 images per class).
+        min_points_per_centroid=1,
+        max_points_per_centroid=math.ceil(len(embeddings) / num_clusters),
+    )
+    kmeans.train(embeddings)
+    _, cluster_ids = kmeans.index.search(embeddings, 1)
+    return cluster_ids[:, 0]
