@@ -1,0 +1,456 @@
+"""Our Table 1 and Table 2 next to the DAS paper's, from a folder of run folders.
+
+    python -m utilities.paper_tables --runs Training_Results --out results/tables
+
+Every run folder under ``--runs`` (any depth; a folder with ``config.json`` and ``metrics.csv``)
+is placed in a cell of the paper's tables by its configuration, not by its folder name:
+
+* Table 1: ``--loss multisimilarity``, ``--embed_dim 512``, a ``double`` arch on bninception or
+  resnet50 (columns ``bninception_512``, ``resnet50_512``);
+* Table 2: a resnet50 arch without ``double`` and ``--embed_dim 128``; the method is
+  ``<loss>+<batch_mining>`` (multi-similarity: ``multisimilarity+none``, it has no miner);
+* baseline or + DAS: ``--embedding_producer_used``; the dataset: ``--dataset``.
+
+Written to ``--out``: ``table1.md``, ``table2.md`` (the paper's layout, one section with the last
+epoch's figures and one with the best epoch's), ``table{1,2}_{last,best}.csv`` (the same layout as
+CSV) and ``runs.csv`` (every run folder found, the cell it fills, its epochs, or why it fits none).
+Each cell shows our figure, the paper's and the difference (ours - paper) in percentage points.
+A cell without a run is shown as missing (``-`` in markdown, empty in CSV), never as zero.
+
+"Best" is the epoch with the highest selection metric, the rule ``main.py`` uses for
+``checkpoint_best.pth``: ``<split>/<--storage_metric>`` with split ``val`` when the run has a
+validation split (``--use_tv_split``) and ``test`` otherwise; the headings name it. Selecting on
+the test split, as the paper's code does, flatters the figures; the last epoch's do not.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPER_RESULTS = os.path.join(REPO_ROOT, "data", "das_paper_results.csv")
+PAPER_COLUMNS = ["table", "method", "backbone", "das", "dataset", "metric", "value"]
+
+DATASETS = ("cub200", "cars196", "online_products")
+DATASET_TITLES = {"cub200": "CUB200", "cars196": "CARS196", "online_products": "SOP"}
+TABLE1_METRICS = {"cub200": ("recall@1", "recall@2", "recall@4", "recall@8"),
+                  "cars196": ("recall@1", "recall@2", "recall@4", "recall@8"),
+                  "online_products": ("recall@1", "recall@10", "recall@100", "recall@1000")}
+TABLE2_METRICS = {name: ("recall@1", "f1", "nmi") for name in DATASETS}
+TABLE1_BACKBONES = (("bninception_512", "BN-Inception 512"), ("resnet50_512", "ResNet50 512"))
+TABLE2_BACKBONE = "resnet50_128"
+TABLE2_METHODS = (("triplet+semihard", "Triplet [S]"), ("triplet+distance", "Triplet [D]"),
+                  ("contrastive+distance", "Contrastive [D]"), ("margin+distance", "Margin [D]"),
+                  ("lifted+lifted", "Generalized lifted"), ("npair+npair", "N-pair"),
+                  ("multisimilarity+none", "Multi-similarity"))
+MINERLESS_LOSSES = ("multisimilarity",)  # criteria of Table 2 with their own pair selection
+METRIC_TITLES = {"f1": "F1", "nmi": "NMI"}
+MISSING = "-"
+MODES = ("last", "best")
+
+
+class TablesError(ValueError):
+    """Bad input to the tool (paper file, runs folder); the message names the path."""
+
+
+@dataclass(frozen=True)
+class RowKey:
+    """One row of a paper table: Table 1 (multisimilarity, backbone) or Table 2 (method)."""
+
+    table: int
+    method: str
+    backbone: str
+    das: bool
+
+
+@dataclass
+class Run:
+    """One run folder, read: configuration, metric rows and where it belongs."""
+
+    folder: str
+    config: Dict
+    rows: List[Dict[str, Optional[float]]]
+    row_key: Optional[RowKey] = None
+    dataset: str = ""
+    reason: str = ""  # why it fits no cell
+    used: bool = False
+    mtime: float = 0.0
+
+    @property
+    def epochs_done(self) -> int:
+        return max((int(r["epoch"]) for r in self.rows if r.get("epoch") is not None), default=0)
+
+    @property
+    def n_epochs(self) -> Optional[int]:
+        value = self.config.get("n_epochs")
+        return int(value) if value is not None else None
+
+    @property
+    def finished(self) -> bool:
+        return self.n_epochs is not None and self.epochs_done >= self.n_epochs
+
+    @property
+    def trained_rows(self) -> List[Dict[str, Optional[float]]]:
+        """Rows of trained epochs (row 0 is the untrained network of --eval_initial)."""
+        return [r for r in self.rows if r.get("epoch") is not None and r["epoch"] >= 1]
+
+    @property
+    def selection_key(self) -> str:
+        split = "val" if any(key.startswith("val/") for row in self.rows for key in row) else "test"
+        return f"{split}/{self.config.get('storage_metric') or 'recall@1'}"
+
+    def pick(self, mode: str) -> Optional[Dict[str, Optional[float]]]:
+        """The metrics row of the last epoch, or of the best one by the selection metric."""
+        rows = self.trained_rows
+        if not rows:
+            return None
+        if mode == "last":
+            return max(rows, key=lambda r: r["epoch"])
+        key = self.selection_key
+        scored = [r for r in rows if r.get(key) is not None and not math.isnan(r[key])]
+        if not scored:
+            return None
+        best = max(r[key] for r in scored)
+        return min((r for r in scored if r[key] == best), key=lambda r: r["epoch"])  # first max
+
+
+def arch_words(arch: str) -> Tuple[str, frozenset]:
+    """Backbone name and option words of an arch name (backbone names hold no '_')."""
+    parts = [p for p in str(arch).split("_") if p]
+    return (parts[0] if parts else ""), frozenset(parts[1:])
+
+
+def identify(config: Dict) -> Tuple[Optional[RowKey], str, str]:
+    """``(row, dataset, reason)``: the table row and dataset column a run belongs to, or None
+    and why it fits none."""
+    dataset = config.get("dataset", "")
+    if dataset not in DATASETS:
+        return None, dataset, f"dataset '{dataset}' is not in the paper's tables"
+    backbone, words = arch_words(config.get("arch", ""))
+    embed_dim = int(config.get("embed_dim", 0))
+    das = bool(config.get("embedding_producer_used", False))
+    loss = config.get("loss", "")
+    backbone_key = f"{backbone}_{embed_dim}"
+    if "double" in words:
+        if loss != "multisimilarity":
+            return None, dataset, f"a double-pooling arch with --loss {loss}; Table 1 is multisimilarity"
+        if backbone_key not in dict(TABLE1_BACKBONES):
+            return None, dataset, (f"arch '{config.get('arch')}' with --embed_dim {embed_dim}; "
+                                   f"Table 1 has bninception or resnet50 at 512")
+        return RowKey(1, loss, backbone_key, das), dataset, ""
+    if backbone_key != TABLE2_BACKBONE:
+        return None, dataset, (f"arch '{config.get('arch')}' with --embed_dim {embed_dim}; Table 2 "
+                               f"is resnet50 at 128 without double pooling, Table 1 uses double "
+                               f"pooling at 512")
+    miner = "none" if loss in MINERLESS_LOSSES else config.get("batch_mining", "")
+    method = f"{loss}+{miner}"
+    if method not in dict(TABLE2_METHODS):
+        return None, dataset, (f"--loss {loss} with --batch_mining {miner} is not a Table 2 "
+                               f"method ({', '.join(m for m, _ in TABLE2_METHODS)})")
+    return RowKey(2, method, TABLE2_BACKBONE, das), dataset, ""
+
+
+# ----------------------------------------------------------------------------- reading
+def read_paper(path: str = PAPER_RESULTS) -> Dict[Tuple[RowKey, str, str], float]:
+    """``(row, dataset, metric) -> value`` in percent, from the repository's copy."""
+    if not os.path.isfile(path):
+        raise TablesError(f"paper results file '{path}' does not exist; expected the CSV with "
+                          f"columns {','.join(PAPER_COLUMNS)}")
+    figures = {}
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames != PAPER_COLUMNS:
+            raise TablesError(f"'{path}' has columns {reader.fieldnames}; expected {PAPER_COLUMNS}")
+        for number, line in enumerate(reader, start=2):
+            try:
+                key = RowKey(int(line["table"]), line["method"], line["backbone"],
+                             {"yes": True, "no": False}[line["das"]])
+                figures[(key, line["dataset"], line["metric"])] = float(line["value"])
+            except (KeyError, ValueError):
+                raise TablesError(f"'{path}' line {number} is malformed: {line}") from None
+    return figures
+
+
+def _number(text: Optional[str]) -> Optional[float]:
+    if text is None or text.strip() == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def read_metrics(path: str) -> List[Dict[str, Optional[float]]]:
+    with open(path, newline="") as handle:
+        return [{key: _number(value) for key, value in row.items() if key is not None}
+                for row in csv.DictReader(handle)]
+
+
+def find_run_folders(root: str) -> List[str]:
+    """Folders under ``root`` (or ``root`` itself) holding config.json and metrics.csv."""
+    if not os.path.isdir(root):
+        raise TablesError(f"--runs '{root}' is not a folder; expected a folder of run folders "
+                          f"(e.g. Training_Results)")
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        if "config.json" in files and "metrics.csv" in files:
+            found.append(folder)
+            subfolders[:] = []  # a run folder holds no further runs
+        subfolders.sort()
+    return sorted(found)
+
+
+def read_run(folder: str) -> Run:
+    try:
+        with open(os.path.join(folder, "config.json")) as handle:
+            config = json.load(handle)
+        rows = read_metrics(os.path.join(folder, "metrics.csv"))
+    except (OSError, ValueError) as error:
+        run = Run(folder, {}, [])
+        run.reason = f"unreadable: {error}"
+        return run
+    run = Run(folder, config, rows, mtime=os.path.getmtime(os.path.join(folder, "metrics.csv")))
+    run.row_key, run.dataset, run.reason = identify(config)
+    if run.row_key is not None and not run.trained_rows:
+        run.reason, run.row_key = "no trained epoch in metrics.csv yet", None
+    return run
+
+
+def assign_cells(runs: Sequence[Run]) -> Dict[Tuple[RowKey, str], Run]:
+    """One run per (row, dataset): finished before unfinished, then more epochs, then newer."""
+    candidates: Dict[Tuple[RowKey, str], List[Run]] = {}
+    for run in runs:
+        if run.row_key is not None:
+            candidates.setdefault((run.row_key, run.dataset), []).append(run)
+    chosen = {}
+    for cell, group in candidates.items():
+        best = max(group, key=lambda r: (r.finished, r.epochs_done, r.mtime))
+        best.used = True
+        for other in group:
+            if other is not best:
+                other.reason = f"another run fills this cell: {best.folder}"
+        chosen[cell] = best
+    return chosen
+
+
+# ----------------------------------------------------------------------------- tables
+@dataclass
+class TableLayout:
+    number: int
+    rows: List[Tuple[RowKey, str]]  # (row key, label)
+    metrics: Dict[str, Sequence[str]]  # dataset -> metric names (columns)
+
+
+def table_layouts() -> List[TableLayout]:
+    rows1 = [(RowKey(1, "multisimilarity", backbone, das), f"MS{' + DAS' if das else ''}, {label}")
+             for backbone, label in TABLE1_BACKBONES for das in (False, True)]
+    rows2 = [(RowKey(2, method, TABLE2_BACKBONE, das), f"{label}{' + DAS' if das else ''}")
+             for method, label in TABLE2_METHODS for das in (False, True)]
+    return [TableLayout(1, rows1, TABLE1_METRICS), TableLayout(2, rows2, TABLE2_METRICS)]
+
+
+def metric_title(metric: str) -> str:
+    if metric.startswith("recall@"):
+        return "R@" + metric.split("@", 1)[1]
+    return METRIC_TITLES.get(metric, metric)
+
+
+@dataclass
+class Figures:
+    """One table row's three figure lines; values in percent, None when missing."""
+
+    ours: Dict[Tuple[str, str], Optional[float]] = field(default_factory=dict)
+    paper: Dict[Tuple[str, str], Optional[float]] = field(default_factory=dict)
+    epochs: Dict[str, Optional[int]] = field(default_factory=dict)
+    unfinished: Dict[str, bool] = field(default_factory=dict)
+    selected_by: Dict[str, str] = field(default_factory=dict)
+
+    def diff(self, column: Tuple[str, str]) -> Optional[float]:
+        ours, paper = self.ours.get(column), self.paper.get(column)
+        return None if ours is None or paper is None else ours - paper
+
+
+def collect(layout: TableLayout, mode: str, cells: Dict[Tuple[RowKey, str], Run],
+            paper: Dict[Tuple[RowKey, str, str], float]) -> List[Tuple[RowKey, str, Figures]]:
+    table = []
+    for row_key, label in layout.rows:
+        figures = Figures()
+        for dataset, metrics in layout.metrics.items():
+            run = cells.get((row_key, dataset))
+            picked = run.pick(mode) if run is not None else None
+            figures.epochs[dataset] = int(picked["epoch"]) if picked else None
+            figures.unfinished[dataset] = bool(picked) and not run.finished
+            if picked and mode == "best":
+                figures.selected_by[dataset] = run.selection_key
+            for metric in metrics:
+                value = picked.get(f"test/{metric}") if picked else None
+                figures.ours[(dataset, metric)] = None if value is None else 100.0 * value
+                figures.paper[(dataset, metric)] = paper.get((row_key, dataset, metric))
+        table.append((row_key, label, figures))
+    return table
+
+
+def _fmt(value: Optional[float], signed: bool = False, digits: int = 2) -> str:
+    if value is None or math.isnan(value):
+        return ""
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def selection_summary(table: List[Tuple[RowKey, str, Figures]]) -> str:
+    counts: Dict[str, int] = {}
+    for _, _, figures in table:
+        for key in figures.selected_by.values():
+            counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return "no run"
+    return ", ".join(f"{key} (split '{key.split('/')[0]}', {n} run{'s' if n > 1 else ''})"
+                     for key, n in sorted(counts.items()))
+
+
+def markdown(layout: TableLayout, mode: str, table: List[Tuple[RowKey, str, Figures]]) -> str:
+    columns = [(d, m) for d, metrics in layout.metrics.items() for m in metrics]
+    lines = []
+    if mode == "last":
+        lines.append(f"### Table {layout.number}, last epoch")
+    else:
+        lines.append(f"### Table {layout.number}, best epoch")
+        lines.append("")
+        lines.append(f"Best epoch selected by {selection_summary(table)}.")
+        if any(k.startswith("test/") for _, _, f in table for k in f.selected_by.values()):
+            lines.append("Selected on the test split itself (as the paper's code does): an "
+                         "optimistic figure; compare with the last epoch's.")
+    lines.append("")
+    header = ["Method", ""] + [f"{DATASET_TITLES[d]} {metric_title(m)}" for d, m in columns]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---", "---"] + ["---:"] * len(columns)) + "|")
+    any_unfinished = False
+    for _, label, figures in table:
+        ours = []
+        for dataset, metric in columns:
+            text = _fmt(figures.ours[(dataset, metric)]) or MISSING
+            if figures.unfinished.get(dataset) and text != MISSING:
+                text += "*"
+                any_unfinished = True
+            ours.append(text)
+        lines.append("| " + " | ".join([label, "ours"] + ours) + " |")
+        lines.append("| " + " | ".join(["", "paper"] + [_fmt(figures.paper[c]) or MISSING
+                                                         for c in columns]) + " |")
+        lines.append("| " + " | ".join(["", "diff"] + [_fmt(figures.diff(c), signed=True) or MISSING
+                                                        for c in columns]) + " |")
+    lines.append("")
+    notes = [f"Percent; diff = ours - paper in points; {MISSING} = no run (or no figure)."]
+    if any_unfinished:
+        notes.append("* from a run that has not reached its last epoch (see runs.csv).")
+    lines += notes
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: str, layout: TableLayout, mode: str,
+              table: List[Tuple[RowKey, str, Figures]]) -> None:
+    columns = [(d, m) for d, metrics in layout.metrics.items() for m in metrics]
+    header = ["table", "method", "backbone", "das", "figure"] + [f"{d}/{m}" for d, m in columns]
+    header += [f"{d}/epoch" for d in layout.metrics]
+    if mode == "best":
+        header += [f"{d}/selected_by" for d in layout.metrics]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for row_key, _, figures in table:
+            base = [row_key.table, row_key.method, row_key.backbone, "yes" if row_key.das else "no"]
+            extra_ours = [figures.epochs.get(d) or "" for d in layout.metrics]
+            if mode == "best":
+                extra_ours += [figures.selected_by.get(d, "") for d in layout.metrics]
+            blank = [""] * (len(header) - 5 - len(columns))
+            writer.writerow(base + ["ours"] + [_fmt(figures.ours[c], digits=4) for c in columns]
+                            + extra_ours)
+            writer.writerow(base + ["paper"] + [_fmt(figures.paper[c]) for c in columns] + blank)
+            writer.writerow(base + ["diff"] + [_fmt(figures.diff(c), signed=True, digits=4)
+                                               for c in columns] + blank)
+
+
+def write_runs(path: str, runs: Sequence[Run]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["folder", "used", "table", "method", "backbone", "das", "dataset",
+                         "epochs_done", "n_epochs", "finished", "last_epoch", "best_epoch",
+                         "selected_by", "note"])
+        for run in runs:
+            key = run.row_key
+            last, best = run.pick("last"), run.pick("best")
+            writer.writerow([run.folder, "yes" if run.used else "no",
+                             key.table if key else "", key.method if key else "",
+                             key.backbone if key else "",
+                             ("yes" if key.das else "no") if key else "", run.dataset,
+                             run.epochs_done, run.n_epochs if run.n_epochs is not None else "",
+                             "yes" if run.finished else "no",
+                             int(last["epoch"]) if last else "", int(best["epoch"]) if best else "",
+                             run.selection_key if run.rows else "", run.reason])
+
+
+def build_tables(runs_root: str, out: str,
+                 paper_path: str = PAPER_RESULTS) -> Tuple[Dict[str, str], List[Run]]:
+    """Read the runs, write every output file; returns (output name -> path, the runs read)."""
+    paper = read_paper(paper_path)
+    runs = [read_run(folder) for folder in find_run_folders(runs_root)]
+    cells = assign_cells(runs)
+    os.makedirs(out, exist_ok=True)
+    written = {}
+    for layout in table_layouts():
+        sections = [f"## Table {layout.number}: ours vs the DAS paper (ECCV 2022)\n",
+                    f"Run folders under `{runs_root}`; generated by `python -m "
+                    f"utilities.paper_tables`.\n"]
+        for mode in MODES:
+            table = collect(layout, mode, cells, paper)
+            sections.append(markdown(layout, mode, table))
+            name = f"table{layout.number}_{mode}.csv"
+            write_csv(os.path.join(out, name), layout, mode, table)
+            written[name] = os.path.join(out, name)
+        name = f"table{layout.number}.md"
+        with open(os.path.join(out, name), "w") as handle:
+            handle.write("\n".join(sections))
+        written[name] = os.path.join(out, name)
+    write_runs(os.path.join(out, "runs.csv"), runs)
+    written["runs.csv"] = os.path.join(out, "runs.csv")
+    return written, runs
+
+
+def summary_lines(runs: Sequence[Run], out: str) -> Iterable[str]:
+    cells = {(r.row_key, r.dataset) for r in runs if r.used}
+    for layout in table_layouts():
+        total = len(layout.rows) * len(layout.metrics)
+        filled = sum((key, d) in cells for key, _ in layout.rows for d in layout.metrics)
+        yield f"Table {layout.number}: {filled} of {total} (row, dataset) cells have a run"
+    unmatched = [r for r in runs if r.row_key is None]
+    if unmatched:
+        yield f"{len(unmatched)} run folder(s) fit no cell (see {os.path.join(out, 'runs.csv')})"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Write the DAS paper's Tables 1 and 2 with our figures, the paper's and the "
+                    "difference, from a folder of run folders.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--runs", required=True, help="Folder searched (any depth) for run folders.")
+    parser.add_argument("--out", required=True, help="Folder for the markdown and CSV tables.")
+    parser.add_argument("--paper", default=PAPER_RESULTS, help="The paper's figures (CSV).")
+    args = parser.parse_args(argv)
+    try:
+        written, runs = build_tables(args.runs, args.out, args.paper)
+    except (TablesError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for line in summary_lines(runs, args.out):
+        print(line)
+    for path in written.values():
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+# shellcheck shell=bash
+# Shared by table1.sh and table2.sh (sourced, not run): command-line words, DATA_ROOT, SMOKE=1
+# data, and the hand-off of the script's rows to utilities/sweep.py, which selects, skips,
+# continues and runs them. A table script sets TABLE, TABLE_TITLE, ROW_HELP and defines
+# table_rows, which prints its rows with `row`.
+
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PYTHON=${PYTHON:-python}
+export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+SCRIPT_NAME=$(basename "$0")
+
+usage() {
+  cat <<EOF
+$TABLE_TITLE
+
+usage: bash $SCRIPT_NAME [DATA_ROOT] [ROW WORDS...] [--dry-run] [-- MAIN.PY OPTIONS...]
+
+  DATA_ROOT     folder holding cub200/, cars196/, online_products/ (or set DATA_ROOT=...)
+  ROW WORDS     choose rows; none = every row. $ROW_HELP
+                Words of one kind add rows, words of different kinds narrow them.
+  --dry-run     print each row's status and main.py command; run nothing
+  MAIN.PY OPTIONS  appended to every row (everything from the first option on, or after --)
+
+environment:
+  DATA_ROOT     as above, when not given as the first argument
+  SAVE_PATH     parent of the run folders (default: $REPO_ROOT/Training_Results/$TABLE)
+  GPU=N         train on CUDA card N (--gpu N);  DEVICE=cpu|cuda:N  forces a device (--device)
+  IN_PROCESS=1  run the rows in one Python process (no per-row start-up; default for SMOKE=1)
+  SMOKE=1       every row for 1 epoch on tiny generated data on CPU (a 4-layer CNN stands in
+                for the backbone, --crop_size 32 --bs 16 --not_pretrained --kernels 0; every
+                other option stays; see docs/TABLES.md)
+  SMOKE_DIR     keep the SMOKE data and runs there (default: a temporary folder, removed after)
+  SMOKE_BACKBONE  the stand-in backbone for SMOKE=1 (default tinycnn; e.g. resnet18)
+  PYTHON        interpreter (default: python)
+
+Run folders are SAVE_PATH/<dataset>_<row>_<baseline|das>. A finished row is skipped, a row with a
+checkpoint is continued, so rerunning the same command after a crash or kill picks up where it
+stopped. Afterwards: python -m utilities.paper_tables --runs SAVE_PATH --out results/$TABLE
+EOF
+}
+
+# row DATASET KEY VARIANT -- MAIN.PY OPTIONS...: one line for utilities/sweep.py
+row() {
+  printf '%q ' "$@"
+  printf '\n'
+}
+
+fail() {
+  echo "$SCRIPT_NAME: $*" >&2
+  echo "run 'bash $SCRIPT_NAME --help' for usage" >&2
+  exit 2
+}
+
+run_table() {
+  local words=() extra=() sweep_flags=() positional=()
+  while (($#)); do
+    case $1 in
+      -h | --help) usage; exit 0 ;;
+      --dry-run | --dry_run | -n) sweep_flags+=(--dry_run) ;;
+      --) shift; extra+=("$@"); break ;;
+      -*) extra+=("$@"); break ;;
+      *) positional+=("$1") ;;
+    esac
+    shift
+  done
+  if ((${#positional[@]})) && { [[ -d ${positional[0]} ]] || [[ ${positional[0]} == */* ]]; }; then
+    DATA_ROOT=${positional[0]}
+    positional=("${positional[@]:1}")
+  fi
+  words=("${positional[@]}")
+  if [[ -n ${GPU:-} ]]; then extra+=(--gpu "$GPU"); fi
+  if [[ -n ${DEVICE:-} ]]; then extra+=(--device "$DEVICE"); fi
+  if [[ ${IN_PROCESS:-0} == 1 ]]; then sweep_flags+=(--in_process); fi
+
+  if [[ ${SMOKE:-0} == 1 ]]; then
+    local smoke_dir=${SMOKE_DIR:-}
+    if [[ -z $smoke_dir ]]; then
+      smoke_dir=$(mktemp -d "${TMPDIR:-/tmp}/das_smoke.XXXXXX")
+      # shellcheck disable=SC2064  # expand now: the folder is fixed
+      trap "rm -rf '$smoke_dir'" EXIT
+    fi
+    DATA_ROOT=$smoke_dir/data
+    if [[ ! -d $DATA_ROOT/online_products ]]; then
+      "$PYTHON" -m utilities.smoke_data "$DATA_ROOT" \
+        --datasets cub200 cars196 online_products >/dev/null
+    fi
+    SAVE_PATH=${SAVE_PATH:-$smoke_dir/runs/$TABLE}
+    sweep_flags+=(--smoke)
+    if [[ -n ${SMOKE_BACKBONE:-} ]]; then sweep_flags+=(--smoke_backbone "$SMOKE_BACKBONE"); fi
+    echo "SMOKE=1: tiny data in $DATA_ROOT, runs in $SAVE_PATH"
+  fi
+
+  if [[ -z ${DATA_ROOT:-} ]]; then
+    fail "no DATA_ROOT: give the folder holding cub200/, cars196/, online_products/ as the first" \
+      "argument or set DATA_ROOT=... (SMOKE=1 generates tiny data instead)"
+  fi
+  [[ -e $DATA_ROOT ]] || fail "DATA_ROOT '$DATA_ROOT' does not exist; expected the folder holding" \
+    "cub200/, cars196/, online_products/"
+  [[ -d $DATA_ROOT ]] || fail "DATA_ROOT '$DATA_ROOT' is a file; expected the folder holding" \
+    "cub200/, cars196/, online_products/"
+  DATA_ROOT=$(cd "$DATA_ROOT" && pwd)
+  SAVE_PATH=${SAVE_PATH:-$REPO_ROOT/Training_Results/$TABLE}
+
+  table_rows | "$PYTHON" -m utilities.sweep --script "$SCRIPT_NAME" --save_path "$SAVE_PATH" \
+    --select "${words[@]}" "${sweep_flags[@]}" -- "${extra[@]}"
+}
