@@ -11,6 +11,28 @@ from typing import Optional, Tuple
 import torch
 
 
+class _Gram(torch.autograd.Function):
+    """``x @ x.T`` whose backward is one matrix product, ``(g + g.T) @ x``, where autograd's
+    generic matmul backward would compute two (one per operand)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x @ x.T
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return (grad + grad.T) @ x
+
+
+def gram(embeddings: torch.Tensor) -> torch.Tensor:
+    """Matrix of inner products (B x B) of the rows, with the cheaper backward of :class:`_Gram`."""
+    if not embeddings.requires_grad:
+        return embeddings @ embeddings.T
+    return _Gram.apply(embeddings)
+
+
 def pairwise_distances(embeddings: torch.Tensor, squared: bool = False) -> torch.Tensor:
     """Euclidean distance matrix (B x B) from one matrix product.
 
@@ -18,8 +40,9 @@ def pairwise_distances(embeddings: torch.Tensor, squared: bool = False) -> torch
     on CPU; squared distances are clamped at a tiny value so that the square root has a finite
     gradient on the diagonal (whose entries no loss uses).
     """
-    squared_norms = embeddings.pow(2).sum(dim=1)
-    squared_dists = squared_norms[:, None] + squared_norms[None, :] - 2.0 * embeddings @ embeddings.T
+    inner = gram(embeddings)
+    squared_norms = torch.diagonal(inner)
+    squared_dists = squared_norms[:, None] + squared_norms[None, :] - 2.0 * inner
     squared_dists = squared_dists.clamp_min(1e-12)
     return squared_dists if squared else squared_dists.sqrt()
 
@@ -71,7 +94,7 @@ def detached_distances(embeddings: torch.Tensor,
 
 
 def inverse_sphere_log_density(distances: torch.Tensor, dim: int) -> torch.Tensor:
-    """log of 1/q(d), q the density of distances between uniform points on the unit sphere S^{dim-1}.
+    """log 1/q(d), q the density of distances between uniform points on the unit sphere S^{dim-1}.
 
     Wu et al. 2017, eq. 4: q(d) ~ d^(n-2) (1 - d^2/4)^((n-3)/2). Distances are clamped below 2 so
     that antipodal points give a finite value.

@@ -8,7 +8,7 @@ import torch
 
 from . import REGISTRY
 from ._base import BaseMiner
-from ._functional import label_masks, random_choice, stack_triplets, weighted_choice
+from ._functional import label_masks, random_choice, weighted_choice
 
 
 @REGISTRY.register("random")

@@ -1,4 +1,4 @@
-"""``semihard``: FaceNet semi-hard negatives for every anchor-positive pair (Schroff et al. 2015)."""
+"""``semihard``: FaceNet semi-hard negatives for every positive pair (Schroff et al. 2015)."""
 from __future__ import annotations
 
 import argparse

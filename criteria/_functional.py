@@ -1,11 +1,13 @@
 """Helpers shared by the criteria: dtype handling, masked log-sum-exp, tuple statistics."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+import functools
+from typing import Callable, Dict, Optional
 
 import torch
+import torch.nn.functional as F
 
-from batchminer._functional import label_masks, pairwise_distances  # noqa: F401 (re-exported)
+from batchminer._functional import gram, label_masks, pairwise_distances  # noqa: F401 (re-exported)
 
 
 def as_float(embeddings: torch.Tensor) -> torch.Tensor:
@@ -13,15 +15,29 @@ def as_float(embeddings: torch.Tensor) -> torch.Tensor:
     return embeddings.float() if embeddings.dtype != torch.float64 else embeddings
 
 
+def full_precision(forward: Callable) -> Callable:
+    """Decorator for ``forward``: runs it with autocast off and float32 (or float64) embeddings, so
+    that exponentials, log-sum-exps and distance matrices of a criterion called inside the training
+    loop's bf16 autocast region are not computed in bf16."""
+
+    @functools.wraps(forward)
+    def wrapper(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                num_real: Optional[int] = None) -> torch.Tensor:
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            return forward(self, as_float(embeddings), labels, num_real)
+
+    return wrapper
+
+
 def generated_rows(batch_size: int, num_real: Optional[int], device: torch.device) -> torch.Tensor:
-    """Bool vector flagging the generated rows (DAS appends them after the ``num_real`` real ones)."""
+    """Bool vector flagging generated rows (DAS appends them after the ``num_real`` real ones)."""
     if num_real is None:
         num_real = batch_size
     return torch.arange(batch_size, device=device) >= num_real
 
 
 def tuple_stats(tuples: torch.Tensor, num_real: Optional[int]) -> Dict[str, torch.Tensor]:
-    """``tuples``/``tuples_with_generated`` for an index tensor of shape (T, k), without host sync."""
+    """``tuples``/``tuples_with_generated`` of an index tensor of shape (T, k), without host sync."""
     if num_real is None:
         with_generated = torch.zeros((), dtype=torch.long, device=tuples.device)
     else:
@@ -72,7 +88,7 @@ TRIPLET_MINERS = ("random", "semihard", "softhard", "distance", "rho_distance", 
 
 def anchored_pair_stats(anchors: torch.Tensor, pairs: torch.Tensor,
                         num_real: Optional[int]) -> Dict[str, torch.Tensor]:
-    """``tuples``/``tuples_with_generated`` for an (A x B) bool mask of pairs (anchors[k], column)."""
+    """``tuples``/``tuples_with_generated`` of an (A x B) bool mask of pairs (anchors[k], column)."""
     generated = generated_rows(pairs.shape[1], num_real, pairs.device)
     involves_generated = generated[anchors][:, None] | generated[None, :]
     return {"tuples": pairs.sum().detach(),
@@ -91,3 +107,14 @@ def mean_norm(embeddings: torch.Tensor) -> torch.Tensor:
     """Mean L2 norm of the rows: the small regularizer of the lifted/N-pair losses on
     unnormalized embeddings (Revisiting-DML uses the norm, not its square)."""
     return embeddings.norm(dim=1).mean()
+
+
+def cosine_to(embeddings: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities (B x C) of the rows of ``embeddings`` to the rows of ``weights``.
+
+    Same values as ``F.normalize(embeddings) @ F.normalize(weights).T``, but the embeddings' norms
+    divide the small B x C result instead of the B x D input (C classes << D dimensions), which
+    halves the time of the proxy losses' forward+backward.
+    """
+    norms = embeddings.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return (embeddings @ F.normalize(weights, dim=1).T) / norms

@@ -11,7 +11,7 @@ from torch import nn
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import TRIPLET_MINERS, as_float, pairwise_distances, tuple_stats
+from ._functional import TRIPLET_MINERS, as_float, full_precision, pairwise_distances, tuple_stats
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -77,6 +77,7 @@ class AdversarialSeparationCriterion(BaseCriterion):
         prediction = F.normalize(self.regressor(source), dim=1)
         return -(target * prediction).pow(2).mean()
 
+    @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
         embeddings = as_float(embeddings)

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import anchored_pair_stats, as_float, masked_log1p_sum_exp, mean_norm
+from ._functional import (anchored_pair_stats, as_float, full_precision, masked_log1p_sum_exp,
+                          mean_norm)
 from .npair import npair_terms
 
 
@@ -41,6 +42,7 @@ class AngularCriterion(BaseCriterion):
         return cls(miner, opt.loss_angular_alpha, opt.loss_angular_npair_ang_weight,
                    opt.loss_angular_npair_l2)
 
+    @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
         embeddings = as_float(embeddings)

@@ -11,7 +11,7 @@ from torch import nn
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import as_float, row_stats
+from ._functional import as_float, cosine_to, full_precision, row_stats
 
 
 @REGISTRY.register("arcface")
@@ -28,7 +28,8 @@ class ArcFaceCriterion(BaseCriterion):
                  feature_scale: float = 16.0, lr: float = 0.0005) -> None:
         super().__init__()
         self.class_weights = nn.Parameter(torch.empty(num_classes, embed_dim))
-        nn.init.uniform_(self.class_weights, -1.0 / math.sqrt(embed_dim), 1.0 / math.sqrt(embed_dim))
+        bound = 1.0 / math.sqrt(embed_dim)
+        nn.init.uniform_(self.class_weights, -bound, bound)
         self.angular_margin = angular_margin
         self.feature_scale = feature_scale
         self.lr = lr
@@ -42,10 +43,11 @@ class ArcFaceCriterion(BaseCriterion):
     def param_groups(self) -> List[dict]:
         return [{"params": [self.class_weights], "lr": self.lr}]
 
+    @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        embeddings = F.normalize(as_float(embeddings), dim=1)
-        cosine = embeddings @ F.normalize(self.class_weights, dim=1).T
+        embeddings = as_float(embeddings)
+        cosine = cosine_to(embeddings, self.class_weights)
         own = F.one_hot(labels, cosine.shape[1]).bool()
         angle = torch.acos(cosine.gather(1, labels[:, None]).clamp(-1 + 1e-7, 1 - 1e-7))
         with_margin = torch.cos((angle + self.angular_margin).clamp(max=math.pi))

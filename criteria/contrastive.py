@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import TRIPLET_MINERS, as_float, pairwise_distances, tuple_stats
+from ._functional import TRIPLET_MINERS, as_float, full_precision, pairwise_distances, tuple_stats
 
 
 @REGISTRY.register("contrastive")
@@ -32,6 +32,7 @@ class ContrastiveCriterion(BaseCriterion):
                      miner=None) -> "ContrastiveCriterion":
         return cls(miner, opt.loss_contrastive_pos_margin, opt.loss_contrastive_neg_margin)
 
+    @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
         embeddings = as_float(embeddings)

@@ -8,7 +8,7 @@ import torch
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import as_float, label_masks, pair_stats
+from ._functional import as_float, full_precision, gram, label_masks, pair_stats
 
 
 @REGISTRY.register("histogram")
@@ -45,10 +45,11 @@ class HistogramCriterion(BaseCriterion):
         histogram = histogram.scatter_add(0, (lower + 1).flatten(), upper_weight.flatten())
         return histogram / pairs.sum().clamp_min(1)
 
+    @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
         embeddings = as_float(embeddings)
-        similarities = embeddings @ embeddings.T
+        similarities = gram(embeddings)
         positives, negatives = label_masks(labels)
         upper = torch.ones_like(positives).triu(diagonal=1)
         positives, negatives = positives & upper, negatives & upper

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import (anchored_pair_stats, as_float, masked_log_sum_exp, mean_norm,
-                          pairwise_distances)
+from ._functional import (anchored_pair_stats, as_float, full_precision, masked_log_sum_exp,
+                          mean_norm, pairwise_distances)
 
 
 @REGISTRY.register("lifted")
@@ -33,6 +33,7 @@ class LiftedCriterion(BaseCriterion):
                      miner=None) -> "LiftedCriterion":
         return cls(miner, opt.loss_lifted_neg_margin, opt.loss_lifted_l2)
 
+    @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
         embeddings = as_float(embeddings)

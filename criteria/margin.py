@@ -10,7 +10,7 @@ from torch import nn
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import TRIPLET_MINERS, as_float, pairwise_distances, tuple_stats
+from ._functional import TRIPLET_MINERS, as_float, full_precision, pairwise_distances, tuple_stats
 
 
 @REGISTRY.register("margin")
@@ -47,6 +47,7 @@ class MarginCriterion(BaseCriterion):
     def param_groups(self) -> List[dict]:
         return [] if self.beta_constant else [{"params": [self.beta], "lr": self.beta_lr}]
 
+    @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
         embeddings = as_float(embeddings)

@@ -1,4 +1,4 @@
-"""``multisimilarity``: Multi-Similarity loss with its own hard-pair selection (Wang et al. 2019)."""
+"""``multisimilarity``: Multi-Similarity loss with its own pair mining (Wang et al. 2019)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,8 @@ import torch
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import (as_float, label_masks, masked_log1p_sum_exp, mean_over, pair_stats)
+from ._functional import (as_float, full_precision, gram, label_masks, masked_log1p_sum_exp,
+                          mean_over, pair_stats)
 
 
 @REGISTRY.register("multisimilarity")
@@ -18,7 +19,8 @@ class MultiSimilarityCriterion(BaseCriterion):
     Pair mining (eq. 6-7 of the paper): for anchor i, a negative j is kept if
     S_ij + margin > min_{positives k} S_ik, a positive if S_ij - margin < max_{negatives k} S_ik.
     Per anchor with at least one kept positive and one kept negative:
-        1/alpha log(1 + sum_P exp(-alpha (S - thresh))) + 1/beta log(1 + sum_N exp(beta (S - thresh)))
+        1/alpha log(1 + sum_P exp(-alpha (S - thresh)))
+        + 1/beta log(1 + sum_N exp(beta (S - thresh)))
     averaged over those anchors (anchors with an empty side are skipped, as in the Revisiting-DML
     loop; pytorch-metric-learning instead adds the non-empty side and averages over all anchors).
     """
@@ -40,10 +42,11 @@ class MultiSimilarityCriterion(BaseCriterion):
         return cls(opt.loss_multisimilarity_pos_weight, opt.loss_multisimilarity_neg_weight,
                    opt.loss_multisimilarity_margin, opt.loss_multisimilarity_thresh)
 
+    @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
         embeddings = as_float(embeddings)
-        similarity = embeddings @ embeddings.T
+        similarity = gram(embeddings)
         positives, negatives = label_masks(labels)
         detached = similarity.detach()
         hardest_positive = detached.masked_fill(~positives, float("inf")).amin(dim=1, keepdim=True)

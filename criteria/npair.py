@@ -8,13 +8,14 @@ import torch
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import anchored_pair_stats, as_float, masked_log1p_sum_exp, mean_norm
+from ._functional import (anchored_pair_stats, as_float, full_precision, gram,
+                          masked_log1p_sum_exp, mean_norm)
 
 
 def npair_terms(embeddings: torch.Tensor, anchors: torch.Tensor, positives: torch.Tensor,
                 negatives: torch.Tensor) -> torch.Tensor:
     """log(1 + sum_n exp(a.n - a.p)) per anchor (one matrix product for the whole batch)."""
-    anchor_products = embeddings[anchors] @ embeddings.T
+    anchor_products = gram(embeddings)[anchors]
     positive_products = anchor_products.gather(1, positives[:, None])
     return masked_log1p_sum_exp(anchor_products - positive_products, negatives)
 
@@ -39,6 +40,7 @@ class NPairCriterion(BaseCriterion):
                      miner=None) -> "NPairCriterion":
         return cls(miner, opt.loss_npair_l2)
 
+    @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
         embeddings = as_float(embeddings)

@@ -10,7 +10,7 @@ from torch import nn
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import as_float, masked_log_sum_exp, row_stats
+from ._functional import as_float, cosine_to, full_precision, masked_log_sum_exp, row_stats
 
 
 @REGISTRY.register("proxynca")
@@ -37,13 +37,13 @@ class ProxyNCACriterion(BaseCriterion):
     def param_groups(self) -> List[dict]:
         return [{"params": [self.proxies], "lr": self.lr}]
 
+    @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        embeddings = F.normalize(as_float(embeddings), dim=1)
-        proxies = F.normalize(self.proxies, dim=1)
-        # |3x - 3p|^2 = 9 (2 - 2 x.p) for unit x and p
-        squared_distances = self.scale ** 2 * (2.0 - 2.0 * embeddings @ proxies.T)
-        own = F.one_hot(labels, num_classes=proxies.shape[0]).bool()
+        embeddings = as_float(embeddings)
+        # |3x - 3p|^2 = 9 (2 - 2 cos(x, p)) for unit x and p
+        squared_distances = self.scale ** 2 * (2.0 - 2.0 * cosine_to(embeddings, self.proxies))
+        own = F.one_hot(labels, num_classes=self.proxies.shape[0]).bool()
         positive = squared_distances.gather(1, labels[:, None]).squeeze(1)
         losses = positive + masked_log_sum_exp(-squared_distances, ~own)
         self.stats = row_stats(len(labels), num_real, embeddings.device)

@@ -11,7 +11,8 @@ from batchminer._functional import random_choice
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import TRIPLET_MINERS, as_float, mean_over, pairwise_distances, tuple_stats
+from ._functional import (TRIPLET_MINERS, as_float, full_precision, mean_over, pairwise_distances,
+                          tuple_stats)
 
 
 @REGISTRY.register("quadruplet")
@@ -37,6 +38,7 @@ class QuadrupletCriterion(BaseCriterion):
                      miner=None) -> "QuadrupletCriterion":
         return cls(miner, opt.loss_quadruplet_margin_alpha_1, opt.loss_quadruplet_margin_alpha_2)
 
+    @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
         embeddings = as_float(embeddings)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import TRIPLET_MINERS, as_float, pairwise_distances, tuple_stats
+from ._functional import TRIPLET_MINERS, as_float, full_precision, pairwise_distances, tuple_stats
 
 
 def snr_distances(embeddings: torch.Tensor) -> torch.Tensor:
@@ -45,6 +45,7 @@ class SNRCriterion(BaseCriterion):
                      miner=None) -> "SNRCriterion":
         return cls(miner, opt.loss_snr_margin, opt.loss_snr_reg_lambda)
 
+    @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
         embeddings = as_float(embeddings)

@@ -11,7 +11,7 @@ from torch import nn
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import as_float, row_stats
+from ._functional import as_float, cosine_to, full_precision, row_stats
 
 
 @REGISTRY.register("softmax")
@@ -26,7 +26,8 @@ class NormalizedSoftmaxCriterion(BaseCriterion):
                  lr: float = 1e-5) -> None:
         super().__init__()
         self.class_weights = nn.Parameter(torch.empty(num_classes, embed_dim))
-        nn.init.uniform_(self.class_weights, -1.0 / math.sqrt(embed_dim), 1.0 / math.sqrt(embed_dim))
+        bound = 1.0 / math.sqrt(embed_dim)
+        nn.init.uniform_(self.class_weights, -bound, bound)
         self.temperature = temperature
         self.lr = lr
 
@@ -38,9 +39,10 @@ class NormalizedSoftmaxCriterion(BaseCriterion):
     def param_groups(self) -> List[dict]:
         return [{"params": [self.class_weights], "lr": self.lr}]
 
+    @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        embeddings = F.normalize(as_float(embeddings), dim=1)
-        logits = embeddings @ F.normalize(self.class_weights, dim=1).T / self.temperature
+        embeddings = as_float(embeddings)
+        logits = cosine_to(embeddings, self.class_weights) / self.temperature
         self.stats = row_stats(len(labels), num_real, embeddings.device)
         return F.cross_entropy(logits, labels)

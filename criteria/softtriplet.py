@@ -11,7 +11,7 @@ from torch import nn
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import as_float, row_stats
+from ._functional import as_float, cosine_to, full_precision, gram, row_stats
 
 
 @REGISTRY.register("softtriplet")
@@ -52,19 +52,21 @@ class SoftTripleCriterion(BaseCriterion):
     def param_groups(self) -> List[dict]:
         return [{"params": [self.centers], "lr": self.lr}]
 
+    @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        embeddings = F.normalize(as_float(embeddings), dim=1)
+        embeddings = as_float(embeddings)
         centers = F.normalize(self.centers, dim=1)
-        similarities = (embeddings @ centers.T).view(len(labels), self.num_classes,
+        similarities = cosine_to(embeddings, self.centers).view(len(labels), self.num_classes,
                                                      self.centers_per_class)
         weights = F.softmax(similarities / self.gamma, dim=2)
         class_similarities = (weights * similarities).sum(dim=2)
-        margin = F.one_hot(labels, self.num_classes).to(class_similarities.dtype) * self.margin_delta
+        own = F.one_hot(labels, self.num_classes).to(class_similarities.dtype)
+        margin = own * self.margin_delta
         loss = F.cross_entropy(self.lam * (class_similarities - margin), labels)
         if self.reg_weight > 0 and self.centers_per_class > 1:
-            center_similarities = centers @ centers.T
-            spread = torch.sqrt(2.0 + 1e-5 - 2.0 * center_similarities[self.same_class_pairs])
+            # masked sum over the full matrix rather than boolean indexing (which syncs)
+            spread = torch.sqrt(2.0 + 1e-5 - 2.0 * gram(centers)) * self.same_class_pairs
             k = self.centers_per_class
             loss = loss + self.reg_weight * spread.sum() / (self.num_classes * k * (k - 1))
         self.stats = row_stats(len(labels), num_real, embeddings.device)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import TRIPLET_MINERS, as_float, pairwise_distances, tuple_stats
+from ._functional import TRIPLET_MINERS, as_float, full_precision, pairwise_distances, tuple_stats
 
 
 @REGISTRY.register("triplet")
@@ -32,6 +32,7 @@ class TripletCriterion(BaseCriterion):
                      miner=None) -> "TripletCriterion":
         return cls(miner, opt.loss_triplet_margin)
 
+    @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
         embeddings = as_float(embeddings)

@@ -90,11 +90,14 @@ def test_unknown_criterion_lists_valid_names(opt):
 
 
 def test_unaccepted_miner_is_refused_with_the_accepted_list(opt):
-    miner = batchminer.select("distance", opt)
-    miner.registry_name = "npair"  # pretend: a miner triplet does not accept
-    with pytest.raises(ValueError, match="criterion 'triplet' does not accept --batch_mining npair; "
+    miner = batchminer.select("npair", opt)
+    with pytest.raises(ValueError, match="criterion 'triplet' does not accept "
+                                         "--batch_mining npair; "
                                          "accepted: random, semihard"):
         criteria.select("triplet", opt, 10, miner)
+    with pytest.raises(ValueError, match="criterion 'lifted' does not accept --batch_mining "
+                                         "semihard; accepted: lifted"):
+        criteria.select("lifted", opt, 10, batchminer.select("semihard", opt))
 
 
 def test_missing_miner_is_refused(opt):
@@ -200,7 +203,8 @@ def test_multisimilarity_stats_and_bf16_input():
 def test_contrastive_matches_pml_on_the_pairs_of_the_triplets():
     raw, labels = raw_batch(seed=2)
     triplets = all_triplets(labels)[::4]
-    ours = criteria.REGISTRY.get("contrastive")(FixedMiner(triplets), pos_margin=0.3, neg_margin=1.2)
+    ours = criteria.REGISTRY.get("contrastive")(FixedMiner(triplets), pos_margin=0.3,
+                                                neg_margin=1.2)
     theirs = pml_losses.ContrastiveLoss(pos_margin=0.3, neg_margin=1.2,
                                         reducer=pml_reducers.MeanReducer())
     a, p, n = triplets.unbind(1)
@@ -301,7 +305,8 @@ def test_angular_part_matches_pml_angular_loss():
     theirs = pml_losses.AngularLoss(alpha=45)
     some_negative = (labels != labels[0]).nonzero()[:1, 0]
     pml_pairs = (anchors, positives, anchors[:1], some_negative)
-    assert_same(lambda z: angular(F.normalize(z, dim=1), labels) - npair(F.normalize(z, dim=1), labels),
+    assert_same(lambda z: (angular(F.normalize(z, dim=1), labels)
+                           - npair(F.normalize(z, dim=1), labels)),
                 lambda z: theirs(F.normalize(z, dim=1), labels, pml_pairs), raw)
 
 
@@ -484,3 +489,18 @@ def test_all_tuple_criteria_count_generated_rows(opt):
             assert with_generated.item() < tuples.item(), name
         criterion(embeddings, labels)
         assert criterion.stats["tuples_with_generated"].item() == 0, name
+
+
+def test_criteria_compute_in_float32_inside_bf16_autocast(opt):
+    """The training loop calls the criterion inside its autocast region; the loss must not be
+    computed in bf16 (bf16 matmuls move the multi-similarity loss here by about 1e-4)."""
+    torch.manual_seed(0)
+    labels = torch.arange(8).repeat(4)
+    embeddings = F.normalize(torch.randn(32, opt.embed_dim), dim=1)
+    for name in ["multisimilarity", "proxyanchor", "histogram"]:
+        criterion = criteria.select(name, opt, 8)
+        reference = criterion(embeddings, labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            inside = criterion(embeddings, labels)
+        assert inside.dtype == torch.float32, name
+        torch.testing.assert_close(inside, reference, rtol=1e-6, atol=1e-6)
