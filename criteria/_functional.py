@@ -37,13 +37,19 @@ def generated_rows(batch_size: int, num_real: Optional[int], device: torch.devic
 
 
 def tuple_stats(tuples: torch.Tensor, num_real: Optional[int]) -> Dict[str, torch.Tensor]:
-    """``tuples``/``tuples_with_generated`` of an index tensor of shape (T, k), without host sync."""
+    """``tuples``, ``tuples_with_generated`` of an index tensor (T, k), without host sync."""
     if num_real is None:
         with_generated = torch.zeros((), dtype=torch.long, device=tuples.device)
     else:
         with_generated = (tuples >= num_real).any(dim=1).sum()
     return {"tuples": torch.full((), tuples.shape[0], dtype=torch.long, device=tuples.device),
             "tuples_with_generated": with_generated.detach()}
+
+
+def miner_stats(miner) -> Dict[str, torch.Tensor]:
+    """The miner's own figures (e.g. ``semihard_fraction``), prefixed ``miner_``, so that the
+    training loop, which logs ``criterion.stats``, logs them too."""
+    return {f"miner_{key}": value for key, value in getattr(miner, "stats", {}).items()}
 
 
 def pair_stats(pairs: torch.Tensor, num_real: Optional[int]) -> Dict[str, torch.Tensor]:
@@ -88,7 +94,7 @@ TRIPLET_MINERS = ("random", "semihard", "softhard", "distance", "rho_distance", 
 
 def anchored_pair_stats(anchors: torch.Tensor, pairs: torch.Tensor,
                         num_real: Optional[int]) -> Dict[str, torch.Tensor]:
-    """``tuples``/``tuples_with_generated`` of an (A x B) bool mask of pairs (anchors[k], column)."""
+    """``tuples``, ``tuples_with_generated`` of an (A x B) bool mask of pairs (anchors[k], j)."""
     generated = generated_rows(pairs.shape[1], num_real, pairs.device)
     involves_generated = generated[anchors][:, None] | generated[None, :]
     return {"tuples": pairs.sum().detach(),

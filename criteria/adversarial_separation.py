@@ -11,7 +11,8 @@ from torch import nn
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import TRIPLET_MINERS, as_float, full_precision, pairwise_distances, tuple_stats
+from ._functional import (TRIPLET_MINERS, as_float, full_precision, miner_stats,
+                          pairwise_distances, tuple_stats)
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -88,5 +89,6 @@ class AdversarialSeparationCriterion(BaseCriterion):
                                 + self.margin)
         separation = self.separation(embeddings)
         self.stats = tuple_stats(triplets, num_real)
+        self.stats.update(miner_stats(self.miner))
         self.stats["separation"] = separation.detach()
         return triplet_losses.sum() / max(len(triplets), 1) + self.weight * separation

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from . import REGISTRY
 from ._base import BaseCriterion
 from ._functional import (anchored_pair_stats, as_float, full_precision, masked_log1p_sum_exp,
-                          mean_norm)
+                          mean_norm, miner_stats)
 from .npair import npair_terms
 
 
@@ -59,5 +59,6 @@ class AngularCriterion(BaseCriterion):
         used = negatives.clone()
         used[torch.arange(len(anchors), device=used.device), positives] = True
         self.stats = anchored_pair_stats(anchors, used, num_real)
+        self.stats.update(miner_stats(self.miner))
         return (npair_loss + self.angular_weight * angular_loss
                 + self.l2_weight * mean_norm(embeddings))

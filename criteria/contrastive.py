@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import TRIPLET_MINERS, as_float, full_precision, pairwise_distances, tuple_stats
+from ._functional import (TRIPLET_MINERS, as_float, full_precision, miner_stats,
+                          pairwise_distances, tuple_stats)
 
 
 @REGISTRY.register("contrastive")
@@ -43,4 +44,5 @@ class ContrastiveCriterion(BaseCriterion):
         pos_loss = F.relu(distances[anchors, positives] - self.pos_margin).sum() / count
         neg_loss = F.relu(self.neg_margin - distances[anchors, negatives]).sum() / count
         self.stats = tuple_stats(triplets, num_real)
+        self.stats.update(miner_stats(self.miner))
         return pos_loss + neg_loss

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from . import REGISTRY
 from ._base import BaseCriterion
 from ._functional import (anchored_pair_stats, as_float, full_precision, masked_log_sum_exp,
-                          mean_norm, pairwise_distances)
+                          mean_norm, miner_stats, pairwise_distances)
 
 
 @REGISTRY.register("lifted")
@@ -44,4 +44,5 @@ class LiftedCriterion(BaseCriterion):
         neg_term = masked_log_sum_exp(self.neg_margin - anchor_distances, negatives)
         losses = F.relu(pos_term + neg_term)
         self.stats = anchored_pair_stats(anchors, positives | negatives, num_real)
+        self.stats.update(miner_stats(self.miner))
         return losses.sum() / max(len(losses), 1) + self.l2_weight * mean_norm(embeddings)

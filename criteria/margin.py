@@ -10,7 +10,8 @@ from torch import nn
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import TRIPLET_MINERS, as_float, full_precision, pairwise_distances, tuple_stats
+from ._functional import (TRIPLET_MINERS, as_float, full_precision, miner_stats,
+                          pairwise_distances, tuple_stats)
 
 
 @REGISTRY.register("margin")
@@ -62,5 +63,6 @@ class MarginCriterion(BaseCriterion):
         if self.nu:
             total = total + self.nu * beta.sum()
         self.stats = tuple_stats(triplets, num_real)
+        self.stats.update(miner_stats(self.miner))
         self.stats["active_pairs"] = active.detach()
         return total / active.clamp_min(1)

@@ -9,7 +9,7 @@ import torch
 from . import REGISTRY
 from ._base import BaseCriterion
 from ._functional import (anchored_pair_stats, as_float, full_precision, gram,
-                          masked_log1p_sum_exp, mean_norm)
+                          masked_log1p_sum_exp, mean_norm, miner_stats)
 
 
 def npair_terms(embeddings: torch.Tensor, anchors: torch.Tensor, positives: torch.Tensor,
@@ -49,4 +49,5 @@ class NPairCriterion(BaseCriterion):
         used = negatives.clone()
         used[torch.arange(len(anchors), device=used.device), positives] = True
         self.stats = anchored_pair_stats(anchors, used, num_real)
+        self.stats.update(miner_stats(self.miner))
         return losses.sum() / max(len(losses), 1) + self.l2_weight * mean_norm(embeddings)

@@ -11,8 +11,8 @@ from batchminer._functional import random_choice
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import (TRIPLET_MINERS, as_float, full_precision, mean_over, pairwise_distances,
-                          tuple_stats)
+from ._functional import (TRIPLET_MINERS, as_float, full_precision, mean_over, miner_stats,
+                          pairwise_distances, tuple_stats)
 
 
 @REGISTRY.register("quadruplet")
@@ -52,5 +52,6 @@ class QuadrupletCriterion(BaseCriterion):
         triplet_loss = F.relu(d_ap - distances[anchors, negatives] + self.margin_alpha_1)
         quadruplet_loss = F.relu(d_ap - distances[negatives, fourth] + self.margin_alpha_2)
         self.stats = tuple_stats(torch.cat([triplets, fourth[:, None]], dim=1), num_real)
+        self.stats.update(miner_stats(self.miner))
         return (triplet_loss.sum() / max(len(triplets), 1)
                 + mean_over(quadruplet_loss, found))

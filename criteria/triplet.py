@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import TRIPLET_MINERS, as_float, full_precision, pairwise_distances, tuple_stats
+from ._functional import (TRIPLET_MINERS, as_float, full_precision, miner_stats,
+                          pairwise_distances, tuple_stats)
 
 
 @REGISTRY.register("triplet")
@@ -41,6 +42,7 @@ class TripletCriterion(BaseCriterion):
         anchors, positives, negatives = triplets.unbind(dim=1)
         losses = F.relu(distances[anchors, positives] - distances[anchors, negatives] + self.margin)
         self.stats = tuple_stats(triplets, num_real)
+        self.stats.update(miner_stats(self.miner))
         self.stats["active_fraction"] = ((losses > 0).float().sum()
                                          / max(len(losses), 1)).detach()
         return losses.sum() / max(len(losses), 1)
