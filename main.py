@@ -233,6 +233,7 @@ def format_results(results: Dict[str, float]) -> str:
 # ----------------------------------------------------------------------------- the run
 def main(argv: Optional[List[str]] = None) -> str:
     """Run one training; returns the run folder."""
+    SETUP["finished"] = False
     distributed.init_from_environment()
     opt = resume_options(argv) if "--resume" in (argv if argv is not None else sys.argv[1:]) \
         else parse_options(argv)
@@ -368,7 +369,7 @@ def main(argv: Optional[List[str]] = None) -> str:
             results = evaluate_all(model, eval_sets, opt, device)
             row = {"epoch": epoch + 1, "loss": train_means.pop("loss"),
                    "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": time.time() - started}
-            row.update({f"train/{k}": v for k, v in train_means.items()})
+            row.update({f"stats/{k}": v for k, v in train_means.items()})
             row.update(results)
             metrics_table.append(row)
             for key, value in row.items():

@@ -48,25 +48,13 @@ def read_config(folder: str) -> Dict:
 
 
 class MetricsTable:
-    """metrics.csv: one row per epoch. The columns are fixed by the first row written; a resumed
-    run appends to the same file with the same columns."""
+    """metrics.csv: one row per epoch. A row with new columns (e.g. the first trained epoch after
+    the untrained row 0) extends the header and rewrites the file; a resumed run appends to it."""
+
+    LEADING = ("epoch", "loss", "lr", "epoch_time_s")
 
     def __init__(self, folder: str) -> None:
         self.path = os.path.join(folder, METRICS_FILE)
-        self.columns: Optional[List[str]] = None
-        if os.path.exists(self.path):
-            with open(self.path, newline="") as handle:
-                self.columns = next(csv.reader(handle), None)
-
-    def append(self, row: Dict[str, float]) -> None:
-        if self.columns is None:
-            leading = [c for c in ("epoch", "loss") if c in row]
-            self.columns = leading + sorted(c for c in row if c not in leading)
-            with open(self.path, "w", newline="") as handle:
-                csv.writer(handle).writerow(self.columns)
-        with open(self.path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore")
-            writer.writerow({k: _fmt(v) for k, v in row.items()})
 
     def rows(self) -> List[Dict[str, str]]:
         if not os.path.exists(self.path):
@@ -74,15 +62,40 @@ class MetricsTable:
         with open(self.path, newline="") as handle:
             return list(csv.DictReader(handle))
 
-    def truncate_after(self, epoch: int) -> None:
-        """Drop rows of epochs after ``epoch`` (written after the checkpoint a resume uses)."""
-        rows = [r for r in self.rows() if int(float(r["epoch"])) <= epoch]
-        if self.columns is None:
-            return
-        with open(self.path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self.columns, extrasaction="ignore")
+    def columns(self) -> List[str]:
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path, newline="") as handle:
+            return next(csv.reader(handle), [])
+
+    def _order(self, names) -> List[str]:
+        leading = [c for c in self.LEADING if c in names]
+        rest = sorted(c for c in names if c not in leading)
+        return leading + [c for c in rest if not c.startswith("stats/")] + \
+            [c for c in rest if c.startswith("stats/")]
+
+    def _write(self, columns: List[str], rows: List[Dict[str, str]]) -> None:
+        temporary = self.path + ".tmp"
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
+        os.replace(temporary, self.path)
+
+    def append(self, row: Dict[str, float]) -> None:
+        formatted = {k: _fmt(v) for k, v in row.items()}
+        columns = self.columns()
+        if set(formatted) - set(columns):
+            self._write(self._order(set(columns) | set(formatted)), self.rows() + [formatted])
+            return
+        with open(self.path, "a", newline="") as handle:
+            csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore").writerow(formatted)
+
+    def truncate_after(self, epoch: int) -> None:
+        """Drop rows of epochs after ``epoch`` (written after the checkpoint a resume uses)."""
+        columns = self.columns()
+        if columns:
+            self._write(columns, [r for r in self.rows() if int(float(r["epoch"])) <= epoch])
 
 
 def _fmt(value) -> str:

@@ -1,0 +1,128 @@
+"""main.py end to end: a generated folder dataset and the real Omniglot data, on CPU."""
+from __future__ import annotations
+
+import csv
+import glob
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import main
+from utilities import run_folder as rf
+
+# Small enough for a 2-core CPU: resnet18 from scratch at 32x32 crops.
+FAST = ["--arch", "resnet18_normalize", "--not_pretrained", "--crop_size", "32", "--kernels", "0",
+        "--lr", "1e-3", "--log_every", "5"]
+
+
+def read_metrics(folder: str):
+    with open(os.path.join(folder, rf.METRICS_FILE), newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="session")
+def generated_folder(tmp_path_factory) -> Path:
+    """8 classes of 14 images: a class-specific 5x5 glyph at a random place on strong noise, so
+    the untrained network retrieves poorly and learning to ignore the noise pays."""
+    root = tmp_path_factory.mktemp("generated") / "glyphs"
+    rng = np.random.default_rng(0)
+    for c in range(8):
+        glyph = rng.random((5, 5)) > 0.5
+        colour = rng.integers(60, 255, size=3)
+        os.makedirs(root / f"class_{c:02d}")
+        for i in range(14):
+            image = rng.integers(0, 160, size=(40, 40, 3)).astype(np.uint8)
+            big = np.kron(glyph, np.ones((5, 5), dtype=bool))
+            y, x = rng.integers(0, 15, size=2)
+            image[y:y + 25, x:x + 25][big] = colour
+            Image.fromarray(image).save(root / f"class_{c:02d}" / f"{i}.png")
+    return root
+
+
+def test_main_trains_and_leaves_a_complete_run_folder(generated_folder, tmp_path):
+    folder = main.main(["--dataset", "folder", "--source", str(generated_folder), "--n_epochs", "2",
+                        "--bs", "16", "--samples_per_class", "4", "--eval_initial",
+                        "--save_path", str(tmp_path), "--savename", "glyphs", *FAST])
+    assert folder == str(tmp_path / "glyphs")
+    for name in (rf.CONFIG_FILE, rf.METRICS_FILE, rf.SUMMARY_FILE, rf.LAST_CHECKPOINT,
+                 rf.BEST_CHECKPOINT):
+        assert os.path.isfile(os.path.join(folder, name)), name
+    assert glob.glob(os.path.join(folder, "events.out.tfevents.*"))
+    rows = read_metrics(folder)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    for column in ("loss", "test/recall@1", "test/recall@8", "test/nmi", "test/f1", "test/map@r",
+                   "test/r_precision", "stats/criterion/tuples"):
+        assert column in rows[0], column
+    assert float(rows[-1]["test/recall@1"]) > float(rows[0]["test/recall@1"])
+    summary = open(os.path.join(folder, rf.SUMMARY_FILE)).read()
+    assert "selected by test/recall@1" in summary and "last epoch (2)" in summary
+    config = rf.read_config(folder)
+    assert config["dataset"] == "folder" and config["bs"] == 16 and config["pretrained"] is False
+    best = torch.load(os.path.join(folder, rf.BEST_CHECKPOINT), weights_only=True)
+    assert best["best"]["key"] == "test/recall@1"
+    assert best["network"]["embed_dim"] == 128
+
+
+def test_main_on_real_omniglot_learns_unseen_characters(omniglot_root, tmp_path):
+    folder = main.main(["--dataset", "folder", "--source", str(omniglot_root),
+                        "--folder_name", "images_background_small1", "--n_epochs", "2",
+                        "--bs", "64", "--samples_per_class", "4", "--eval_initial",
+                        "--evaluation_metrics", "recall@1", "recall@2", "map@r",
+                        "--save_path", str(tmp_path), *FAST])
+    rows = read_metrics(folder)
+    before, after = float(rows[0]["test/recall@1"]), float(rows[-1]["test/recall@1"])
+    assert after > before + 0.05, (before, after)
+    assert rf.read_config(folder)["train_classes"] == 68
+
+
+def test_same_seed_gives_the_same_losses(generated_folder, tmp_path):
+    args = ["--dataset", "folder", "--source", str(generated_folder), "--n_epochs", "1",
+            "--bs", "16", "--samples_per_class", "4", "--evaluation_metrics", "recall@1", *FAST]
+    first = main.main(args + ["--save_path", str(tmp_path / "a")])
+    second = main.main(args + ["--save_path", str(tmp_path / "b")])
+    assert read_metrics(first)[0]["loss"] == read_metrics(second)[0]["loss"]
+    assert read_metrics(first)[0]["test/recall@1"] == read_metrics(second)[0]["test/recall@1"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--loss", "nosuchloss"], "unknown criterion 'nosuchloss' for --loss; valid names: "),
+    (["--bs", "30", "--samples_per_class", "4"], "--bs 30 is not divisible by --samples_per_class 4"),
+    (["--samples_per_class", "15", "--bs", "30"], "larger than training class"),
+    (["--lr", "0"], "--lr must be positive"),
+    (["--bs", "0"], "--bs must be a positive integer"),
+    (["--arch", "vgg_normalize"], "unknown backbone in --arch 'vgg_normalize'"),
+    (["--data_sampler", "balanced"], "unknown data sampler 'balanced'"),
+    (["--embedding_producer_used", "--das_dfs_num_scale", "200", "--embed_dim", "64"],
+     "--das_dfs_num_scale"),
+    (["--embedding_producer_used", "--das_dfs_scale_left", "2", "--das_dfs_scale_right", "1"],
+     "--das_dfs_scale_left"),
+    (["--embedding_producer_used", "--produce_type", "mixup"], "DAS"),
+])
+def test_bad_options_stop_at_start_up_with_one_message(generated_folder, tmp_path, capsys, extra,
+                                                       message):
+    code = main.run(["--dataset", "folder", "--source", str(generated_folder), "--n_epochs", "1",
+                     "--bs", "16", "--samples_per_class", "4", "--save_path", str(tmp_path),
+                     *FAST, *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_missing_source_and_unwritable_save_path_are_named(tmp_path, capsys, generated_folder):
+    assert main.run(["--dataset", "cub200", "--source", str(tmp_path / "nowhere"), *FAST]) == 2
+    assert str(tmp_path / "nowhere") in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main.run(["--dataset", "folder", "--source", str(generated_folder), "--bs", "16",
+                     "--samples_per_class", "4", "--save_path", str(blocker / "runs"), *FAST]) == 2
+    assert "cannot write run folder" in capsys.readouterr().err
+
+
+def test_resume_of_a_folder_without_checkpoint_is_refused(tmp_path, capsys):
+    assert main.run(["--resume", str(tmp_path)]) == 2
+    assert f"--resume '{tmp_path}' holds no checkpoint_last.pth" in capsys.readouterr().err
