@@ -231,7 +231,8 @@ def row_status(folder: str, options: argparse.Namespace) -> Tuple[str, str]:
         return "new", ""
     conflicts = config_conflicts(folder, options)
     if conflicts:
-        return "conflict", "; ".join(conflicts[:4]) + (" ..." if len(conflicts) > 4 else "")
+        more = f"; and {len(conflicts) - 4} more" if len(conflicts) > 4 else ""
+        return "conflict", "; ".join(conflicts[:4]) + more
     done = last_epoch(folder)
     if done >= options.n_epochs:
         return "finished", f"epoch {done} of {options.n_epochs}"
@@ -371,6 +372,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (SweepError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.smoke and not args.dry_run:
+        import torch
+
+        # Tiny tensors on a shared CPU: one thread avoids oversubscription (4x faster here).
+        torch.set_num_threads(1)
     return sweep(rows, args.save_path, args.dry_run, args.in_process or args.smoke)
 
 

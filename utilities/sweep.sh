@@ -21,7 +21,8 @@ usage: bash $SCRIPT_NAME [DATA_ROOT] [ROW WORDS...] [--dry-run] [-- MAIN.PY OPTI
   ROW WORDS     choose rows; none = every row. $ROW_HELP
                 Words of one kind add rows, words of different kinds narrow them.
   --dry-run     print each row's status and main.py command; run nothing
-  MAIN.PY OPTIONS  appended to every row (everything from the first option on, or after --)
+  MAIN.PY OPTIONS  appended to every row (everything from the first option on, or after --;
+                --dry-run is the script's own wherever it stands before a --)
 
 environment:
   DATA_ROOT     as above, when not given as the first argument
@@ -55,13 +56,23 @@ fail() {
 
 run_table() {
   local words=() extra=() sweep_flags=() positional=()
+  local in_options=0  # after the first main.py option, words are its options and values
   while (($#)); do
     case $1 in
-      -h | --help) usage; exit 0 ;;
-      --dry-run | --dry_run | -n) sweep_flags+=(--dry_run) ;;
+      --dry-run | --dry_run) sweep_flags+=(--dry_run) ;;
       --) shift; extra+=("$@"); break ;;
-      -*) extra+=("$@"); break ;;
-      *) positional+=("$1") ;;
+      *)
+        if ((in_options)); then
+          extra+=("$1")
+        else
+          case $1 in
+            -h | --help) usage; exit 0 ;;
+            -n) sweep_flags+=(--dry_run) ;;
+            -*) in_options=1; extra+=("$1") ;;
+            *) positional+=("$1") ;;
+          esac
+        fi
+        ;;
     esac
     shift
   done
