@@ -58,3 +58,22 @@ def test_table2_pair_runs_one_epoch_with_das(loss, miner, arch, tiny_folder, tmp
     tuples = float(last["stats/criterion/tuples"])
     with_generated = float(last["stats/criterion/tuples_with_generated"])
     assert 0 < with_generated <= tuples
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--loss", "lifted", "--batch_mining", "semihard"],
+     "error: criterion 'lifted' does not accept --batch_mining semihard; accepted: lifted"),
+    (["--loss", "triplet", "--batch_mining", "npair"],
+     "error: criterion 'triplet' does not accept --batch_mining npair; accepted: random, semihard, "
+     "softhard, distance, rho_distance, parametric, intra_random, random_distance"),
+    (["--loss", "triplet", "--batch_mining", "hardest"],
+     "error: unknown batch miner 'hardest' for --batch_mining; valid names: distance, "),
+])
+def test_start_up_refuses_a_miner_with_one_line(extra, message, tiny_folder, tmp_path, capsys):
+    code = main.run(["--dataset", "folder", "--source", str(tiny_folder), "--n_epochs", "1",
+                     "--bs", "8", "--samples_per_class", "2", "--arch", "tinycnn_normalize",
+                     "--not_pretrained", "--crop_size", "16", "--kernels", "0",
+                     "--save_path", str(tmp_path), *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(message) and "Traceback" not in err
