@@ -36,7 +36,8 @@ def make_run(root: Path, name: str, config: Dict, rows: List[Dict]) -> Path:
 def read_table(path: Path) -> Dict[tuple, Dict[str, str]]:
     """``(method, backbone, das, figure) -> row`` of a table CSV."""
     with open(path, newline="") as handle:
-        return {(r["method"], r["backbone"], r["das"], r["figure"]): r for r in csv.DictReader(handle)}
+        return {(r["method"], r["backbone"], r["das"], r["figure"]): r
+                for r in csv.DictReader(handle)}
 
 
 def epoch_row(epoch: int, recall1: float, f1: float = 0.3, nmi: float = 0.6, **extra) -> Dict:
@@ -105,14 +106,16 @@ def test_last_and_best_epoch_are_reported_separately(tmp_path):
 
 
 def test_best_epoch_is_selected_on_the_validation_split_when_there_is_one(tmp_path):
-    rows = [epoch_row(1, 0.80, **{"val/recall@1": 0.30}), epoch_row(2, 0.60, **{"val/recall@1": 0.50}),
+    rows = [epoch_row(1, 0.80, **{"val/recall@1": 0.30}),
+            epoch_row(2, 0.60, **{"val/recall@1": 0.50}),
             epoch_row(3, 0.70, **{"val/recall@1": 0.40})]
     make_run(tmp_path / "runs", "margin", TABLE2_MARGIN, rows)
     out, _, runs = build(tmp_path)
     best = read_table(out / "table2_best.csv")[("margin+distance", "resnet50_128", "yes", "ours")]
     assert best["cub200/epoch"] == "2" and float(best["cub200/recall@1"]) == pytest.approx(60.0)
     assert best["cub200/selected_by"] == "val/recall@1"
-    assert "Best epoch selected by val/recall@1 (split 'val', 1 run)" in (out / "table2.md").read_text()
+    markdown = (out / "table2.md").read_text()
+    assert "Best epoch selected by val/recall@1 (split 'val', 1 run)" in markdown
     assert runs[0].selection_key == "val/recall@1"
 
 
@@ -149,7 +152,8 @@ def test_unfinished_duplicate_and_unmatched_runs(tmp_path):
     assert "not reached its last epoch" in (out / "table2.md").read_text()
     with open(out / "runs.csv", newline="") as handle:
         listed = {os.path.relpath(r["folder"], runs_root): r for r in csv.DictReader(handle)}
-    assert set(listed) == {"a_partial", "b_other_partial", os.path.join("nested", "digits"), "smoke"}
+    assert set(listed) == {"a_partial", "b_other_partial", os.path.join("nested", "digits"),
+                           "smoke"}
     assert listed["a_partial"]["used"] == "yes" and listed["a_partial"]["finished"] == "no"
     assert listed["a_partial"]["epochs_done"] == "2" and listed["a_partial"]["n_epochs"] == "300"
     assert "another run fills this cell" in listed["b_other_partial"]["note"]
@@ -179,7 +183,8 @@ def test_identify_table2_methods(loss, miner, arch, method):
     config = dict(dataset="cars196", arch=arch, embed_dim=128, loss=loss, batch_mining=miner,
                   embedding_producer_used=False)
     row, dataset, reason = pt.identify(config)
-    assert row == pt.RowKey(2, method, "resnet50_128", False) and dataset == "cars196" and not reason
+    assert row == pt.RowKey(2, method, "resnet50_128", False)
+    assert dataset == "cars196" and not reason
 
 
 def test_identify_refuses_what_fits_no_table():

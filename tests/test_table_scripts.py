@@ -122,7 +122,8 @@ def test_table1_rows_have_the_papers_settings(data_root, tmp_path):
             expected = (*(DEFAULT_DFS if sop else NARROW_DFS), 0.1 if sop else 0.01, not sop,
                         False, False, 8)
             assert das_settings(o) == expected, name
-    assert options["cars196_resnet50_das"]["dataset"] == "cars196"  # not the published script's cub200
+    # The published script trains this row on cub200 by mistake.
+    assert options["cars196_resnet50_das"]["dataset"] == "cars196"
     assert_baseline_is_das_row_without_das(options)
 
 
@@ -238,7 +239,8 @@ def test_finished_rows_are_skipped_and_killed_ones_continued(data_root, tmp_path
     assert "# cub200_npair_baseline: train afresh (stale folder moved aside): no checkpoint to " \
            "continue from" in comments
     refused = [c for c in comments if c.startswith("# cub200_npair_das: refuse")]
-    assert refused and "--arch 'resnet50_frozen_normalize' there, 'resnet50_frozen' here" in refused[0]
+    assert refused
+    assert "--arch 'resnet50_frozen_normalize' there, 'resnet50_frozen' here" in refused[0]
     assert "more" in refused[0]  # --loss, --das_not_normalize, ... differ too
     assert sorted(commands) == ["cub200_margin_das", "cub200_npair_baseline"]
 
@@ -270,7 +272,8 @@ def test_smoke_sweep_trains_every_row_for_one_epoch(script, rows, tmp_path):
         lifted = json.loads((tmp_path / "runs" / table / "cub200_lifted_das" /
                              "config.json").read_text())
         assert lifted["arch"] == "tinycnn_frozen" and lifted["das_not_normalize"]
-        assert lifted["loss"] == "lifted" and lifted["batch_mining"] == "lifted" and lifted["detach"]
+        assert (lifted["loss"], lifted["batch_mining"], lifted["detach"]) == ("lifted", "lifted",
+                                                                              True)
     # A second run finds every row finished and trains nothing.
     again = run_script(script, "cub200", env={"SMOKE": "1", "SMOKE_DIR": str(tmp_path)})
     assert again.returncode == 0 and "finished (trained" not in again.stdout

@@ -284,8 +284,10 @@ def retrieval_grid(runs: Sequence[LoadedRun], query_ids: Sequence[int], top_k: i
     """Embed every run's split, find the top-k of each query, and compose the thumbnails."""
     first = runs[0]
     for run in runs[1:]:
-        if (list(map(str, run.queries.images)) != list(map(str, first.queries.images))
-                or list(map(str, run.references.images)) != list(map(str, first.references.images))):
+        same_queries = list(map(str, run.queries.images)) == list(map(str, first.queries.images))
+        same_references = (list(map(str, run.references.images))
+                           == list(map(str, first.references.images)))
+        if not (same_queries and same_references):
             raise FigureError(f"runs '{first.folder}' and '{run.folder}' evaluate different images "
                               f"(dataset {first.config['dataset']} vs {run.config['dataset']}); "
                               f"stack runs of the same dataset and split")

@@ -121,7 +121,8 @@ def make_in_shop(out: str, num_classes: int, images_per_class: int, size: int,
             lines.append(f"{relative} {item} {status}")
     os.makedirs(os.path.join(root, "Eval"), exist_ok=True)
     with open(os.path.join(root, "Eval", "list_eval_partition.txt"), "w") as handle:
-        handle.write(f"{len(lines)}\nimage_name item_id evaluation_status\n" + "\n".join(lines) + "\n")
+        handle.write(f"{len(lines)}\nimage_name item_id evaluation_status\n")
+        handle.write("\n".join(lines) + "\n")
     return root
 
 
@@ -158,7 +159,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--classes", type=int, default=DEFAULT_CLASSES,
                         help="Classes per dataset, train and test together (first half train).")
     parser.add_argument("--images_per_class", type=int, default=DEFAULT_IMAGES_PER_CLASS)
-    parser.add_argument("--size", type=int, default=DEFAULT_IMAGE_SIZE, help="Image side in pixels.")
+    parser.add_argument("--size", type=int, default=DEFAULT_IMAGE_SIZE,
+                        help="Image side in pixels.")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:

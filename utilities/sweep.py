@@ -106,7 +106,8 @@ def _word_matches(word: str, position: int, tag: str) -> bool:
     return word == tag or word in tag.split("_")
 
 
-def select_rows(rows: Sequence[Row], words: Sequence[str], script: str = "the table script") -> List[Row]:
+def select_rows(rows: Sequence[Row], words: Sequence[str],
+                script: str = "the table script") -> List[Row]:
     """Rows chosen by words: a dataset, a backbone/method (or one of its parts, e.g. 'triplet'),
     a variant (baseline, das) or a full row name. Words of one kind widen the choice, words of
     different kinds narrow it: ``cub200 cars196 das`` = the + DAS rows of both datasets."""
@@ -118,14 +119,15 @@ def select_rows(rows: Sequence[Row], words: Sequence[str], script: str = "the ta
         if any(row.name == word for row in rows):
             names.append(word)
             continue
-        positions = [p for p in range(3) if any(_word_matches(word, p, row.tags[p]) for row in rows)]
+        positions = [p for p in range(3)
+                     if any(_word_matches(word, p, row.tags[p]) for row in rows)]
         if not positions:
             kinds = [sorted({row.tags[p] for row in rows}) for p in range(3)]
             raise SweepError(
-                f"{script}: unknown row word '{word}'. Choose rows by dataset ({' '.join(kinds[0])}; "
-                f"or cub, cars, sop), by {'backbone' if script.endswith('1.sh') else 'method'} "
-                f"({' '.join(kinds[1])}), by variant ({' '.join(kinds[2])}), or by a full row "
-                f"name such as {rows[-1].name}")
+                f"{script}: unknown row word '{word}'. Choose rows by dataset "
+                f"({' '.join(kinds[0])}; or cub, cars, sop), by backbone/method "
+                f"({' '.join(kinds[1])}; or a part of it), by variant ({' '.join(kinds[2])}), "
+                f"or by a full row name such as {rows[-1].name}")
         by_position.setdefault(positions[0], []).append(word)
 
     def chosen(row: Row) -> bool:
@@ -133,7 +135,8 @@ def select_rows(rows: Sequence[Row], words: Sequence[str], script: str = "the ta
             return True
         if not by_position:
             return False
-        return all(any(_word_matches(w, p, row.tags[p]) for w in ws) for p, ws in by_position.items())
+        return all(any(_word_matches(w, p, row.tags[p]) for w in ws)
+                   for p, ws in by_position.items())
 
     return [row for row in rows if chosen(row)]
 
@@ -178,8 +181,9 @@ def check_data_roots(rows: Sequence[Row], script: str) -> None:
         if not os.path.isdir(folder):
             problems[(source, dataset)] = f"'{folder}' does not exist"
         elif missing:
-            problems[(source, dataset)] = (f"'{folder}' lacks {', '.join(m + '/' for m in missing)} "
-                                           f"(expected {dataset}/{' and '.join(expected)})")
+            lacking = ", ".join(m + "/" for m in missing)
+            problems[(source, dataset)] = (f"'{folder}' lacks {lacking} (expected "
+                                           f"{dataset}/{' and '.join(expected)})")
     if problems:
         sources = sorted({str(s) for s, _ in problems})
         present = sorted(d for d in DATASET_LAYOUT
@@ -320,10 +324,11 @@ def sweep(rows: Sequence[Row], save_path: str, dry_run: bool, in_process: bool) 
         done = last_epoch(folder)
         seconds = time.time() - row_started
         if code == 0 and done >= row.options.n_epochs:
-            results.append((row.name, f"finished ({'continued' if row.status == 'resume' else 'trained'}"
-                                      f", {seconds:.0f} s)"))
+            how = "continued" if row.status == "resume" else "trained"
+            results.append((row.name, f"finished ({how}, {seconds:.0f} s)"))
         else:
-            results.append((row.name, f"FAILED (exit {code}, epoch {done} of {row.options.n_epochs})"))
+            results.append((row.name, f"FAILED (exit {code}, epoch {done} of "
+                                      f"{row.options.n_epochs})"))
         if code == 130:  # Ctrl-C: main.py saved a checkpoint; stop the sweep too
             print("stopped; rerun the same command to continue", flush=True)
             break
@@ -346,7 +351,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         argv = argv[:argv.index("--")]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default="-", help="Row list file; '-' reads standard input.")
-    parser.add_argument("--save_path", required=True, help="Parent folder of the rows' run folders.")
+    parser.add_argument("--save_path", required=True,
+                        help="Parent folder of the rows' run folders.")
     parser.add_argument("--select", nargs="*", default=[], help="Row words (see select_rows).")
     parser.add_argument("--script", default="the table script", help="Name used in messages.")
     parser.add_argument("--dry_run", action="store_true", help="Print what would run; run nothing.")
