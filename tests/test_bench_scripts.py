@@ -1,0 +1,194 @@
+"""bench/train_step.py and bench/gpu_check.sh on CPU: host syncs of the training step, a smoke
+run of the bench, and the GPU check's syntax and refusal without CUDA. Tiny sizes throughout."""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import train_step as bench
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GPU_CHECK = REPO_ROOT / "bench" / "gpu_check.sh"
+TINY = ["--arch", "tinycnn_normalize", "--crop_size", "16", "--bs", "8", "--samples_per_class", "2",
+        "--embed_dim", "16", "--das_dfs_num_scale", "4", "--kernels", "0", "--lr", "1e-3"]
+STEPS, LOG_EVERY = 7, 3
+LOG_STEPS = {step for step in range(STEPS) if (step + 1) % LOG_EVERY == 0} | {"end"}
+
+# Step syncs outside the logging point that are known and reported (issue 6), by (file,
+# function, call). Remove an entry when its code is fixed: the strict xfail below then passes.
+KNOWN_STEP_SYNCS = {
+    # first_bad_step = torch.where(..., torch.tensor(step, device=device), ...): a host-to-device
+    # copy from pageable memory, which waits on CUDA (pytorch/pytorch#120996), every step.
+    ("main.py", "train_one_epoch", "tensor(device=...)"),
+    # Miners select the valid anchors with nonzero (a data-dependent size) every step.
+    ("batchminer/_functional.py", "stack_triplets", "nonzero"),
+}
+
+
+@pytest.fixture
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def tiny_training(extra=()):
+    opt = bench.bench_options(TINY + ["--log_every", str(LOG_EVERY), *extra])
+    torch.manual_seed(0)
+    training = bench.build_training(opt, num_classes=6, device=torch.device("cpu"))
+    return training, bench.device_batches(training, 3)
+
+
+def watched_run(training, batches, use_das: bool) -> bench.SyncWatch:
+    """STEPS steps of main.train_one_epoch under SyncWatch, DAS taking its accelerator path."""
+    watch = bench.SyncWatch()
+
+    def on_batch(step):
+        watch.step = step
+
+    training.das.sync_free_bank_writes = True
+    with watch:
+        bench.run_epoch(training, bench.DeviceBatches(batches, STEPS, on_batch), use_das)
+    return watch
+
+
+def step_syncs(watch: bench.SyncWatch):
+    """(file, function, call) of the syncs outside the logging point, CPU-only branches left out."""
+    return {e.site() for e in watch.events
+            if e.step not in LOG_STEPS and e.site()[:2] not in bench.CPU_ONLY_SITES}
+
+
+def test_item_is_called_only_at_the_logging_point(monkeypatch, one_thread):
+    """train_one_epoch calls .item() only every --log_every steps (and once after the epoch)."""
+    training, batches = tiny_training(["--loss", "multisimilarity"])
+    current = {"step": None}
+    calls = []
+    original_item = torch.Tensor.item
+    torch_dir = os.path.dirname(torch.__file__)
+
+    def counting_item(self):
+        caller = sys._getframe(1).f_code.co_filename
+        if not caller.startswith(torch_dir):  # Adam reads its CPU step counters with .item()
+            calls.append((current["step"], os.path.basename(caller)))
+        return original_item(self)
+
+    def on_batch(step):
+        current["step"] = step
+
+    monkeypatch.setattr(torch.Tensor, "item", counting_item)
+    bench.run_epoch(training, bench.DeviceBatches(batches, STEPS, on_batch), use_das=True)
+    monkeypatch.undo()
+    steps_with_item = {step for step, _ in calls}
+    assert steps_with_item == LOG_STEPS, calls
+    assert {name for _, name in calls} == {"main.py"}
+
+
+def test_sync_watch_names_the_file_line_and_call():
+    watch = bench.SyncWatch()
+    values = torch.tensor([1.0, -2.0, 3.0])
+    with watch:
+        line = sys._getframe().f_lineno + 1
+        values[values > 0].sum().item()
+        torch.tensor(2, device="cpu")
+        values.nonzero()
+        values.sum() * 2  # no sync
+    calls = [(e.call, e.file, e.line) for e in watch.events]
+    here = "tests/test_bench_scripts.py"
+    assert calls == [("__getitem__[bool mask]", here, line), ("item", here, line),
+                     ("tensor(device=...)", here, line + 1), ("nonzero", here, line + 2)]
+
+
+@pytest.mark.parametrize("loss, miner", [("multisimilarity", "distance"), ("triplet", "distance")])
+def test_step_has_no_unknown_host_sync(loss, miner, one_thread):
+    """Every call that would make the host wait on CUDA, outside the logging point, is known."""
+    training, batches = tiny_training(["--loss", loss, "--batch_mining", miner])
+    for use_das in (False, True):
+        watch = watched_run(training, batches, use_das)
+        assert {e.step for e in watch.events if e.call == "item"} == LOG_STEPS
+        unknown = step_syncs(watch) - KNOWN_STEP_SYNCS
+        assert not unknown, [str(e) for e in watch.events if e.site() in unknown]
+
+
+@pytest.mark.xfail(strict=True, reason="main.py train_one_epoch: torch.tensor(step, device=device) "
+                                       "in the first_bad_step update syncs every step on CUDA")
+def test_table1_step_is_sync_free(one_thread):
+    """Table 1's step (multi-similarity, no miner, DAS) should not sync outside logging."""
+    training, batches = tiny_training(["--loss", "multisimilarity"])
+    watch = watched_run(training, batches, use_das=True)
+    assert not step_syncs(watch), [str(e) for e in watch.events]
+
+
+def test_breakdown_phases_cover_the_step(one_thread):
+    training, batches = tiny_training(["--loss", "triplet", "--batch_mining", "distance"])
+    parts = bench.breakdown(training, bench.DeviceBatches(batches, 4), use_das=True)
+    assert parts["das_forward"] > 0 and parts["mining"] > 0 and parts["loss_forward"] > 0
+    assert parts["backbone_forward"] > 0 and parts["backbone_backward"] > 0
+    assert 0 < parts["head_share"] < 1
+    assert training.criterion.miner.__class__.__name__ != "TimedMiner"  # hooks removed
+
+
+def test_train_step_smoke_prints_the_summary(tmp_path):
+    command = [sys.executable, str(REPO_ROOT / "bench" / "train_step.py"), "--modes", "step",
+               "step_loader", "loader", "--steps", "2", "--repeats", "1", "--warmup", "1",
+               "--breakdown_steps", "2", "--check_syncs", "2", "--loader_batches", "2",
+               "--unique_images", "4", "--image_size", "40x30", "--num_classes", "6",
+               "--threads", "1", *TINY[:-4], "--kernels", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    summary = dict(field.split("=") for field in lines[-1].split())
+    for key in ("imgs_per_s", "imgs_per_s_no_das", "das_mining_loss_share", "das_overhead",
+                "loader_imgs_per_s", "step_loader_imgs_per_s"):
+        assert key in summary, lines[-1]
+    assert float(summary["imgs_per_s"]) > 0 and 0 < float(summary["das_mining_loss_share"]) < 1
+    assert summary["device"] == "cpu"
+    assert any("host syncs, DAS on" in line for line in lines)
+
+
+def test_train_step_refuses_too_few_classes():
+    with pytest.raises(SystemExit, match="--num_classes 10 x --samples_per_class 2 is smaller than "
+                                         "--bs 112"):
+        bench.main(["--num_classes", "10", "--bs", "112", "--modes", "loader"])
+
+
+def test_gpu_check_is_valid_bash():
+    done = subprocess.run(["bash", "-n", str(GPU_CHECK)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def fake_nvidia_smi(folder: Path) -> Path:
+    tool = folder / "nvidia-smi"
+    tool.write_text("#!/bin/sh\necho 'GPU 0: fake'\n")
+    tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+    return folder
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+@pytest.mark.parametrize("with_driver", [False, True])
+def test_gpu_check_refuses_without_cuda(tmp_path, with_driver):
+    """No driver: stops before Python starts; a driver but no CUDA for torch: stops after asking
+    torch. Either way a non-zero exit, a message naming CUDA, and no figures file."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("dirname", "date", "cat", "env", "mkdir"):
+        if shutil.which(tool):
+            os.symlink(shutil.which(tool), bin_dir / tool)
+    if with_driver:
+        fake_nvidia_smi(bin_dir)
+    env = dict(os.environ, PATH=str(bin_dir), PYTHON=sys.executable)
+    env.pop("OUT", None)
+    out_file = tmp_path / "figures.txt"
+    done = subprocess.run([shutil.which("bash"), str(GPU_CHECK), str(out_file)], env=env,
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "CUDA" in done.stderr and "gpu_check.sh" in done.stderr
+    assert ("PyTorch" in done.stderr) == with_driver
+    assert not out_file.exists()
