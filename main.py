@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 import time
-from collections import defaultdict
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -122,7 +121,7 @@ def make_optimizer(opt: argparse.Namespace, model: architectures.EmbeddingNetwor
 
 def resume_options(argv: Optional[List[str]]) -> argparse.Namespace:
     """For --resume: the saved configuration, with a few options taken from the command line."""
-    cli = parse_options(argv)
+    cli = build_parser().parse_args(argv)  # as typed: dataset defaults not filled in
     folder = cli.resume
     if not os.path.isdir(folder):
         raise ckpt.CheckpointError(f"--resume '{folder}' is not a run folder")
@@ -163,30 +162,42 @@ class EpochStats:
 
 
 # ----------------------------------------------------------------------------- train / evaluate
+def training_step(model, criterion, das, optimizer, images: torch.Tensor, labels: torch.Tensor,
+                  device: torch.device, use_amp: bool) -> torch.Tensor:
+    """Forward, (gather across ranks), dense anchors, mining + loss, backward, update.
+
+    Returns the loss as a device tensor (no host sync). Under torchrun the loss is that of the
+    global batch on every rank, and the update equals a single process's on that batch.
+    """
+    images = images.to(device, non_blocking=True)
+    labels = labels.to(device, non_blocking=True)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        embeddings = model(images)
+    embeddings, labels = distributed.gather_with_grad(embeddings.float(), labels)
+    if das is not None:
+        loss = das.compute_loss(criterion, embeddings, labels)
+    else:
+        loss = criterion(embeddings, labels)
+    optimizer.zero_grad(set_to_none=True)
+    (loss * distributed.loss_scale()).backward()
+    optimizer.step()
+    return loss
+
+
 def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int,
                     stats: EpochStats, writer, opt, stop: StopRequest,
                     global_step: int) -> Tuple[int, bool]:
     """One pass over the training batches. Returns the global step and whether it was stopped."""
     model.train()
     use_amp = device.type == "cuda" and not opt.no_amp
+    batches = loader.batch_sampler.batch_sampler  # the BaseBatchSampler (resume position)
     first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
     progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
                     disable=not distributed.is_main_process())
-    for step, (images, labels, _) in enumerate(progress, start=loader.batch_sampler.batch_sampler.start_batch):
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            embeddings = model(images)
-        embeddings, labels = distributed.gather_with_grad(embeddings.float(), labels)
-        if das is not None:
-            loss = das.compute_loss(criterion, embeddings, labels)
-        else:
-            loss = criterion(embeddings, labels)
-        optimizer.zero_grad(set_to_none=True)
-        (loss * distributed.loss_scale()).backward()
-        optimizer.step()
+    for step, (images, labels, _) in enumerate(progress, start=batches.start_batch):
+        loss = training_step(model, criterion, das, optimizer, images, labels, device, use_amp)
 
         step_scalars = {"loss": loss.detach()}
         step_scalars.update({f"criterion/{k}": v for k, v in criterion.stats.items()})
@@ -196,7 +207,7 @@ def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int
         first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss.detach()),
                                      torch.tensor(step, device=device), first_bad_step)
         global_step += 1
-        loader.batch_sampler.batch_sampler.start_batch = step + 1
+        batches.start_batch = step + 1
         if global_step % opt.log_every == 0 or stop.requested:
             # The one host sync of the step, every --log_every steps.
             if first_bad_step.item() >= 0:
@@ -216,12 +227,22 @@ def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int
 
 
 def evaluate_all(model, eval_sets, opt, device) -> Dict[str, float]:
-    """Every evaluation split's metrics, keyed ``<split>/<metric>``."""
+    """Every evaluation split's metrics, keyed ``<split>/<metric>``. Under torchrun all ranks
+    embed a shard each and rank 0 computes the metrics (other ranks get an empty dict)."""
+    def embed(dataset):
+        return distributed.sharded_embeddings(model, dataset, device, opt.eval_bs, opt.kernels)
+
     results = {}
     for split_name, eval_set in eval_sets.items():
-        values = evaluation.evaluate(model, eval_set, opt.evaluation_metrics, device,
-                                     batch_size=opt.eval_bs, num_workers=opt.kernels,
-                                     kmeans_iterations=opt.kmeans_iterations, seed=opt.seed)
+        if isinstance(eval_set, tuple):  # In-Shop: queries searched among the gallery only
+            (queries, query_labels), (gallery, gallery_labels) = embed(eval_set[0]), embed(eval_set[1])
+        else:
+            (gallery, gallery_labels), queries, query_labels = embed(eval_set), None, None
+        if not distributed.is_main_process():
+            continue
+        values = evaluation.compute_metrics(opt.evaluation_metrics, gallery, gallery_labels,
+                                            queries, query_labels,
+                                            kmeans_iterations=opt.kmeans_iterations, seed=opt.seed)
         results.update({f"{split_name}/{name}": value for name, value in values.items()})
     return results
 
@@ -270,7 +291,10 @@ def main(argv: Optional[List[str]] = None) -> str:
                                  world_size=world_size, class_names=splits.train.class_names)
     loader = DataLoader(SeededDataset(train_set), batch_sampler=SeededBatches(sampler, opt.seed),
                         num_workers=opt.kernels, pin_memory=device.type == "cuda",
-                        persistent_workers=opt.kernels > 0)
+                        persistent_workers=opt.kernels > 0,
+                        # its own generator: creating a loader iterator must not consume the
+                        # global RNG, or a resumed run would draw differently afterwards
+                        generator=torch.Generator().manual_seed(opt.seed))
 
     # Miner, criterion and dense anchors.
     criterion_class = criteria.REGISTRY.get(opt.loss)
@@ -308,12 +332,14 @@ def main(argv: Optional[List[str]] = None) -> str:
         start_epoch, global_step, best = state["epoch"], state["global_step"], state["best"]
         set_rng_state(state["rng"])
         if is_main:
-            rf.MetricsTable(folder).truncate_after(start_epoch - 1 if sampler.start_batch else start_epoch)
+            rf.MetricsTable(folder).truncate_after(start_epoch)
     elif is_main:
         folder = rf.create_run_folder(opt.save_path, opt.savename, opt.dataset, opt.arch, opt.seed)
     else:
         folder = ""
     folder = distributed.broadcast_string(folder)
+    stop = StopRequest()
+    stop.install()
     if is_main:
         rf.write_config(folder, dict(vars(opt), device=str(device), world_size=world_size,
                                      train_classes=splits.train.num_classes,
@@ -325,8 +351,6 @@ def main(argv: Optional[List[str]] = None) -> str:
 
     writer = SummaryWriter(folder, purge_step=global_step or None) if is_main else None
     metrics_table = rf.MetricsTable(folder) if is_main else None
-    stop = StopRequest()
-    stop.install()
 
     def checkpoint_state(epoch: int) -> Dict:
         return {"epoch": epoch, "global_step": global_step, "best": best,
@@ -340,10 +364,11 @@ def main(argv: Optional[List[str]] = None) -> str:
                 "sampler": sampler.state_dict(), "epoch_stats": epoch_stats.state_dict(),
                 "rng": rng_state()}
 
-    if is_main and start_epoch == 0 and sampler.start_batch == 0 and opt.eval_initial:
+    if start_epoch == 0 and sampler.start_batch == 0 and opt.eval_initial:
         initial = evaluate_all(model, eval_sets, opt, device)
-        metrics_table.append(dict(epoch=0, loss=float("nan"), lr=opt.lr, **initial))
-        print(f"epoch 0 (untrained): {format_results(initial)}", flush=True)
+        if is_main:
+            metrics_table.append(dict(epoch=0, loss=float("nan"), lr=opt.lr, **initial))
+            print(f"epoch 0 (untrained): {format_results(initial)}", flush=True)
 
     SETUP["finished"] = True
     # Epochs. Epoch numbers in logs start at 1; row 0 is the untrained network (--eval_initial).
@@ -365,8 +390,8 @@ def main(argv: Optional[List[str]] = None) -> str:
         train_means = epoch_stats.means()
         epoch_stats = EpochStats()
         sampler.start_batch = 0
+        results = evaluate_all(model, eval_sets, opt, device)
         if is_main:
-            results = evaluate_all(model, eval_sets, opt, device)
             row = {"epoch": epoch + 1, "loss": train_means.pop("loss"),
                    "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": time.time() - started}
             row.update({f"stats/{k}": v for k, v in train_means.items()})

@@ -13,7 +13,9 @@ import zipfile
 from pathlib import Path
 from typing import List
 
+import numpy as np
 import pytest
+from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OMNIGLOT_ZIP_NAME = "images_background_small1.zip"
@@ -47,4 +49,23 @@ def omniglot_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if pngs != OMNIGLOT_IMAGES:
         pytest.fail(f"{archive} unzipped to {pngs} PNG files under {tree}; expected "
                     f"{OMNIGLOT_IMAGES} (is the zip damaged?)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def generated_folder(tmp_path_factory) -> Path:
+    """8 classes of 14 images: a class-specific 5x5 glyph at a random place on strong noise, so
+    the untrained network retrieves poorly and learning to ignore the noise pays."""
+    root = tmp_path_factory.mktemp("generated") / "glyphs"
+    rng = np.random.default_rng(0)
+    for c in range(8):
+        glyph = rng.random((5, 5)) > 0.5
+        colour = rng.integers(60, 255, size=3)
+        os.makedirs(root / f"class_{c:02d}")
+        for i in range(14):
+            image = rng.integers(0, 160, size=(40, 40, 3)).astype(np.uint8)
+            big = np.kron(glyph, np.ones((5, 5), dtype=bool))
+            y, x = rng.integers(0, 15, size=2)
+            image[y:y + 25, x:x + 25][big] = colour
+            Image.fromarray(image).save(root / f"class_{c:02d}" / f"{i}.png")
     return root

@@ -4,12 +4,9 @@ from __future__ import annotations
 import csv
 import glob
 import os
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import main
 from utilities import run_folder as rf
@@ -22,25 +19,6 @@ FAST = ["--arch", "resnet18_normalize", "--not_pretrained", "--crop_size", "32",
 def read_metrics(folder: str):
     with open(os.path.join(folder, rf.METRICS_FILE), newline="") as handle:
         return list(csv.DictReader(handle))
-
-
-@pytest.fixture(scope="session")
-def generated_folder(tmp_path_factory) -> Path:
-    """8 classes of 14 images: a class-specific 5x5 glyph at a random place on strong noise, so
-    the untrained network retrieves poorly and learning to ignore the noise pays."""
-    root = tmp_path_factory.mktemp("generated") / "glyphs"
-    rng = np.random.default_rng(0)
-    for c in range(8):
-        glyph = rng.random((5, 5)) > 0.5
-        colour = rng.integers(60, 255, size=3)
-        os.makedirs(root / f"class_{c:02d}")
-        for i in range(14):
-            image = rng.integers(0, 160, size=(40, 40, 3)).astype(np.uint8)
-            big = np.kron(glyph, np.ones((5, 5), dtype=bool))
-            y, x = rng.integers(0, 15, size=2)
-            image[y:y + 25, x:x + 25][big] = colour
-            Image.fromarray(image).save(root / f"class_{c:02d}" / f"{i}.png")
-    return root
 
 
 def test_main_trains_and_leaves_a_complete_run_folder(generated_folder, tmp_path):

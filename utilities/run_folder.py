@@ -5,7 +5,7 @@ import csv
 import json
 import os
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
