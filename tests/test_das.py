@@ -323,6 +323,7 @@ def test_compute_loss_equals_hand_made_sum(aux_loss):
     expected = criterion(all_embeddings, all_labels, num_real=7)
     if aux_loss:
         expected = criterion(embeddings, labels, num_real=7) + 0.3 * expected
+    assert loss.abs() > 0
     torch.testing.assert_close(loss, expected)
     assert ("loss_real" in das.stats) == aux_loss
 
@@ -402,3 +403,16 @@ def test_build_producer():
         build_producer(options("--embedding_producer_used", "--das_dfs_num_scale", "200"), 10)
     with pytest.raises(ValueError, match="--das_dfs_scale_left 2.5.*--das_dfs_scale_right 2.0"):
         build_producer(options("--embedding_producer_used", "--das_dfs_scale_left", "2.5"), 10)
+
+
+def test_own_generator_makes_draws_independent_of_global_rng():
+    outputs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        das = make_das()
+        das.generator = torch.Generator().manual_seed(3)
+        data = torch.Generator().manual_seed(4)
+        for labels in LABEL_SEQUENCE:
+            out, _ = das(*random_batch(labels, 16, data))
+        outputs.append(out)
+    assert torch.equal(outputs[0], outputs[1])
