@@ -15,6 +15,15 @@ from utilities import figures
 from utilities.smoke_data import make_smoke_datasets
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny tensors on the shared 2-core CPU: one intra-op thread avoids contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
     """Runs trained by main.py on generated CUB-layout and In-Shop-layout data: a ResNet-18
@@ -25,7 +34,7 @@ def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
     common = ["--source", str(root / "data"), "--not_pretrained", "--crop_size", "32",
               "--kernels", "0", "--bs", "16", "--device", "cpu", "--save_path", str(root / "runs")]
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors on a shared CPU
+    torch.set_num_threads(1)  # set before the function-scoped single_thread fixture runs
     try:
         runs = {
             "baseline": training.main(["--dataset", "cub200", "--arch", "resnet18_normalize",

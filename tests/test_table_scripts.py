@@ -245,6 +245,29 @@ def test_finished_rows_are_skipped_and_killed_ones_continued(data_root, tmp_path
     assert sorted(commands) == ["cub200_margin_das", "cub200_npair_baseline"]
 
 
+def test_a_row_runs_as_its_own_process_and_is_continued_for_more_epochs(tmp_path):
+    """The default (non-SMOKE) path: ``python main.py`` per row, then ``--resume``."""
+    from utilities.smoke_data import make_smoke_datasets
+
+    make_smoke_datasets(str(tmp_path / "data"), ["cub200"])
+    tiny = ["--arch", "tinycnn_frozen_normalize", "--not_pretrained", "--kernels", "0",
+            "--crop_size", "32", "--bs", "16", "--device", "cpu"]
+    env = {"SAVE_PATH": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1"}
+    first = run_script("table2.sh", str(tmp_path / "data"), "cub200_margin_das", "--",
+                       *tiny, "--n_epochs", "1", env=env, timeout=300)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    assert "cub200_margin_das  finished (trained" in first.stdout
+    more = run_script("table2.sh", str(tmp_path / "data"), "cub200_margin_das", "--",
+                      *tiny, "--n_epochs", "2", env=env, timeout=300)
+    assert more.returncode == 0, more.stdout[-2000:] + more.stderr[-2000:]
+    assert "cub200_margin_das  finished (continued" in more.stdout
+    folder = tmp_path / "runs" / "cub200_margin_das"
+    with open(folder / "metrics.csv", newline="") as handle:
+        assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [1, 2]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["loss"] == "margin" and config["embedding_producer_used"] and config["detach"]
+
+
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 def test_scripts_are_shellcheck_clean():
     result = subprocess.run(["shellcheck", "-x", "table1.sh", "table2.sh", "utilities/sweep.sh"],
