@@ -9,6 +9,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -27,6 +28,7 @@ def run_script(script: str, *args: str, env: Dict[str, str] = None,
                timeout: int = 120) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items()
                    if k not in ("DATA_ROOT", "SMOKE", "GPU", "DEVICE", "SAVE_PATH", "SMOKE_DIR")}
+    environment["PYTHON"] = sys.executable  # the interpreter running the tests
     environment.update(env or {})
     return subprocess.run(["bash", str(REPO_ROOT / script), *args], capture_output=True,
                           text=True, env=environment, timeout=timeout)
