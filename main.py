@@ -212,7 +212,7 @@ def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int
             # The one host sync of the step, every --log_every steps.
             if first_bad_step.item() >= 0:
                 raise TrainingError(f"non-finite loss at epoch {epoch}, step "
-                                    f"{first_bad_step.item()}; the last good checkpoint is kept")
+                                    f"{first_bad_step.item() + 1}; the last good checkpoint is kept")
             values = {k: v.item() for k, v in step_scalars.items()}
             progress.set_postfix(loss=f"{values['loss']:.4f}")
             if writer is not None:
@@ -221,7 +221,7 @@ def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int
         if stop.requested:
             return global_step, True
     if first_bad_step.item() >= 0:
-        raise TrainingError(f"non-finite loss at epoch {epoch}, step {first_bad_step.item()}; "
+        raise TrainingError(f"non-finite loss at epoch {epoch}, step {first_bad_step.item() + 1}; "
                             f"the last good checkpoint is kept")
     return global_step, False
 
