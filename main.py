@@ -426,7 +426,7 @@ def write_training_summary(folder: str, table: rf.MetricsTable, best: Dict, opt)
         lines.append("no epoch finished")
         rf.write_summary(folder, lines)
         return
-    metric_columns = [c for c in rows[-1] if "/" in c and not c.startswith("train/")]
+    metric_columns = [c for c in rows[-1] if "/" in c and not c.startswith("stats/")]
     last = rows[-1]
     lines.append(f"last epoch ({last['epoch']}): " +
                  "  ".join(f"{c}={float(last[c]):.4f}" for c in metric_columns if last[c]))

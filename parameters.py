@@ -15,12 +15,13 @@ from typing import List, Optional
 # tiny (8x8 images), so it trains a small network from scratch at a small crop on a CPU.
 IMAGE_BENCHMARK_DEFAULTS = dict(
     arch="resnet50_frozen_normalize", crop_size=224, n_epochs=150, pretrained=True, bs=112,
-    samples_per_class=2,
+    samples_per_class=2, augmentation="base",
 )
 DATASET_DEFAULTS = {
-    # 5 training classes: a batch holds all of them, 20 images each.
-    "digits": dict(arch="resnet18_normalize", crop_size=32, n_epochs=12, pretrained=False, lr=1e-3,
-                   bs=100, samples_per_class=20),
+    # 8x8 images and 5 training classes: a small CNN from scratch, batches holding all 5 classes
+    # with 20 images each, and no RandomResizedCrop (its 8%-area crops erase a digit).
+    "digits": dict(arch="tinycnn_normalize", crop_size=32, n_epochs=12, pretrained=False, lr=1e-3,
+                   bs=100, samples_per_class=20, augmentation="red"),
     "folder": dict(IMAGE_BENCHMARK_DEFAULTS),
     "cub200": dict(IMAGE_BENCHMARK_DEFAULTS),
     "cars196": dict(IMAGE_BENCHMARK_DEFAULTS),
@@ -46,9 +47,10 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                        help="Split per class by samples instead of by classes.")
     group.add_argument("--tv_split_perc", default=0.8, type=float,
                        help="Share of the training classes (or samples) kept for training.")
-    group.add_argument("--augmentation", default="base", choices=["base", "adv", "big", "red"],
+    group.add_argument("--augmentation", default=None, choices=["base", "adv", "big", "red"],
                        help="base: RandomResizedCrop+flip; adv: + colour jitter; big: 256 crops; "
-                            "red: resize+random crop instead of RandomResizedCrop.")
+                            "red: resize+random crop instead of RandomResizedCrop (default: base; "
+                            "red for digits).")
     group.add_argument("--crop_size", default=None, type=int,
                        help="Training/test crop size (224 for image benchmarks, 32 for digits).")
     group.add_argument("--kernels", default=6, type=int, help="DataLoader worker processes.")
@@ -220,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_dataset_defaults(opt: argparse.Namespace) -> argparse.Namespace:
     """Fill options left unset with the dataset's defaults (see ``DATASET_DEFAULTS``)."""
     defaults = DATASET_DEFAULTS.get(opt.dataset, IMAGE_BENCHMARK_DEFAULTS)
-    for key in ("arch", "crop_size", "n_epochs", "bs", "samples_per_class"):
+    for key in ("arch", "crop_size", "n_epochs", "bs", "samples_per_class", "augmentation"):
         if getattr(opt, key) is None:
             setattr(opt, key, defaults[key])
     if opt.lr is None:
