@@ -91,22 +91,26 @@ def retrieval_scores(neighbour_metrics: Sequence[NeighbourMetric], references: n
     totals = {metric.name: 0.0 for metric in neighbour_metrics}
 
     def relevance_of(rows: np.ndarray, k: int) -> np.ndarray:
-        ids = index.search(queries[rows], k, own_ids=rows if self_retrieval else None)
+        contiguous = rows[-1] - rows[0] + 1 == len(rows)  # then a view, not a copy
+        chunk = queries[rows[0]:rows[-1] + 1] if contiguous else queries[rows]
+        ids = index.search(chunk, k, own_ids=rows if self_retrieval else None)
         return reference_labels[ids] == query_labels[rows, None]
 
     def add(rows: np.ndarray, relevance: np.ndarray) -> None:
         for metric in neighbour_metrics:
             totals[metric.name] += float(metric.per_query(relevance, num_relevant[rows]).sum())
 
-    chunk = chunk_size(k_deep + 1)
-    for start in range(0, len(scored), chunk):
-        rows = scored[start:start + chunk]
+    first_chunk, deep_chunk = chunk_size(k_first + 1), chunk_size(k_deep + 1)
+    for start in range(0, len(scored), first_chunk):
+        rows = scored[start:start + first_chunk]
         relevance = relevance_of(rows, k_first)
         if k_deep > k_first:
             missed = ~relevance.any(axis=1)
-            if missed.any():
-                add(rows[missed], relevance_of(rows[missed], k_deep))
-                rows, relevance = rows[~missed], relevance[~missed]
+            missed_rows = rows[missed]
+            for deep_start in range(0, len(missed_rows), deep_chunk):
+                deep_rows = missed_rows[deep_start:deep_start + deep_chunk]
+                add(deep_rows, relevance_of(deep_rows, k_deep))
+            rows, relevance = rows[~missed], relevance[~missed]
         add(rows, relevance)
     return {name: total / len(scored) for name, total in totals.items()}
 

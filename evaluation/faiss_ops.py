@@ -27,9 +27,12 @@ def faiss_gpu_available() -> bool:
 
 
 def chunk_size(k: int, chunk_bytes: Optional[int] = None) -> int:
-    """Queries per search call so that a call's output stays within ``chunk_bytes``."""
+    """Queries per search call so that a call's output stays within ``chunk_bytes``; a multiple
+    of faiss's own query block when possible (a partial block computes less efficiently)."""
     chunk_bytes = SEARCH_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
-    return max(MIN_CHUNK_QUERIES, chunk_bytes // (12 * k))
+    queries = max(MIN_CHUNK_QUERIES, chunk_bytes // (12 * k))
+    block = faiss.cvar.distance_compute_blas_query_bs
+    return queries - queries % block if queries >= block else queries
 
 
 class NeighbourIndex:
