@@ -53,7 +53,9 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                             "red for digits).")
     group.add_argument("--crop_size", default=None, type=int,
                        help="Training/test crop size (224 for image benchmarks, 32 for digits).")
-    group.add_argument("--kernels", default=6, type=int, help="DataLoader worker processes.")
+    group.add_argument("--kernels", default=None, type=int,
+                       help="DataLoader worker processes (default: 6, or fewer on a machine with "
+                            "fewer cores).")
 
     group = parser.add_argument_group("batches")
     group.add_argument("--data_sampler", default="class_random", type=str,
@@ -225,6 +227,9 @@ def resolve_dataset_defaults(opt: argparse.Namespace) -> argparse.Namespace:
     for key in ("arch", "crop_size", "n_epochs", "bs", "samples_per_class", "augmentation"):
         if getattr(opt, key) is None:
             setattr(opt, key, defaults[key])
+    if opt.kernels is None:
+        opt.kernels = min(6, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                          else (os.cpu_count() or 1))
     if opt.lr is None:
         opt.lr = defaults.get("lr", 1e-5)
     if opt.not_pretrained and opt.pretrained:
