@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,19 @@ def miner_stats(miner) -> Dict[str, torch.Tensor]:
     """The miner's own figures (e.g. ``semihard_fraction``), prefixed ``miner_``, so that the
     training loop, which logs ``criterion.stats``, logs them too."""
     return {f"miner_{key}": value for key, value in getattr(miner, "stats", {}).items()}
+
+
+def mine_triplets(miner, embeddings: torch.Tensor, labels: torch.Tensor
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The distance matrix (with gradient, computed once) and the (T, 3) triplets the miner
+    chooses on it: the common first step of the triplet-based criteria."""
+    distances = pairwise_distances(embeddings)
+    return distances, miner(embeddings, labels, distances.detach())
+
+
+def triplet_stats(triplets: torch.Tensor, num_real: Optional[int], miner) -> Dict[str, torch.Tensor]:
+    """:func:`tuple_stats` of the mined tuples plus the miner's own figures."""
+    return {**tuple_stats(triplets, num_real), **miner_stats(miner)}
 
 
 def pair_stats(pairs: torch.Tensor, num_real: Optional[int]) -> Dict[str, torch.Tensor]:

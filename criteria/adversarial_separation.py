@@ -11,8 +11,7 @@ from torch import nn
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import (TRIPLET_MINERS, as_float, full_precision, miner_stats,
-                          pairwise_distances, tuple_stats)
+from ._functional import TRIPLET_MINERS, as_float, full_precision, mine_triplets, triplet_stats
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -82,13 +81,11 @@ class AdversarialSeparationCriterion(BaseCriterion):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
         embeddings = as_float(embeddings)
-        distances = pairwise_distances(embeddings)
-        triplets = self.miner(embeddings, labels, distances.detach())
+        distances, triplets = mine_triplets(self.miner, embeddings, labels)
         anchors, positives, negatives = triplets.unbind(dim=1)
         triplet_losses = F.relu(distances[anchors, positives] - distances[anchors, negatives]
                                 + self.margin)
         separation = self.separation(embeddings)
-        self.stats = tuple_stats(triplets, num_real)
-        self.stats.update(miner_stats(self.miner))
+        self.stats = triplet_stats(triplets, num_real, self.miner)
         self.stats["separation"] = separation.detach()
         return triplet_losses.sum() / max(len(triplets), 1) + self.weight * separation

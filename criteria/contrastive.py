@@ -9,8 +9,7 @@ import torch.nn.functional as F
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import (TRIPLET_MINERS, as_float, full_precision, miner_stats,
-                          pairwise_distances, tuple_stats)
+from ._functional import TRIPLET_MINERS, as_float, full_precision, mine_triplets, triplet_stats
 
 
 @REGISTRY.register("contrastive")
@@ -37,12 +36,10 @@ class ContrastiveCriterion(BaseCriterion):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
         embeddings = as_float(embeddings)
-        distances = pairwise_distances(embeddings)
-        triplets = self.miner(embeddings, labels, distances.detach())
+        distances, triplets = mine_triplets(self.miner, embeddings, labels)
         anchors, positives, negatives = triplets.unbind(dim=1)
         count = max(len(triplets), 1)
         pos_loss = F.relu(distances[anchors, positives] - self.pos_margin).sum() / count
         neg_loss = F.relu(self.neg_margin - distances[anchors, negatives]).sum() / count
-        self.stats = tuple_stats(triplets, num_real)
-        self.stats.update(miner_stats(self.miner))
+        self.stats = triplet_stats(triplets, num_real, self.miner)
         return pos_loss + neg_loss

@@ -10,8 +10,7 @@ from torch import nn
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import (TRIPLET_MINERS, as_float, full_precision, miner_stats,
-                          pairwise_distances, tuple_stats)
+from ._functional import TRIPLET_MINERS, as_float, full_precision, mine_triplets, triplet_stats
 
 
 @REGISTRY.register("margin")
@@ -52,8 +51,7 @@ class MarginCriterion(BaseCriterion):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
         embeddings = as_float(embeddings)
-        distances = pairwise_distances(embeddings)
-        triplets = self.miner(embeddings, labels, distances.detach())
+        distances, triplets = mine_triplets(self.miner, embeddings, labels)
         anchors, positives, negatives = triplets.unbind(dim=1)
         beta = self.beta[labels[anchors]]
         pos_loss = F.relu(distances[anchors, positives] - beta + self.margin)
@@ -62,7 +60,6 @@ class MarginCriterion(BaseCriterion):
         total = (pos_loss + neg_loss).sum()
         if self.nu:
             total = total + self.nu * beta.sum()
-        self.stats = tuple_stats(triplets, num_real)
-        self.stats.update(miner_stats(self.miner))
+        self.stats = triplet_stats(triplets, num_real, self.miner)
         self.stats["active_pairs"] = active.detach()
         return total / active.clamp_min(1)

@@ -11,8 +11,8 @@ from batchminer._functional import random_choice
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import (TRIPLET_MINERS, as_float, full_precision, mean_over, miner_stats,
-                          pairwise_distances, tuple_stats)
+from ._functional import (TRIPLET_MINERS, as_float, full_precision, mean_over, mine_triplets,
+                          triplet_stats)
 
 
 @REGISTRY.register("quadruplet")
@@ -42,8 +42,7 @@ class QuadrupletCriterion(BaseCriterion):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
         embeddings = as_float(embeddings)
-        distances = pairwise_distances(embeddings)
-        triplets = self.miner(embeddings, labels, distances.detach())
+        distances, triplets = mine_triplets(self.miner, embeddings, labels)
         anchors, positives, negatives = triplets.unbind(dim=1)
         candidates = ((labels[None, :] != labels[anchors][:, None])
                       & (labels[None, :] != labels[negatives][:, None]))
@@ -51,7 +50,7 @@ class QuadrupletCriterion(BaseCriterion):
         d_ap = distances[anchors, positives]
         triplet_loss = F.relu(d_ap - distances[anchors, negatives] + self.margin_alpha_1)
         quadruplet_loss = F.relu(d_ap - distances[negatives, fourth] + self.margin_alpha_2)
-        self.stats = tuple_stats(torch.cat([triplets, fourth[:, None]], dim=1), num_real)
-        self.stats.update(miner_stats(self.miner))
+        self.stats = triplet_stats(torch.cat([triplets, fourth[:, None]], dim=1), num_real,
+                                   self.miner)
         return (triplet_loss.sum() / max(len(triplets), 1)
                 + mean_over(quadruplet_loss, found))

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import (TRIPLET_MINERS, as_float, full_precision, miner_stats,
-                          pairwise_distances, tuple_stats)
+from ._functional import (TRIPLET_MINERS, as_float, full_precision, pairwise_distances,
+                          triplet_stats)
 
 
 def snr_distances(embeddings: torch.Tensor) -> torch.Tensor:
@@ -56,6 +56,5 @@ class SNRCriterion(BaseCriterion):
         count = max(len(triplets), 1)
         losses = F.relu(snr[anchors, positives] - snr[anchors, negatives] + self.margin)
         regularizer = embeddings.sum(dim=1)[anchors].abs().sum() / count
-        self.stats = tuple_stats(triplets, num_real)
-        self.stats.update(miner_stats(self.miner))
+        self.stats = triplet_stats(triplets, num_real, self.miner)
         return losses.sum() / count + self.reg_lambda * regularizer

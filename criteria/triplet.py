@@ -9,8 +9,7 @@ import torch.nn.functional as F
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import (TRIPLET_MINERS, as_float, full_precision, miner_stats,
-                          pairwise_distances, tuple_stats)
+from ._functional import TRIPLET_MINERS, as_float, full_precision, mine_triplets, triplet_stats
 
 
 @REGISTRY.register("triplet")
@@ -37,12 +36,10 @@ class TripletCriterion(BaseCriterion):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
         embeddings = as_float(embeddings)
-        distances = pairwise_distances(embeddings)
-        triplets = self.miner(embeddings, labels, distances.detach())
+        distances, triplets = mine_triplets(self.miner, embeddings, labels)
         anchors, positives, negatives = triplets.unbind(dim=1)
         losses = F.relu(distances[anchors, positives] - distances[anchors, negatives] + self.margin)
-        self.stats = tuple_stats(triplets, num_real)
-        self.stats.update(miner_stats(self.miner))
+        self.stats = triplet_stats(triplets, num_real, self.miner)
         self.stats["active_fraction"] = ((losses > 0).float().sum()
                                          / max(len(losses), 1)).detach()
         return losses.sum() / max(len(losses), 1)
