@@ -34,6 +34,26 @@ def omniglot_zip_candidates() -> List[Path]:
     return candidates
 
 
+@pytest.fixture
+def single_thread():
+    """One intra-op thread for tests on tiny tensors: torch's thread pool only adds overhead
+    there, and on a loaded 2-core machine its threads contend."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def opt():
+    """The default command-line options (``parse_options([])``)."""
+    from parameters import parse_options
+
+    return parse_options([])
+
+
 @pytest.fixture(scope="session")
 def omniglot_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder holding the unzipped ``images_background_small1/`` (unzipped once per session)."""

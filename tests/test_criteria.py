@@ -24,18 +24,7 @@ from utilities.registry import UnknownNameError
 torch.set_default_dtype(torch.float32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one intra-op thread avoids thread contention on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def opt():
-    return parse_options([])
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class FixedMiner:

@@ -15,13 +15,7 @@ from utilities import figures
 from utilities.smoke_data import make_smoke_datasets
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors on the shared 2-core CPU: one intra-op thread avoids contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="session")

@@ -10,25 +10,13 @@ import torch
 import torch.nn.functional as F
 
 import batchminer
-from parameters import parse_options
 from utilities.registry import UnknownNameError
 
 TRIPLET_MINERS = ["random", "semihard", "softhard", "distance", "rho_distance", "parametric",
                   "random_distance"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one intra-op thread avoids thread contention on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def opt():
-    return parse_options([])
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_batch(num_classes=6, per_class=4, dim=16, seed=0, generated_copies=0):
