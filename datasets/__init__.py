@@ -1,7 +1,7 @@
 """Datasets, selected with ``--dataset`` and read from ``--source``.
 
-Each member module registers a parser ``load(source) -> DatasetSplits`` for one published
-layout. :func:`load` adds the optional class-disjoint train/validation split.
+Each member module registers a parser ``load(source, folder_name) -> DatasetSplits`` for one
+published layout. :func:`load` adds the optional class-disjoint train/validation split.
 """
 from __future__ import annotations
 
@@ -27,3 +27,7 @@ def load(name: str, source: Optional[str], use_tv_split: bool = False, tv_split_
         splits = split_train_validation(splits, tv_split_perc, by_samples=tv_split_by_samples,
                                         seed=seed)
     return splits
+
+
+__all__ = ["REGISTRY", "load", "DataError", "DatasetSplits", "ImageDataset", "Split",
+           "TransformConfig", "build_transform"]

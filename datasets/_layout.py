@@ -14,7 +14,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from ._base import DataError, Split
+from ._base import DataError, DatasetSplits, Split
 
 IMAGE_EXTENSIONS = tuple(sorted({ext.lower() for ext in IMG_EXTENSIONS}))
 MIN_CLASSES_PER_SPLIT = 2  # retrieval needs at least one other class to be meaningful
@@ -164,6 +164,15 @@ def split_from_classes(classes: Sequence[ClassImages]) -> Split:
         images += paths
         labels += [label] * len(paths)
     return Split(images, np.asarray(labels, dtype=np.int64), [name for name, _ in classes])
+
+
+def class_folder_dataset(name: str, source: Optional[str], layout: str) -> DatasetSplits:
+    """``<source>/<name>/images/<class>/*``: classes sorted by folder name, first half train,
+    second half test (the CUB200 and CARS196 protocol)."""
+    root = dataset_root(source, name, layout)
+    images_dir = require_dir(os.path.join(root, "images"), f"the images folder ({layout})")
+    train, test = halve_classes(flat_class_folders(images_dir), images_dir)
+    return DatasetSplits(name, split_from_classes(train), {"test": split_from_classes(test)})
 
 
 def read_list_file(path: str) -> List[Tuple[int, List[str]]]:
