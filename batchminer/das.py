@@ -178,6 +178,11 @@ class DenselyAnchoredSampling(nn.Module):
         bits = (embeddings + 0.0).contiguous().view(torch.int32).long()
         return torch.stack([(bits * weights).sum(1) for weights in self.fingerprint_weights])
 
+    def _use_sync_free_bank_writes(self, device: torch.device) -> bool:
+        if self.sync_free_bank_writes is None:
+            return device.type != "cpu"
+        return self.sync_free_bank_writes
+
     @torch.no_grad()
     def update_statistics(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
         """Steps 1 and 2 of DAS: count each row's K largest dimensions in F and push every
@@ -187,68 +192,68 @@ class DenselyAnchoredSampling(nn.Module):
         brings more than Q pairs only its last Q land in the bank, as if pushed one by one.
         ``embeddings`` must be float32 (B x D); ``labels`` int64 (B,) on the same device.
         """
-        capacity = self.mts_bank_size
-
         # Step 1: DFS counter.
-        largest = embeddings.topk(self.dfs_num_scale, dim=1).indices
+        largest = embeddings.topk(self.dfs_num_scale, dim=1, sorted=False).indices
         self.dfs_counter.index_put_(
             (labels.unsqueeze(1).expand_as(largest), largest),
             torch.ones_like(largest), accumulate=True)
 
         # Step 2: MTS banks. Pair (i, j) is pushed when rows i != j share a class and differ.
         same_class = labels.unsqueeze(1) == labels.unsqueeze(0)
-        fingerprints = self._fingerprints(embeddings)
-        differ = (fingerprints.unsqueeze(2) != fingerprints.unsqueeze(1)).any(0)
-        pushed = same_class & differ
+        if self._use_sync_free_bank_writes(embeddings.device):
+            fingerprints = self._fingerprints(embeddings)
+            pushed = same_class & (fingerprints.unsqueeze(2) != fingerprints.unsqueeze(1)).any(0)
+            kept, slot, pairs_of_class = self._bank_slots(labels, same_class, pushed)
+            self._write_fixed_size(embeddings, labels, same_class, kept, slot)
+        else:
+            # On CPU a data-dependent shape costs no device-to-host sync: take the same-class
+            # pairs as a list, compute their differences once, drop the all-zero ones exactly.
+            off_diagonal = ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+            first, second = (same_class & off_diagonal).nonzero(as_tuple=True)
+            difference = embeddings[first] - embeddings[second]
+            nonzero = difference.ne(0).any(1)
+            pushed = torch.zeros_like(same_class).index_put_((first, second), nonzero)
+            kept, slot, pairs_of_class = self._bank_slots(labels, same_class, pushed)
+            kept_in_list = kept[first, second]
+            flat_slot = labels[first] * self.mts_bank_size + slot[first, second]
+            # Kept pairs land in distinct slots; pairs not kept are not written.
+            self.mts_bank.view(-1, self.embed_dim)[flat_slot[kept_in_list]] = (
+                difference[kept_in_list])
+
+        position = self.mts_write_position[labels]
+        self.mts_write_position[labels] = (position + pairs_of_class) % self.mts_bank_size
+        self.mts_fill[labels] = (self.mts_fill[labels] + pairs_of_class).clamp(
+            max=self.mts_bank_size)
+        self.stats["mts_pairs_pushed"] = pushed.sum().float()
+
+    def _bank_slots(self, labels: torch.Tensor, same_class: torch.Tensor,
+                    pushed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Where each pushed pair lands, from B x B masks only (no loop, no sync).
+
+        Returns ``kept`` (B x B: pushed and among the last Q of its class), ``slot`` (B x B: its
+        bank slot, meaningful where kept) and ``pairs_of_class`` (B: pairs pushed into each row's
+        class this step).
+        """
+        capacity = self.mts_bank_size
         pushed_long = pushed.long()
         same_long = same_class.long()
         pairs_per_row = pushed_long.sum(1)
-        pairs_of_class = (same_long * pairs_per_row).sum(1)  # P_c, seen from each row
+        pairs_of_class = (same_long * pairs_per_row).sum(1)
         pairs_before_row = (same_long.tril(-1) * pairs_per_row).sum(1)
         ordinal = pairs_before_row.unsqueeze(1) + pushed_long.cumsum(1) - 1  # push order in class
-
-        if self.sync_free_bank_writes is None:
-            sync_free = embeddings.device.type != "cpu"
-        else:
-            sync_free = self.sync_free_bank_writes
-        if sync_free:
-            self._push_fixed_size(embeddings, labels, pushed, ordinal, pairs_of_class, same_long)
-        else:
-            self._push_compact(embeddings, labels, pushed, ordinal, pairs_of_class)
-        position = self.mts_write_position[labels]
-        self.mts_write_position[labels] = (position + pairs_of_class) % capacity
-        self.mts_fill[labels] = (self.mts_fill[labels] + pairs_of_class).clamp(max=capacity)
-        self.stats["mts_pairs_pushed"] = pairs_per_row.sum().float()
-
-    def _kept_pairs(self, labels: torch.Tensor, pushed: torch.Tensor, ordinal: torch.Tensor,
-                    pairs_of_class: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Which pushed pairs survive in the bank (the last Q of their class) and their slots."""
-        capacity = self.mts_bank_size
         kept = pushed & (ordinal >= (pairs_of_class - capacity).unsqueeze(1))
         slot = (self.mts_write_position[labels].unsqueeze(1) + ordinal) % capacity
-        return kept, slot
+        return kept, slot, pairs_of_class
 
-    def _push_compact(self, embeddings: torch.Tensor, labels: torch.Tensor, pushed: torch.Tensor,
-                      ordinal: torch.Tensor, pairs_of_class: torch.Tensor) -> None:
-        """Bank write with a data-dependent number of rows: only the kept pairs are gathered.
-        Used on CPU, where a data-dependent shape costs no device-to-host sync."""
-        kept, slot = self._kept_pairs(labels, pushed, ordinal, pairs_of_class)
-        first, second = kept.nonzero(as_tuple=True)
-        flat_slot = labels[first] * self.mts_bank_size + slot[first, second]
-        bank = self.mts_bank.view(-1, self.embed_dim)
-        bank[flat_slot] = embeddings[first] - embeddings[second]  # kept slots are distinct
-
-    def _push_fixed_size(self, embeddings: torch.Tensor, labels: torch.Tensor,
-                         pushed: torch.Tensor, ordinal: torch.Tensor, pairs_of_class: torch.Tensor,
-                         same_class: torch.Tensor) -> None:
+    def _write_fixed_size(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                          same_class: torch.Tensor, kept: torch.Tensor, slot: torch.Tensor) -> None:
         """Bank write without host sync (for accelerators): every row rewrites its class's whole
         bank (B x Q x D), with the kept pair's difference where one lands and the old row elsewhere.
         Rows of one class write identical values, so the duplicate index is harmless."""
         batch = embeddings.shape[0]
         capacity = self.mts_bank_size
         device = embeddings.device
-        kept, slot = self._kept_pairs(labels, pushed, ordinal, pairs_of_class)
-        first_row_of_class = same_class.argmax(1)  # first match: a batch-local id of the class
+        first_row_of_class = same_class.long().argmax(1)  # first match: a batch-local class id
         pair_index = torch.arange(batch * batch, device=device)
         # Table (batch-local class id, slot) -> flat pair index i * B + j; unkept pairs write past
         # its end, each to its own cell, so every written cell has exactly one writer.
@@ -267,28 +272,30 @@ class DenselyAnchoredSampling(nn.Module):
     def chosen_dimensions(self, labels: torch.Tensor) -> torch.Tensor:
         """(B, K) indices of the K dimensions counted most often for each row's class in F,
         most counted first; ties go to the lower dimension."""
-        key = self.dfs_counter[labels] * self.embed_dim + self.tie_break
+        key = torch.add(self.tie_break, self.dfs_counter[labels], alpha=self.embed_dim)
         return key.topk(self.dfs_num_scale, dim=1).indices
 
     # ----------------------------------------------------------------------------- generation
     def generate(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Step 3: (num_produce, B, D) generated copies of the float32 ``embeddings`` from the
         current statistics (call :meth:`update_statistics` first)."""
-        batch, dim = embeddings.shape
+        batch = embeddings.shape[0]
         produce = self.num_produce
-        device = embeddings.device
         base = embeddings.detach() if self.detach else embeddings
 
-        dims = self.chosen_dimensions(labels).unsqueeze(0).expand(produce, batch, -1)
-        factors = self.sample_scale_factors((produce, batch, self.dfs_num_scale), device)
-        multiplier = torch.ones(produce, batch, dim, device=device).scatter_(2, dims, factors)
+        # DFS: copies of E whose chosen dimensions are replaced by their scaled values.
+        dims = self.chosen_dimensions(labels)
+        factors = self.sample_scale_factors((produce, batch, self.dfs_num_scale), base.device)
+        scaled = base.gather(1, dims).unsqueeze(0) * factors
+        generated = base.unsqueeze(0).expand(produce, -1, -1).scatter(
+            2, dims.unsqueeze(0).expand(produce, -1, -1), scaled)
 
+        # MTS: plus mts_scale times a stored difference (rows of empty banks get no shift).
         fill = self.mts_fill[labels]
         slots = self.sample_bank_slots(fill, produce)
-        shift = self.mts_bank[labels.unsqueeze(0).expand(produce, batch), slots]
-        shift = shift * (fill > 0).unsqueeze(0).unsqueeze(-1)
-
-        generated = base * multiplier + self.mts_scale * shift
+        shift = self.mts_bank[labels.unsqueeze(0).expand(produce, -1), slots]
+        shift_scale = (fill > 0).to(shift.dtype).mul_(self.mts_scale).view(1, batch, 1)
+        generated = torch.addcmul(generated, shift, shift_scale)
         if self.normalize:
             generated = F.normalize(generated, dim=-1)
         return generated

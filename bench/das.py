@@ -41,12 +41,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=100,
                         help="Untimed steps first (fills every class's bank).")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice).")
     parser.add_argument("--sync_free", action="store_true",
                         help="Force the accelerator (fixed-size, sync-free) bank write on CPU too.")
     args = parser.parse_args()
 
     from pytorch_metric_learning.losses import MultiSimilarityLoss
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     batch, dim, num_classes, per_class = 112, 512, 100, 2
     torch.manual_seed(0)
