@@ -13,9 +13,10 @@ loss. It keeps two statistics over the whole training run:
 One step (``forward``): update F and the banks with the batch (so the batch's own statistics are
 usable at once), then build ``num_produce`` generated copies of the batch and return
 ``[E; G_1; ...; G_n]`` with the labels repeated. Everything is tensor code on the embeddings'
-device without host syncs; the state lives in registered buffers so that it is saved in
-checkpoints, moved by ``.to(device)`` and, since every rank sees the same global batch, stays
-identical across DDP ranks.
+device without host syncs (on CPU, where it costs nothing, the bank write uses a data-dependent
+shape; accelerators use a fixed-size write with the same result). The state lives in registered
+buffers so that it is saved in checkpoints, moved by ``.to(device)`` and, since every rank sees
+the same global batch, stays identical across DDP ranks.
 
 This module is not a batch miner; it lives in ``batchminer/`` because it sits between the
 backbone and the miner. Build it with :func:`build_producer`.
@@ -31,11 +32,12 @@ from torch import nn
 
 VALID_PRODUCE_TYPES = ("DAS",)
 
-# Identical rows must never put a zero difference into a bank. Comparing every same-class pair
-# element-wise costs B*B*D per step; instead each row gets integer fingerprints of its float bit
-# pattern (exact integer dot products with fixed random weights). Identical rows always get
-# identical fingerprints; two different rows collide with probability below 2**-20 per
-# fingerprint, so about 2**-40 with two (then one genuine difference is not stored).
+# Identical rows must never put a zero difference into a bank. On CPU the same-class differences
+# are listed and checked exactly. On accelerators that list has a data-dependent length (a host
+# sync), and comparing every pair element-wise costs B*B*D; instead each row gets integer
+# fingerprints of its float bit pattern (exact integer dot products with fixed random weights).
+# Identical rows always get identical fingerprints; two different rows collide with probability
+# below 2**-20 per fingerprint, so about 2**-40 with two (then one genuine difference is dropped).
 _FINGERPRINTS = 2
 _FINGERPRINT_WEIGHT_BITS = 20  # |bits| < 2**31, so sums of up to 4096 terms stay below 2**63
 
@@ -54,7 +56,8 @@ def check_settings(embed_dim: int, num_produce: int, dfs_num_scale: int, dfs_sca
             f"--das_dfs_scale_left {dfs_scale_left} is larger than --das_dfs_scale_right "
             f"{dfs_scale_right}: DFS draws its scale factors from [left, right)")
     if mts_bank_size < 1:
-        raise ValueError(f"--das_mts_num_transformation_bank must be at least 1 (got {mts_bank_size})")
+        raise ValueError(
+            f"--das_mts_num_transformation_bank must be at least 1 (got {mts_bank_size})")
     if not mts_scale >= 0:
         raise ValueError(f"--das_mts_scale must be a non-negative number (got {mts_scale})")
 
@@ -64,7 +67,7 @@ class DenselyAnchoredSampling(nn.Module):
 
     Buffers (all part of ``state_dict``):
     ``dfs_counter`` (C x D, int64): how often each dimension was among a row's K largest, per class.
-    ``mts_bank`` (C x Q x D, float32): each class's stored differences; slots ``0 .. fill-1`` hold data.
+    ``mts_bank`` (C x Q x D, float32): each class's differences; slots ``0 .. fill-1`` hold data.
     ``mts_write_position`` (C, int64): the slot the class's next difference goes to.
     ``mts_fill`` (C, int64): how many slots of the class's bank hold a difference (at most Q).
 
@@ -76,7 +79,8 @@ class DenselyAnchoredSampling(nn.Module):
     def __init__(self, num_classes: int, embed_dim: int, num_produce: int = 3,
                  normalize: bool = True, dfs_num_scale: int = 4, dfs_scale_left: float = 0.5,
                  dfs_scale_right: float = 2.0, mts_bank_size: int = 10, mts_scale: float = 0.01,
-                 detach: bool = False, aux_loss: bool = False, aux_loss_weight: float = 1.0) -> None:
+                 detach: bool = False, aux_loss: bool = False,
+                 aux_loss_weight: float = 1.0) -> None:
         super().__init__()
         if num_classes < 1 or embed_dim < 1:
             raise ValueError(f"DAS needs at least one class and one embedding dimension "

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
-import pytest
 import torch
 
 from utilities.smoke_data import make_smoke_datasets
