@@ -99,3 +99,44 @@ def test_gather_keeps_the_gradient_of_the_local_rows_only_without_a_process_grou
     gathered, gathered_labels = distributed.gather_with_grad(rows, labels)
     assert gathered is rows and gathered_labels is labels and distributed.loss_scale() == 1.0
     assert not os.environ.get("WORLD_SIZE") or os.environ["WORLD_SIZE"] == "1"
+
+
+class TinyImages(torch.utils.data.Dataset):
+    """7 images (an odd count, so the two shards differ in size) with labels."""
+
+    def __init__(self) -> None:
+        generator = torch.Generator().manual_seed(5)
+        self.images = torch.randn(7, 3, 32, 32, generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images[index], index % 3, index
+
+
+def embedding_rank_main(rank: int, init_file: str, out_file: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        embeddings, labels = distributed.sharded_embeddings(build_model(), TinyImages(),
+                                                            torch.device("cpu"), 2, 0)
+        if rank == 0:
+            torch.save({"embeddings": torch.from_numpy(embeddings),
+                        "labels": torch.from_numpy(labels)}, out_file)
+        else:
+            assert embeddings is None and labels is None
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_evaluation_embeddings_equal_the_single_process_ones(tmp_path):
+    from evaluation import compute_embeddings
+
+    torch.set_num_threads(1)
+    expected, expected_labels = compute_embeddings(build_model(), TinyImages(), "cpu", 2, 0)
+    out_file = str(tmp_path / "embeddings.pt")
+    mp.spawn(embedding_rank_main, args=(str(tmp_path / "init"), out_file), nprocs=WORLD, join=True)
+    result = torch.load(out_file, weights_only=True)
+    assert torch.equal(result["labels"], torch.from_numpy(expected_labels))
+    assert torch.allclose(result["embeddings"], torch.from_numpy(expected), atol=1e-6)
