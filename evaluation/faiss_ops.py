@@ -13,8 +13,8 @@ import faiss
 import numpy as np
 
 # Bytes of faiss output (float32 distance + int64 id per neighbour) per chunk of queries. Keeps
-# the search's own memory bounded (about 64 MiB, or ~5,600 queries at k = 1001) at no speed cost:
-# faiss itself works in blocks of a few thousand queries.
+# the search's own memory bounded (at most 64 MiB: 4,096 queries at k = 1001, all of SOP at
+# k = 65) at no speed cost, since faiss itself works in blocks of 4,096 queries.
 SEARCH_CHUNK_BYTES = 64 * 2**20
 MIN_CHUNK_QUERIES = 256
 # Largest k a faiss GPU flat index searches (faiss/gpu/utils/DeviceDefs.cuh, GPU_MAX_SELECTION_K).
@@ -83,8 +83,9 @@ def _without_self(ids: np.ndarray, own_ids: np.ndarray) -> np.ndarray:
 
 def kmeans_cluster_ids(embeddings: np.ndarray, num_clusters: int, iterations: int,
                        seed: int = 0) -> np.ndarray:
-    """Cluster id (int64, N) of each row after ``iterations`` rounds of faiss k-means with
-    ``num_clusters`` centroids, every row used for training (no subsampling)."""
+    """Cluster id (int64, N) of each row: faiss k-means with ``num_clusters`` centroids trained on
+    every row (no subsampling) for ``iterations`` rounds (faiss stops earlier once the objective
+    stops improving), then one pass assigning each row to its nearest final centroid."""
     if iterations < 1:
         raise ValueError(f"--kmeans_iterations must be at least 1, got {iterations}")
     if not 0 < num_clusters <= len(embeddings):
