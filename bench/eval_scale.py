@@ -18,6 +18,7 @@ On a shared machine, ``--repeats 3`` alternates the phases and keeps each one's 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import resource
@@ -133,7 +134,7 @@ def run_phase(phase: str, data_dir: str, layout: str, iterations: int, seed: int
     """Child process: import, load the embeddings, run one phase, print a JSON line."""
     if phase == "project":
         sys.path.insert(0, str(REPO_ROOT))
-        import evaluation  # noqa: F401  (torch, scikit-learn, faiss: counted before the phase)
+        importlib.import_module("evaluation")  # torch, scikit-learn, faiss: before the phase
     data = {path.stem: np.load(path) for path in Path(data_dir).glob("*.npy")}
     rss_loaded = peak_rss_mb()
     run = run_project if phase == "project" else run_bare_faiss
@@ -155,7 +156,8 @@ def child(phase: str, data_dir: str, args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layout", choices=sorted(LAYOUTS), default="sop",
-                        help="sop: each image queried against all others; inshop: query vs gallery.")
+                        help="sop: each image queried against all others; inshop: query vs "
+                             "gallery.")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="Fraction of the test set's size (images and classes); 0.1 for a "
                              "quick run.")

@@ -24,7 +24,8 @@ from .faiss_ops import NeighbourIndex, chunk_size, kmeans_cluster_ids
 FIRST_PASS_DEPTH = 64
 
 
-def _checked(embeddings: np.ndarray, labels: np.ndarray, what: str) -> Tuple[np.ndarray, np.ndarray]:
+def _checked(embeddings: np.ndarray, labels: np.ndarray,
+             what: str) -> Tuple[np.ndarray, np.ndarray]:
     """C-contiguous float32 embeddings and int64 labels, or a ValueError naming the problem."""
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     labels = np.asarray(labels)
@@ -36,7 +37,8 @@ def _checked(embeddings: np.ndarray, labels: np.ndarray, what: str) -> Tuple[np.
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{what}: labels must be integers, got dtype {labels.dtype}")
     if not np.isfinite(embeddings).all():
-        raise ValueError(f"{what}: embeddings contain NaN or infinite values (did training diverge?)")
+        raise ValueError(f"{what}: embeddings contain NaN or infinite values (did training "
+                         "diverge?)")
     return embeddings, labels.astype(np.int64, copy=False)
 
 
@@ -179,7 +181,8 @@ def evaluate(model: torch.nn.Module, eval_set: EvalSet, metric_names: Sequence[s
             raise ValueError(f"eval_set: expected one dataset or a (query, gallery) pair, got "
                              f"{len(eval_set)} items")
         query_set, gallery_set = eval_set
-        queries, query_labels = compute_embeddings(model, query_set, device, batch_size, num_workers)
+        queries, query_labels = compute_embeddings(model, query_set, device, batch_size,
+                                                   num_workers)
         gallery, gallery_labels = compute_embeddings(model, gallery_set, device, batch_size,
                                                      num_workers)
         return compute_metrics(metric_names, gallery, gallery_labels, queries, query_labels,

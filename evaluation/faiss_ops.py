@@ -54,7 +54,8 @@ class NeighbourIndex:
         index.add(references)
         self.index = index
 
-    def search(self, queries: np.ndarray, k: int, own_ids: Optional[np.ndarray] = None) -> np.ndarray:
+    def search(self, queries: np.ndarray, k: int,
+               own_ids: Optional[np.ndarray] = None) -> np.ndarray:
         """(len(queries), k) int64 ids of the ``k`` nearest references, nearest first.
 
         ``own_ids`` (self-retrieval): the reference id of each query, which is never returned.

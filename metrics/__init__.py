@@ -20,7 +20,8 @@ _PARAMETRIZED = re.compile(r"^(?P<stem>.+)@(?P<k>[1-9][0-9]*)$")
 
 
 def select(name: str) -> BaseMetric:
-    """The metric named ``name``; an unknown name raises ``UnknownNameError`` listing valid names."""
+    """The metric named ``name``; an unknown name raises ``UnknownNameError`` listing the valid
+    names."""
     match = _PARAMETRIZED.match(name)
     if match and f"{match['stem']}@K" in REGISTRY:
         return REGISTRY.get(f"{match['stem']}@K").from_name(name)
