@@ -28,6 +28,7 @@ import criteria
 import datasampler
 import datasets
 import evaluation
+import metrics
 from batchminer.das import build_producer
 from datasets import DataError, ImageDataset, build_transform
 from parameters import build_parser, parse_options
@@ -83,6 +84,10 @@ def validate_options(opt: argparse.Namespace) -> None:
         raise ValueError(f"--kernels must be non-negative, got {opt.kernels}")
     if opt.crop_size <= 0:
         raise ValueError(f"--crop_size must be positive, got {opt.crop_size}")
+    metrics.select_all(opt.evaluation_metrics)  # unknown names stop here, listing the valid ones
+    if opt.storage_metric not in opt.evaluation_metrics:
+        raise ValueError(f"--storage_metric {opt.storage_metric} selects checkpoint_best.pth but is "
+                         f"not among --evaluation_metrics ({' '.join(opt.evaluation_metrics)})")
 
 
 def choose_device(opt: argparse.Namespace) -> torch.device:

@@ -79,6 +79,8 @@ def test_same_seed_gives_the_same_losses(generated_folder, tmp_path):
     (["--embedding_producer_used", "--das_dfs_scale_left", "2", "--das_dfs_scale_right", "1"],
      "--das_dfs_scale_left"),
     (["--embedding_producer_used", "--produce_type", "mixup"], "DAS"),
+    (["--evaluation_metrics", "recall@1", "precision"], "unknown metric 'precision'"),
+    (["--evaluation_metrics", "nmi", "f1"], "--storage_metric recall@1 selects checkpoint_best.pth"),
 ])
 def test_bad_options_stop_at_start_up_with_one_message(generated_folder, tmp_path, capsys, extra,
                                                        message):
