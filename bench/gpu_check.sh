@@ -26,9 +26,11 @@ refuse() {
   exit 3
 }
 
-command -v nvidia-smi >/dev/null 2>&1 || refuse "no CUDA: nvidia-smi is not on PATH (no NVIDIA driver)"
+command -v nvidia-smi >/dev/null 2>&1 ||
+  refuse "no CUDA: nvidia-smi is not on PATH (no NVIDIA driver)"
 PYTHON=${PYTHON:-python3}
-command -v "$PYTHON" >/dev/null 2>&1 || refuse "no CUDA check possible: '$PYTHON' not found (set PYTHON)"
+command -v "$PYTHON" >/dev/null 2>&1 ||
+  refuse "no CUDA check possible: '$PYTHON' not found (set PYTHON)"
 if [ -d .whl ] && compgen -G ".whl/*.whl" >/dev/null; then
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/gpu_check_site .whl/*.whl || refuse "could not install the wheels in .whl"
@@ -104,20 +106,24 @@ section "ResNet50 (resnet50_double_frozen_normalize), Table 1 step, data on the 
   "$PYTHON" "${STEP[@]}" --arch resnet50_double_frozen_normalize
 
 if "$PYTHON" -c 'import pretrainedmodels' 2>/dev/null; then
-  section "BN-Inception (bninception_double_frozen_normalize), Table 1 step, data on the GPU" 45 110 \
+  section "BN-Inception (bninception_double_frozen_normalize), Table 1 step, data on the GPU" \
+    45 110 \
     "$PYTHON" "${STEP[@]}" --arch bninception_double_frozen_normalize
 else
   say ""
   say "== BN-Inception skipped: pretrainedmodels is not installed (carry its wheel in .whl)"
 fi
 
-section "DataLoader alone and the step fed by it: ResNet50, 500x375 JPEGs, --kernels $KERNELS" 45 90 \
+section "DataLoader alone and the step fed by it: ResNet50, 500x375 JPEGs, --kernels $KERNELS" \
+  45 90 \
   "$PYTHON" bench/train_step.py --modes loader step_loader --das on --loader_batches 10 \
   --repeats 2 --kernels "$KERNELS" --arch resnet50_double_frozen_normalize "${TABLE1[@]}"
 
 if "$PYTHON" -c 'import faiss' 2>/dev/null; then
-  if "$PYTHON" -c 'import faiss, sys; sys.exit(0 if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0 else 1)'; then
-    FAISS_NOTE="faiss GPU build: the project's evaluation searches and clusters on the GPU (the bare faiss reference of eval_scale.py stays on the CPU)"
+  if "$PYTHON" -c 'import sys; from evaluation import faiss_gpu_available as gpu
+sys.exit(0 if gpu() else 1)'; then
+    FAISS_NOTE="faiss GPU build: the project's evaluation searches and clusters on the GPU"
+    FAISS_NOTE+=" (the bare faiss reference of eval_scale.py stays on the CPU)"
   else
     FAISS_NOTE="faiss-gpu is not importable: the CPU build of faiss is used"
   fi
@@ -138,4 +144,20 @@ section "ResNet50 with --compile, DAS on" 90 150 \
 say ""
 say "== summary (each section's last line)"
 for line in "${SUMMARY[@]}"; do say "$line"; done
+say "$(printf '%s\n' "${SUMMARY[@]}" | "$PYTHON" -c '
+import re, sys
+text = sys.stdin.read()
+def value(section, key):
+    line = next((l for l in text.splitlines() if l.startswith(section)), "")
+    found = re.search(rf"(?:^|[ :]){key}=([0-9.]+)", line)
+    return float(found.group(1)) if found else None
+step = value("ResNet50 (", "imgs_per_s")
+loader = value("DataLoader", "loader_imgs_per_s")
+if step and loader:
+    verdict = "keeps up" if loader >= step else "does NOT keep up"
+    print(f"DataLoader alone / ResNet50 step with DAS (data on the GPU): {loader:.0f} / {step:.0f} "
+          f"images/s = {loader / step:.2f}: the loader {verdict} with the GPU")
+else:
+    print("DataLoader vs GPU step: a figure is missing")
+')"
 say "total ${SECONDS}s"

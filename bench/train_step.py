@@ -8,8 +8,8 @@ those of the code users run. Modes (``--modes``, any of):
 * ``step``: batches generated once and kept on the device, fed to ``train_one_epoch`` by a stand-in
   loader: data loading excluded.
 * ``step_loader``: ``train_one_epoch`` fed by main.py's DataLoader (``SeededDataset(ImageDataset)``,
-  ``SeededBatches``, the training transform, ``--kernels`` workers, pinned memory on CUDA, persistent
-  workers) over generated images: data loading included.
+  ``SeededBatches``, the training transform, ``--kernels`` workers, pinned memory on CUDA,
+  persistent workers) over generated images: data loading included.
 * ``loader``: that DataLoader alone (images per second it delivers), to set against the step.
 
 Images are JPEGs of ``--image_size`` (default 500x375, about a CUB/SOP photo) written to a
@@ -27,9 +27,9 @@ The throughput passes run without those hooks. DAS's full cost also shows as the
 DAS-off and DAS-on throughputs.
 
 ``--check_syncs`` runs a few steps watching for host syncs: on CUDA with
-``torch.cuda.set_sync_debug_mode("warn")``, on CPU with :class:`SyncWatch`, which flags the calls that
-synchronize on CUDA (``.item()``, ``nonzero``, boolean-mask indexing, ``torch.tensor(..., device=)``
-...) and names their file, function and line.
+``torch.cuda.set_sync_debug_mode("warn")``, on CPU with :class:`SyncWatch`, which flags the calls
+that synchronize on CUDA (``.item()``, ``nonzero``, boolean-mask indexing,
+``torch.tensor(..., device=)`` ...) and names their file, function and line.
 
     python bench/train_step.py                                   # CPU: resnet18, 64 crop, bs 112
     python bench/train_step.py --modes loader --crop_size 224 --kernels 2
@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import math
 import os
 import statistics
@@ -287,7 +286,8 @@ class PhaseClock:
         result = []
         for first, last in zip(starts, starts[1:]):
             phases = dict.fromkeys(PHASES, 0.0)
-            for (before, t0), (after, t1) in zip(self.marks[first:last], self.marks[first + 1:last + 1]):
+            marks = self.marks[first:last + 1]
+            for (before, t0), (after, t1) in zip(marks, marks[1:]):
                 phases[INTERVALS.get((before, after), "other")] += t1 - t0
             result.append(phases)
         return result
@@ -340,7 +340,8 @@ def breakdown(training: Training, loader, use_das: bool) -> Dict[str, float]:
     result["step"] = statistics.median(sum(s.values()) for s in steps)
     result["head_share"] = statistics.median(
         sum(s[p] for p in HEAD_PHASES) / sum(s.values()) for s in steps)
-    result["das_forward_share"] = statistics.median(s["das_forward"] / sum(s.values()) for s in steps)
+    result["das_forward_share"] = statistics.median(
+        s["das_forward"] / sum(s.values()) for s in steps)
     return result
 
 
@@ -402,7 +403,8 @@ class SyncEvent:
 
 # Sites that sync only on CPU, by design: on CUDA the same code takes another branch.
 CPU_ONLY_SITES = {
-    ("batchminer/das.py", "_check_inputs"): "label range check; on CUDA torch._assert_async, no sync",
+    ("batchminer/das.py", "_check_inputs"):
+        "label range check; on CUDA torch._assert_async, no sync",
 }
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
@@ -584,7 +586,8 @@ def bench_step(training: Training, args, report: Report) -> None:
         for use_das in settings:
             if training.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(training.device)
-            seconds[use_das].append(run_epoch(training, DeviceBatches(batches, args.steps), use_das))
+            elapsed = run_epoch(training, DeviceBatches(batches, args.steps), use_das)
+            seconds[use_das].append(elapsed)
             if training.device.type == "cuda":
                 peak_mb[use_das] = max(peak_mb.get(use_das, 0.0),
                                        torch.cuda.max_memory_allocated(training.device) / 2**20)

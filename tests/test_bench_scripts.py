@@ -22,7 +22,8 @@ STEPS, LOG_EVERY = 7, 3
 LOG_STEPS = {step for step in range(STEPS) if (step + 1) % LOG_EVERY == 0} | {"end"}
 
 # Step syncs outside the logging point that are known and reported (issue 6), by (file,
-# function, call). Remove an entry when its code is fixed: the strict xfail below then passes.
+# function, call). When main.py's is fixed, test_table1_step_is_sync_free passes, which its strict
+# xfail turns into a failure: then remove that marker and the entry.
 KNOWN_STEP_SYNCS = {
     # first_bad_step = torch.where(..., torch.tensor(step, device=device), ...): a host-to-device
     # copy from pageable memory, which waits on CUDA (pytorch/pytorch#120996), every step.
@@ -117,8 +118,9 @@ def test_step_has_no_unknown_host_sync(loss, miner, one_thread):
         assert not unknown, [str(e) for e in watch.events if e.site() in unknown]
 
 
-@pytest.mark.xfail(strict=True, reason="main.py train_one_epoch: torch.tensor(step, device=device) "
-                                       "in the first_bad_step update syncs every step on CUDA")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="main.py train_one_epoch: torch.tensor(step, device=device) in the "
+                          "first_bad_step update syncs every step on CUDA")
 def test_table1_step_is_sync_free(one_thread):
     """Table 1's step (multi-similarity, no miner, DAS) should not sync outside logging."""
     training, batches = tiny_training(["--loss", "multisimilarity"])
@@ -171,7 +173,8 @@ def fake_nvidia_smi(folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+@pytest.mark.skipif(torch.cuda.is_available(),
+                    reason="checks the refusal on a machine without CUDA")
 @pytest.mark.parametrize("with_driver", [False, True])
 def test_gpu_check_refuses_without_cuda(tmp_path, with_driver):
     """No driver: stops before Python starts; a driver but no CUDA for torch: stops after asking
