@@ -124,6 +124,24 @@ def make_optimizer(opt: argparse.Namespace, model: architectures.EmbeddingNetwor
     return torch.optim.SGD(groups, lr=opt.lr, momentum=0.9, weight_decay=opt.decay)
 
 
+def build_criterion(opt: argparse.Namespace, num_classes: int) -> criteria.BaseCriterion:
+    """The criterion of --loss, with the --batch_mining miner when it takes one."""
+    criterion_class = criteria.REGISTRY.get(opt.loss)
+    miner = batchminer.select(opt.batch_mining, opt) if criterion_class.requires_miner else None
+    return criteria.select(opt.loss, opt, num_classes=num_classes, miner=miner)
+
+
+def make_train_loader(train_set: ImageDataset, sampler: datasampler.BaseBatchSampler,
+                      opt: argparse.Namespace, device: torch.device) -> DataLoader:
+    """Training batches from ``sampler``, each image augmented with its own seed."""
+    return DataLoader(SeededDataset(train_set), batch_sampler=SeededBatches(sampler, opt.seed),
+                      num_workers=opt.kernels, pin_memory=device.type == "cuda",
+                      persistent_workers=opt.kernels > 0,
+                      # its own generator: creating a loader iterator must not consume the
+                      # global RNG, or a resumed run would draw differently afterwards
+                      generator=torch.Generator().manual_seed(opt.seed))
+
+
 def resume_options(argv: Optional[List[str]]) -> argparse.Namespace:
     """For --resume: the saved configuration, with a few options taken from the command line."""
     cli = build_parser().parse_args(argv)  # as typed: dataset defaults not filled in
@@ -209,8 +227,9 @@ def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int
         if das is not None:
             step_scalars.update({f"das/{k}": v for k, v in das.stats.items()})
         stats.add(step_scalars)
-        first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss.detach()),
-                                     torch.tensor(step, device=device), first_bad_step)
+        # masked_fill with a Python number: no host-to-device copy, so no sync on CUDA
+        first_bad_step = first_bad_step.masked_fill(
+            (first_bad_step < 0) & ~torch.isfinite(loss.detach()), step)
         global_step += 1
         batches.start_batch = step + 1
         if global_step % opt.log_every == 0 or stop.requested:
@@ -294,17 +313,10 @@ def main(argv: Optional[List[str]] = None) -> str:
     sampler = datasampler.select(opt.data_sampler, splits.train.labels, opt.bs,
                                  opt.samples_per_class, seed=opt.seed, rank=rank,
                                  world_size=world_size, class_names=splits.train.class_names)
-    loader = DataLoader(SeededDataset(train_set), batch_sampler=SeededBatches(sampler, opt.seed),
-                        num_workers=opt.kernels, pin_memory=device.type == "cuda",
-                        persistent_workers=opt.kernels > 0,
-                        # its own generator: creating a loader iterator must not consume the
-                        # global RNG, or a resumed run would draw differently afterwards
-                        generator=torch.Generator().manual_seed(opt.seed))
+    loader = make_train_loader(train_set, sampler, opt, device)
 
     # Miner, criterion and dense anchors.
-    criterion_class = criteria.REGISTRY.get(opt.loss)
-    miner = batchminer.select(opt.batch_mining, opt) if criterion_class.requires_miner else None
-    criterion = criteria.select(opt.loss, opt, num_classes=splits.train.num_classes, miner=miner)
+    criterion = build_criterion(opt, splits.train.num_classes)
     das = build_producer(opt, num_classes=splits.train.num_classes)
 
     model.to(device)

@@ -147,14 +147,10 @@ def build_training(opt: argparse.Namespace, num_classes: int, device: torch.devi
     """Network, miner, criterion, DAS and optimizer as main.main() builds them (random weights)."""
     main = import_main()
     import architectures
-    import batchminer
-    import criteria
     from batchminer.das import build_producer
 
     model = architectures.select(opt.arch, opt.embed_dim, pretrained=False)
-    criterion_class = criteria.REGISTRY.get(opt.loss)
-    miner = batchminer.select(opt.batch_mining, opt) if criterion_class.requires_miner else None
-    criterion = criteria.select(opt.loss, opt, num_classes=num_classes, miner=miner)
+    criterion = main.build_criterion(opt, num_classes)
     das = build_producer(argparse.Namespace(**dict(vars(opt), embedding_producer_used=True)),
                          num_classes=num_classes)
     model.to(device)
@@ -537,11 +533,10 @@ def make_loader(opt: argparse.Namespace, model: torch.nn.Module, sources: List, 
     """The training DataLoader exactly as main.main() builds it, over ``num_images`` images that
     reuse the generated ``sources`` in turn."""
     import datasampler
-    from torch.utils.data import DataLoader
 
     from datasets import ImageDataset, Split, build_transform
-    from utilities.data import SeededBatches, SeededDataset
 
+    main = import_main()
     labels = class_labels(num_images, num_classes)
     split = Split(images=[sources[i % len(sources)] for i in range(num_images)], labels=labels,
                   class_names=[f"class_{c}" for c in range(num_classes)])
@@ -549,9 +544,7 @@ def make_loader(opt: argparse.Namespace, model: torch.nn.Module, sources: List, 
     train_set = ImageDataset(split, build_transform(transform_config, train=True))
     sampler = datasampler.select(opt.data_sampler, split.labels, opt.bs, opt.samples_per_class,
                                  seed=opt.seed, class_names=split.class_names)
-    return DataLoader(SeededDataset(train_set), batch_sampler=SeededBatches(sampler, opt.seed),
-                      num_workers=opt.kernels, pin_memory=device.type == "cuda",
-                      persistent_workers=opt.kernels > 0)
+    return main.make_train_loader(train_set, sampler, opt, device)
 
 
 # ----------------------------------------------------------------------------- report

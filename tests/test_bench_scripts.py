@@ -22,12 +22,8 @@ STEPS, LOG_EVERY = 7, 3
 LOG_STEPS = {step for step in range(STEPS) if (step + 1) % LOG_EVERY == 0} | {"end"}
 
 # Step syncs outside the logging point that are known and reported (issue 6), by (file,
-# function, call). When main.py's is fixed, test_table1_step_is_sync_free passes, which its strict
-# xfail turns into a failure: then remove that marker and the entry.
+# function, call).
 KNOWN_STEP_SYNCS = {
-    # first_bad_step = torch.where(..., torch.tensor(step, device=device), ...): a host-to-device
-    # copy from pageable memory, which waits on CUDA (pytorch/pytorch#120996), every step.
-    ("main.py", "train_one_epoch", "tensor(device=...)"),
     # Miners select the valid anchors with nonzero (a data-dependent size) every step.
     ("batchminer/_functional.py", "stack_triplets", "nonzero"),
 }
@@ -118,9 +114,6 @@ def test_step_has_no_unknown_host_sync(loss, miner, one_thread):
         assert not unknown, [str(e) for e in watch.events if e.site() in unknown]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="main.py train_one_epoch: torch.tensor(step, device=device) in the "
-                          "first_bad_step update syncs every step on CUDA")
 def test_table1_step_is_sync_free(one_thread):
     """Table 1's step (multi-similarity, no miner, DAS) should not sync outside logging."""
     training, batches = tiny_training(["--loss", "multisimilarity"])
