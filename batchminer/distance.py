@@ -41,8 +41,8 @@ class DistanceMiner(BaseMiner):
     def __init__(self, lower_cutoff: float = 0.5, upper_cutoff: float = 1.4) -> None:
         super().__init__()
         if not lower_cutoff < upper_cutoff:
-            raise ValueError(f"distance miner: lower cutoff {lower_cutoff} must be below the "
-                             f"upper cutoff {upper_cutoff}")
+            raise ValueError(f"{self.registry_name} miner: lower cutoff {lower_cutoff} must be "
+                             f"below the upper cutoff {upper_cutoff}")
         self.lower_cutoff = lower_cutoff
         self.upper_cutoff = upper_cutoff
 
@@ -50,14 +50,22 @@ class DistanceMiner(BaseMiner):
     def from_options(cls, opt: argparse.Namespace) -> "DistanceMiner":
         return cls(opt.miner_distance_lower_cutoff, opt.miner_distance_upper_cutoff)
 
-    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor,
-                 distances: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def choose(self, embeddings: torch.Tensor, labels: torch.Tensor,
+               distances: Optional[torch.Tensor]):
+        """Per anchor: a random positive and a distance-weighted negative, each with a flag
+        saying whether the anchor has one; also returns the (detached) distance matrix."""
         distances = detached_distances(embeddings, distances)
         positives, negatives = label_masks(labels)
         log_weights = distance_weighted_log_weights(distances, negatives, embeddings.shape[1],
                                                     self.lower_cutoff, self.upper_cutoff)
         negative, has_negative = weighted_choice(log_weights)
         positive, has_positive = random_choice(positives)
+        return distances, positive, has_positive, negative, has_negative
+
+    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                 distances: Optional[torch.Tensor] = None) -> torch.Tensor:
+        distances, positive, has_positive, negative, has_negative = self.choose(
+            embeddings, labels, distances)
         triplets = stack_triplets(has_positive & has_negative, positive, negative)
         chosen = distances[triplets[:, 0], triplets[:, 2]]
         self.stats = {"negative_distance": (chosen.sum() / max(len(chosen), 1)).detach()}

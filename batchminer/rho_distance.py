@@ -8,14 +8,12 @@ from typing import Optional
 import torch
 
 from . import REGISTRY
-from ._base import BaseMiner
-from ._functional import (detached_distances, label_masks, random_choice, stack_triplets,
-                          weighted_choice)
-from .distance import distance_weighted_log_weights
+from ._functional import stack_triplets
+from .distance import DistanceMiner
 
 
 @REGISTRY.register("rho_distance")
-class RhoDistanceMiner(BaseMiner):
+class RhoDistanceMiner(DistanceMiner):
     """The ``distance`` miner, except that with probability ``push_probability`` (``--miner_rho_
     distance_cp``) an anchor's triplet becomes (a, a, p): a positive p of the anchor takes the
     negative's place, so that a triplet loss pushes same-class samples apart up to the margin
@@ -27,14 +25,9 @@ class RhoDistanceMiner(BaseMiner):
 
     def __init__(self, lower_cutoff: float = 0.5, upper_cutoff: float = 1.4,
                  push_probability: float = 0.2) -> None:
-        super().__init__()
-        if not lower_cutoff < upper_cutoff:
-            raise ValueError(f"rho_distance miner: lower cutoff {lower_cutoff} must be below the "
-                             f"upper cutoff {upper_cutoff}")
+        super().__init__(lower_cutoff, upper_cutoff)
         if not 0.0 <= push_probability <= 1.0:
             raise ValueError(f"--miner_rho_distance_cp must lie in [0, 1], got {push_probability}")
-        self.lower_cutoff = lower_cutoff
-        self.upper_cutoff = upper_cutoff
         self.push_probability = push_probability
 
     @classmethod
@@ -44,12 +37,8 @@ class RhoDistanceMiner(BaseMiner):
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor,
                  distances: Optional[torch.Tensor] = None) -> torch.Tensor:
-        distances = detached_distances(embeddings, distances)
-        positives, negatives = label_masks(labels)
-        log_weights = distance_weighted_log_weights(distances, negatives, embeddings.shape[1],
-                                                    self.lower_cutoff, self.upper_cutoff)
-        negative, has_negative = weighted_choice(log_weights)
-        positive, has_positive = random_choice(positives)
+        _, positive, has_positive, negative, has_negative = self.choose(embeddings, labels,
+                                                                        distances)
         push = torch.rand(labels.shape, device=labels.device) < self.push_probability
         anchors = torch.arange(len(labels), device=labels.device)
         second = torch.where(push, anchors, positive)
