@@ -287,19 +287,20 @@ class DenselyAnchoredSampling(nn.Module):
         produce = self.num_produce
         base = embeddings.detach() if self.detach else embeddings
 
-        # DFS: copies of E whose chosen dimensions are replaced by their scaled values.
-        dims = self.chosen_dimensions(labels)
-        factors = self.sample_scale_factors((produce, batch, self.dfs_num_scale), base.device)
-        scaled = base.gather(1, dims).unsqueeze(0) * factors
-        generated = base.unsqueeze(0).expand(produce, -1, -1).scatter(
-            2, dims.unsqueeze(0).expand(produce, -1, -1), scaled)
-
-        # MTS: plus mts_scale times a stored difference (rows of empty banks get no shift).
+        # MTS: E plus mts_scale times a stored difference (rows of empty banks get no shift).
         fill = self.mts_fill[labels]
         slots = self.sample_bank_slots(fill, produce)
         shift = self.mts_bank[labels.unsqueeze(0).expand(produce, -1), slots]
         shift_scale = (fill > 0).to(shift.dtype).mul_(self.mts_scale).view(1, batch, 1)
-        generated = torch.addcmul(generated, shift, shift_scale)
+        generated = torch.addcmul(base.unsqueeze(0), shift, shift_scale)
+
+        # DFS: the chosen dimensions hold the scaled value instead, plus the same shift. Written
+        # in place into the K chosen entries only (one pass less over the B x D copies).
+        dims = self.chosen_dimensions(labels).unsqueeze(0).expand(produce, -1, -1)
+        factors = self.sample_scale_factors((produce, batch, self.dfs_num_scale), base.device)
+        scaled = torch.addcmul(base.gather(1, dims[0]).unsqueeze(0) * factors,
+                               shift.gather(2, dims), shift_scale)
+        generated.scatter_(2, dims, scaled)
         if self.normalize:
             generated = F.normalize(generated, dim=-1)
         return generated
