@@ -411,6 +411,9 @@ def main(argv: Optional[List[str]] = None) -> str:
         if is_main:
             row = {"epoch": epoch + 1, "loss": train_means.pop("loss"),
                    "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": time.time() - started}
+            if "criterion/tuples_with_generated" in train_means:
+                train_means["criterion/tuples_real_only"] = (
+                    train_means["criterion/tuples"] - train_means["criterion/tuples_with_generated"])
             row.update({f"stats/{k}": v for k, v in train_means.items()})
             row.update(results)
             metrics_table.append(row)

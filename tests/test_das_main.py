@@ -50,6 +50,10 @@ def test_main_with_das_on_generated_data_and_resume(tmp_path):
     distance = float(row["stats/das/real_generated_distance"])
     assert math.isfinite(distance) and distance > 0
     assert float(row["stats/criterion/tuples_with_generated"]) > 0
+    assert float(row["stats/criterion/tuples_real_only"]) > 0
+    assert math.isclose(float(row["stats/criterion/tuples_real_only"]) +
+                        float(row["stats/criterion/tuples_with_generated"]),
+                        float(row["stats/criterion/tuples"]), rel_tol=1e-4)
     assert math.isfinite(float(row["test/recall@1"]))
 
     state = das_state(folder)

@@ -33,7 +33,7 @@ def test_main_trains_and_leaves_a_complete_run_folder(generated_folder, tmp_path
     rows = read_metrics(folder)
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     for column in ("loss", "test/recall@1", "test/recall@8", "test/nmi", "test/f1", "test/map@r",
-                   "test/r_precision", "stats/criterion/tuples"):
+                   "test/r_precision", "stats/criterion/tuples", "stats/criterion/tuples_real_only"):
         assert column in rows[0], column
     assert float(rows[-1]["test/recall@1"]) > float(rows[0]["test/recall@1"])
     summary = open(os.path.join(folder, rf.SUMMARY_FILE)).read()
