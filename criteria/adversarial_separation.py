@@ -11,7 +11,7 @@ from torch import nn
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import TRIPLET_MINERS, as_float, full_precision, mine_triplets, triplet_stats
+from ._functional import TRIPLET_MINERS, full_precision, mine_triplets, triplet_stats
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -80,7 +80,6 @@ class AdversarialSeparationCriterion(BaseCriterion):
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        embeddings = as_float(embeddings)
         distances, triplets = mine_triplets(self.miner, embeddings, labels)
         anchors, positives, negatives = triplets.unbind(dim=1)
         triplet_losses = F.relu(distances[anchors, positives] - distances[anchors, negatives]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import (anchored_pair_stats, as_float, full_precision, masked_log1p_sum_exp,
+from ._functional import (anchored_pair_stats, full_precision, masked_log1p_sum_exp,
                           mean_norm, miner_stats)
 from .npair import npair_terms
 
@@ -45,7 +45,6 @@ class AngularCriterion(BaseCriterion):
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        embeddings = as_float(embeddings)
         anchors, positives, negatives = self.miner(embeddings, labels)
         count = max(len(anchors), 1)
         npair_loss = npair_terms(embeddings, anchors, positives, negatives).sum() / count

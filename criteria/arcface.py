@@ -11,7 +11,7 @@ from torch import nn
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import as_float, cosine_to, full_precision, row_stats
+from ._functional import cosine_to, full_precision, row_stats
 
 
 @REGISTRY.register("arcface")
@@ -46,7 +46,6 @@ class ArcFaceCriterion(BaseCriterion):
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        embeddings = as_float(embeddings)
         cosine = cosine_to(embeddings, self.class_weights)
         own = F.one_hot(labels, cosine.shape[1]).bool()
         angle = torch.acos(cosine.gather(1, labels[:, None]).clamp(-1 + 1e-7, 1 - 1e-7))

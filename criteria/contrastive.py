@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import TRIPLET_MINERS, as_float, full_precision, mine_triplets, triplet_stats
+from ._functional import TRIPLET_MINERS, full_precision, mine_triplets, triplet_stats
 
 
 @REGISTRY.register("contrastive")
@@ -35,7 +35,6 @@ class ContrastiveCriterion(BaseCriterion):
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        embeddings = as_float(embeddings)
         distances, triplets = mine_triplets(self.miner, embeddings, labels)
         anchors, positives, negatives = triplets.unbind(dim=1)
         count = max(len(triplets), 1)

@@ -8,7 +8,7 @@ import torch
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import as_float, full_precision, gram, label_masks, pair_stats
+from ._functional import full_precision, gram, label_masks, pair_stats
 
 
 @REGISTRY.register("histogram")
@@ -48,7 +48,6 @@ class HistogramCriterion(BaseCriterion):
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        embeddings = as_float(embeddings)
         similarities = gram(embeddings)
         positives, negatives = label_masks(labels)
         upper = torch.ones_like(positives).triu(diagonal=1)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import (anchored_pair_stats, as_float, full_precision, masked_log_sum_exp,
+from ._functional import (anchored_pair_stats, full_precision, masked_log_sum_exp,
                           mean_norm, miner_stats, pairwise_distances)
 
 
@@ -36,7 +36,6 @@ class LiftedCriterion(BaseCriterion):
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        embeddings = as_float(embeddings)
         distances = pairwise_distances(embeddings)
         anchors, positives, negatives = self.miner(embeddings, labels, distances.detach())
         anchor_distances = distances[anchors]

@@ -10,7 +10,7 @@ from torch import nn
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import TRIPLET_MINERS, as_float, full_precision, mine_triplets, triplet_stats
+from ._functional import TRIPLET_MINERS, full_precision, mine_triplets, triplet_stats
 
 
 @REGISTRY.register("margin")
@@ -50,7 +50,6 @@ class MarginCriterion(BaseCriterion):
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        embeddings = as_float(embeddings)
         distances, triplets = mine_triplets(self.miner, embeddings, labels)
         anchors, positives, negatives = triplets.unbind(dim=1)
         beta = self.beta[labels[anchors]]

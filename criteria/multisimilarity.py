@@ -8,7 +8,7 @@ import torch
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import (as_float, full_precision, gram, label_masks, masked_log1p_sum_exp,
+from ._functional import (full_precision, gram, label_masks, masked_log1p_sum_exp,
                           mean_over, pair_stats)
 
 
@@ -45,7 +45,6 @@ class MultiSimilarityCriterion(BaseCriterion):
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        embeddings = as_float(embeddings)
         similarity = gram(embeddings)
         positives, negatives = label_masks(labels)
         detached = similarity.detach()

@@ -8,7 +8,7 @@ import torch
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import (anchored_pair_stats, as_float, full_precision, gram,
+from ._functional import (anchored_pair_stats, full_precision, gram,
                           masked_log1p_sum_exp, mean_norm, miner_stats)
 
 
@@ -43,7 +43,6 @@ class NPairCriterion(BaseCriterion):
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        embeddings = as_float(embeddings)
         anchors, positives, negatives = self.miner(embeddings, labels)
         losses = npair_terms(embeddings, anchors, positives, negatives)
         used = negatives.clone()

@@ -10,7 +10,7 @@ from torch import nn
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import as_float, cosine_to, full_precision, masked_log1p_sum_exp, row_stats
+from ._functional import cosine_to, full_precision, masked_log1p_sum_exp, row_stats
 
 
 @REGISTRY.register("proxyanchor")
@@ -45,7 +45,6 @@ class ProxyAnchorCriterion(BaseCriterion):
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        embeddings = as_float(embeddings)
         cosine = cosine_to(embeddings, self.proxies)  # B x C
         own = F.one_hot(labels, num_classes=cosine.shape[1]).bool()
         pos_terms = masked_log1p_sum_exp(-self.alpha * (cosine - self.margin), own, dim=0)

@@ -10,7 +10,7 @@ from torch import nn
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import as_float, cosine_to, full_precision, masked_log_sum_exp, row_stats
+from ._functional import cosine_to, full_precision, masked_log_sum_exp, row_stats
 
 
 @REGISTRY.register("proxynca")
@@ -40,7 +40,6 @@ class ProxyNCACriterion(BaseCriterion):
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        embeddings = as_float(embeddings)
         # |3x - 3p|^2 = 9 (2 - 2 cos(x, p)) for unit x and p
         squared_distances = self.scale ** 2 * (2.0 - 2.0 * cosine_to(embeddings, self.proxies))
         own = F.one_hot(labels, num_classes=self.proxies.shape[0]).bool()

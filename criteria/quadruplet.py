@@ -11,7 +11,7 @@ from batchminer._functional import random_choice
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import (TRIPLET_MINERS, as_float, full_precision, mean_over, mine_triplets,
+from ._functional import (TRIPLET_MINERS, full_precision, mean_over, mine_triplets,
                           triplet_stats)
 
 
@@ -41,7 +41,6 @@ class QuadrupletCriterion(BaseCriterion):
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        embeddings = as_float(embeddings)
         distances, triplets = mine_triplets(self.miner, embeddings, labels)
         anchors, positives, negatives = triplets.unbind(dim=1)
         candidates = ((labels[None, :] != labels[anchors][:, None])

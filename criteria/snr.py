@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import (TRIPLET_MINERS, as_float, full_precision, pairwise_distances,
+from ._functional import (TRIPLET_MINERS, full_precision, pairwise_distances,
                           triplet_stats)
 
 
@@ -49,7 +49,6 @@ class SNRCriterion(BaseCriterion):
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        embeddings = as_float(embeddings)
         snr = snr_distances(embeddings)
         triplets = self.miner(embeddings, labels, pairwise_distances(embeddings.detach()))
         anchors, positives, negatives = triplets.unbind(dim=1)

@@ -11,7 +11,7 @@ from torch import nn
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import as_float, cosine_to, full_precision, row_stats
+from ._functional import cosine_to, full_precision, row_stats
 
 
 @REGISTRY.register("softmax")
@@ -42,7 +42,6 @@ class NormalizedSoftmaxCriterion(BaseCriterion):
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        embeddings = as_float(embeddings)
         logits = cosine_to(embeddings, self.class_weights) / self.temperature
         self.stats = row_stats(len(labels), num_real, embeddings.device)
         return F.cross_entropy(logits, labels)

@@ -11,7 +11,7 @@ from torch import nn
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import as_float, cosine_to, full_precision, gram, row_stats
+from ._functional import cosine_to, full_precision, gram, row_stats
 
 
 @REGISTRY.register("softtriplet")
@@ -55,7 +55,6 @@ class SoftTripleCriterion(BaseCriterion):
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        embeddings = as_float(embeddings)
         centers = F.normalize(self.centers, dim=1)
         similarities = cosine_to(embeddings, self.centers).view(len(labels), self.num_classes,
                                                      self.centers_per_class)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import TRIPLET_MINERS, as_float, full_precision, mine_triplets, triplet_stats
+from ._functional import TRIPLET_MINERS, full_precision, mine_triplets, triplet_stats
 
 
 @REGISTRY.register("triplet")
@@ -35,7 +35,6 @@ class TripletCriterion(BaseCriterion):
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        embeddings = as_float(embeddings)
         distances, triplets = mine_triplets(self.miner, embeddings, labels)
         anchors, positives, negatives = triplets.unbind(dim=1)
         losses = F.relu(distances[anchors, positives] - distances[anchors, negatives] + self.margin)
