@@ -170,12 +170,12 @@ class DenselyAnchoredSampling(nn.Module):
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise ValueError(f"DAS expects integer class labels, got {labels.dtype}")
         message = f"DAS labels must lie in [0, {self.num_classes}) (the number of training classes)"
-        in_range = (labels.min() >= 0) & (labels.max() < self.num_classes)
+        low, high = torch.aminmax(labels)
         if labels.device.type == "cpu":
-            if not bool(in_range):
-                raise ValueError(f"{message}; got min {int(labels.min())}, max {int(labels.max())}")
+            if low < 0 or high >= self.num_classes:
+                raise ValueError(f"{message}; got min {int(low)}, max {int(high)}")
         else:  # no host sync on accelerators: the check runs asynchronously on the device
-            torch._assert_async(in_range, message)
+            torch._assert_async((low >= 0) & (high < self.num_classes), message)
 
     def _fingerprints(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(H, B) int64 fingerprints of the rows' float32 bit patterns (+0.0 and -0.0 agree)."""
@@ -209,26 +209,38 @@ class DenselyAnchoredSampling(nn.Module):
             pushed = same_class & (fingerprints.unsqueeze(2) != fingerprints.unsqueeze(1)).any(0)
             kept, slot, pairs_of_class = self._bank_slots(labels, same_class, pushed)
             self._write_fixed_size(embeddings, labels, same_class, kept, slot)
+            position = self.mts_write_position[labels]
+            self.mts_write_position[labels] = (position + pairs_of_class) % self.mts_bank_size
+            self.mts_fill[labels] = (self.mts_fill[labels] + pairs_of_class).clamp(
+                max=self.mts_bank_size)
+            self.stats["mts_pairs_pushed"] = pushed.sum().float()
         else:
-            # On CPU a data-dependent shape costs no device-to-host sync: take the same-class
-            # pairs as a list, compute their differences once, drop the all-zero ones exactly.
-            off_diagonal = ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-            first, second = (same_class & off_diagonal).nonzero(as_tuple=True)
-            difference = embeddings[first] - embeddings[second]
-            nonzero = difference.ne(0).any(1)
-            pushed = torch.zeros_like(same_class).index_put_((first, second), nonzero)
-            kept, slot, pairs_of_class = self._bank_slots(labels, same_class, pushed)
-            kept_in_list = kept[first, second]
-            flat_slot = labels[first] * self.mts_bank_size + slot[first, second]
-            # Kept pairs land in distinct slots; pairs not kept are not written.
-            self.mts_bank.view(-1, self.embed_dim)[flat_slot[kept_in_list]] = (
-                difference[kept_in_list])
+            self._push_pair_list(embeddings, labels, same_class)
 
-        position = self.mts_write_position[labels]
-        self.mts_write_position[labels] = (position + pairs_of_class) % self.mts_bank_size
-        self.mts_fill[labels] = (self.mts_fill[labels] + pairs_of_class).clamp(
-            max=self.mts_bank_size)
-        self.stats["mts_pairs_pushed"] = pushed.sum().float()
+    def _push_pair_list(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                        same_class: torch.Tensor) -> None:
+        """The CPU bank write, on the list of same-class pairs (a data-dependent size costs no
+        device-to-host sync on CPU, and the list needs fewer operations than B x B masks).
+
+        ``nonzero`` lists pairs in row-major order, which is the push order; a pair's rank among
+        its class's pairs comes from a running count per class.
+        """
+        capacity = self.mts_bank_size
+        off_diagonal = ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+        first, second = (same_class & off_diagonal).nonzero(as_tuple=True)
+        difference = embeddings[first] - embeddings[second]
+        differs = difference.ne(0).any(1)  # identical rows give nothing
+        difference, pair_class = difference[differs], labels[first[differs]]
+        one_hot = F.one_hot(pair_class, self.num_classes)
+        running = one_hot.cumsum(0)
+        pushed_per_class = running[-1] if len(pair_class) else one_hot.sum(0)
+        rank = (running * one_hot).sum(1) - 1  # 0 for a class's first pair of this batch
+        kept = rank >= pushed_per_class[pair_class] - capacity  # only the last Q of a class stay
+        slot = (self.mts_write_position[pair_class] + rank) % capacity
+        self.mts_bank[pair_class[kept], slot[kept]] = difference[kept]
+        self.mts_write_position.add_(pushed_per_class).remainder_(capacity)
+        self.mts_fill.add_(pushed_per_class).clamp_(max=capacity)
+        self.stats["mts_pairs_pushed"] = torch.tensor(float(len(pair_class)))
 
     def _bank_slots(self, labels: torch.Tensor, same_class: torch.Tensor,
                     pushed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
