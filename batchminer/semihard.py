@@ -27,8 +27,7 @@ class SemihardMiner(BaseMiner):
 
     @classmethod
     def from_options(cls, opt: argparse.Namespace) -> "SemihardMiner":
-        margin = getattr(opt, "miner_semihard_margin", None)
-        return cls(margin=opt.loss_triplet_margin if margin is None else margin)
+        return cls(margin=opt.miner_semihard_margin)  # defaults to --loss_triplet_margin
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor,
                  distances: Optional[torch.Tensor] = None) -> torch.Tensor:
