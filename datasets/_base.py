@@ -1,7 +1,6 @@
 """What every dataset parser returns, the image dataset shared by all of them, and transforms."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -181,10 +180,3 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int, int]:
         image = load_image(self.split.images[index])
         return self.transform(image), int(self.labels[index]), index
-
-
-def require_path(path: str, what: str) -> str:
-    """Stop with a message naming ``path`` when it does not exist."""
-    if not os.path.exists(path):
-        raise DataError(f"expected {what} at '{path}', but it does not exist")
-    return path
