@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import urllib.error
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Optional
+from typing import Dict, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -137,5 +137,3 @@ def load_into(module: nn.Module, state: Dict[str, torch.Tensor], source: str, ar
         raise PretrainedWeightsError(f"weights from {source} do not fit backbone '{arch}': {detail}")
     module.load_state_dict(state, strict=False)
 
-
-BackboneBuilder = Callable[[bool, Optional[str]], Backbone]

@@ -132,14 +132,6 @@ class DenselyAnchoredSampling(nn.Module):
                 f"mts_scale={self.mts_scale}, detach={self.detach}, aux_loss={self.aux_loss}, "
                 f"aux_loss_weight={self.aux_loss_weight}")
 
-    @torch.no_grad()
-    def reset_statistics(self) -> None:
-        """Forget the DFS counts and empty every MTS bank."""
-        self.dfs_counter.zero_()
-        self.mts_bank.zero_()
-        self.mts_write_position.zero_()
-        self.mts_fill.zero_()
-
     # ----------------------------------------------------------------------------- random draws
     def sample_scale_factors(self, shape: Tuple[int, ...], device: torch.device) -> torch.Tensor:
         """DFS factors, uniform in [dfs_scale_left, dfs_scale_right)."""
