@@ -215,21 +215,26 @@ class DenselyAnchoredSampling(nn.Module):
         device-to-host sync on CPU, and the list needs fewer operations than B x B masks).
 
         ``nonzero`` lists pairs in row-major order, which is the push order; a pair's rank among
-        its class's pairs comes from a running count per class.
+        its class's pairs comes from a running count per class. ``same_class`` is consumed (its
+        diagonal is cleared in place).
         """
         capacity = self.mts_bank_size
-        off_diagonal = ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-        first, second = (same_class & off_diagonal).nonzero(as_tuple=True)
+        first, second = same_class.fill_diagonal_(False).nonzero(as_tuple=True)
         difference = embeddings[first] - embeddings[second]
+        pair_class = labels[first]
         differs = difference.ne(0).any(1)  # identical rows give nothing
-        difference, pair_class = difference[differs], labels[first[differs]]
+        if not bool(differs.all()):  # host checks are free on CPU; usually every pair differs
+            difference, pair_class = difference[differs], pair_class[differs]
         one_hot = F.one_hot(pair_class, self.num_classes)
         running = one_hot.cumsum(0)
         pushed_per_class = running[-1] if len(pair_class) else one_hot.sum(0)
         rank = (running * one_hot).sum(1) - 1  # 0 for a class's first pair of this batch
         kept = rank >= pushed_per_class[pair_class] - capacity  # only the last Q of a class stay
         slot = (self.mts_write_position[pair_class] + rank) % capacity
-        self.mts_bank[pair_class[kept], slot[kept]] = difference[kept]
+        if bool(kept.all()):
+            self.mts_bank[pair_class, slot] = difference
+        else:
+            self.mts_bank[pair_class[kept], slot[kept]] = difference[kept]
         self.mts_write_position.add_(pushed_per_class).remainder_(capacity)
         self.mts_fill.add_(pushed_per_class).clamp_(max=capacity)
         self.stats["mts_pairs_pushed"] = torch.tensor(float(len(pair_class)))
