@@ -238,7 +238,8 @@ def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int
                 raise TrainingError(f"non-finite loss at epoch {epoch}, step "
                                     f"{first_bad_step.item() + 1}; the last good checkpoint is kept")
             values = {k: v.item() for k, v in step_scalars.items()}
-            progress.set_postfix(loss=f"{values['loss']:.4f}")
+            running_loss = (stats.sums["loss"] / stats.steps).item()  # mean over the epoch so far
+            progress.set_postfix(loss=f"{running_loss:.4f}", step_loss=f"{values['loss']:.4f}")
             if writer is not None:
                 for key, value in values.items():
                     writer.add_scalar(f"step/{key}", value, global_step)
