@@ -1,7 +1,6 @@
 """``intra_random``: random triplets whose three rows share one class."""
 from __future__ import annotations
 
-import argparse
 from typing import Optional
 
 import torch
@@ -20,10 +19,6 @@ class IntraRandomMiner(BaseMiner):
 
     Returns a ``(T, 3)`` LongTensor; anchors alone in their class are skipped.
     """
-
-    @classmethod
-    def from_options(cls, opt: argparse.Namespace) -> "IntraRandomMiner":
-        return cls()
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor,
                  distances: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -2,7 +2,6 @@
 Hermans et al. 2017)."""
 from __future__ import annotations
 
-import argparse
 from typing import Optional, Tuple
 
 import torch
@@ -20,10 +19,6 @@ class LiftedMiner(BaseMiner):
     * ``positives``: BoolTensor (A, B), all other rows of the anchor's class;
     * ``negatives``: BoolTensor (A, B), all rows of other classes.
     """
-
-    @classmethod
-    def from_options(cls, opt: argparse.Namespace) -> "LiftedMiner":
-        return cls()
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor,
                  distances: Optional[torch.Tensor] = None

@@ -2,7 +2,6 @@
 Revisiting-DML variant that uses all other-class rows of the batch)."""
 from __future__ import annotations
 
-import argparse
 from typing import Optional, Tuple
 
 import torch
@@ -21,10 +20,6 @@ class NPairMiner(BaseMiner):
     * ``negatives``: BoolTensor (A, B), row k flags the negatives of ``anchors[k]`` (every row of
       another class), a mask rather than a ragged list so that the loss stays one batched op.
     """
-
-    @classmethod
-    def from_options(cls, opt: argparse.Namespace) -> "NPairMiner":
-        return cls()
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor,
                  distances: Optional[torch.Tensor] = None

@@ -1,7 +1,6 @@
 """``random``: triplets drawn uniformly from all valid (anchor, positive, negative) triplets."""
 from __future__ import annotations
 
-import argparse
 from typing import Optional
 
 import torch
@@ -23,10 +22,6 @@ class RandomMiner(BaseMiner):
     def __init__(self, num_triplets: Optional[int] = None) -> None:
         super().__init__()
         self.num_triplets = num_triplets  # None: one per row of the batch
-
-    @classmethod
-    def from_options(cls, opt: argparse.Namespace) -> "RandomMiner":
-        return cls()
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor,
                  distances: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -1,7 +1,6 @@
 """``random_distance``: the ``distance`` miner's triplet layout with a uniformly random negative."""
 from __future__ import annotations
 
-import argparse
 from typing import Optional
 
 import torch
@@ -18,10 +17,6 @@ class RandomDistanceMiner(BaseMiner):
 
     Returns a ``(T, 3)`` LongTensor of (anchor, positive, negative).
     """
-
-    @classmethod
-    def from_options(cls, opt: argparse.Namespace) -> "RandomDistanceMiner":
-        return cls()
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor,
                  distances: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -1,7 +1,6 @@
 """``softhard``: a random hard positive and a random hard negative per anchor."""
 from __future__ import annotations
 
-import argparse
 from typing import Optional
 
 import torch
@@ -20,10 +19,6 @@ class SofthardMiner(BaseMiner):
     Returns a ``(T, 3)`` LongTensor of (anchor, positive, negative). ``stats``: share of anchors
     that found a hard positive / a hard negative.
     """
-
-    @classmethod
-    def from_options(cls, opt: argparse.Namespace) -> "SofthardMiner":
-        return cls()
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor,
                  distances: Optional[torch.Tensor] = None) -> torch.Tensor:
