@@ -10,9 +10,10 @@ def labels_of(counts):
     return np.repeat(np.arange(len(counts)), counts)
 
 
-def test_class_random_batches_hold_distinct_classes_with_samples_per_class_each():
+def test_class_random_distinct_batches_hold_distinct_classes_with_samples_per_class_each():
     labels = labels_of([5] * 12)
-    sampler = datasampler.select("class_random", labels, batch_size=8, samples_per_class=2, seed=3)
+    sampler = datasampler.select("class_random_distinct", labels, batch_size=8,
+                                 samples_per_class=2, seed=3)
     batches = list(sampler)
     assert len(batches) == len(labels) // 8 == len(sampler)
     for batch in batches:
@@ -41,14 +42,19 @@ def test_resume_position_skips_served_batches():
     assert len(resumed) == len(full) - 2
 
 
-def test_ranks_split_the_same_global_batch_by_whole_classes():
+@pytest.mark.parametrize("name", ["class_random", "class_random_distinct"])
+def test_ranks_split_the_same_global_batch_by_whole_classes(name):
     labels = labels_of([3] * 16)
-    single = list(datasampler.select("class_random", labels, 8, 2, seed=5))
-    rank0 = list(datasampler.select("class_random", labels, 8, 2, seed=5, rank=0, world_size=2))
-    rank1 = list(datasampler.select("class_random", labels, 8, 2, seed=5, rank=1, world_size=2))
+    single = list(datasampler.select(name, labels, 8, 2, seed=5))
+    rank0 = list(datasampler.select(name, labels, 8, 2, seed=5, rank=0, world_size=2))
+    rank1 = list(datasampler.select(name, labels, 8, 2, seed=5, rank=1, world_size=2))
     for whole, part0, part1 in zip(single, rank0, rank1):
         assert part0 + part1 == whole
-        assert not set(labels[part0]) & set(labels[part1])
+        for part in (part0, part1):  # every rank holds whole class draws of 2 rows each
+            assert len(part) == 4
+            assert all(len(set(labels[part[i:i + 2]])) == 1 for i in range(0, 4, 2))
+        if name == "class_random_distinct":
+            assert not set(labels[part0]) & set(labels[part1])
 
 
 def test_random_sampler_covers_each_index_at_most_once_per_epoch():
@@ -58,18 +64,33 @@ def test_random_sampler_covers_each_index_at_most_once_per_epoch():
     assert len(flat) == len(set(flat)) == 30
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(batch_size=9, samples_per_class=2), "--bs 9 is not divisible by --samples_per_class 2"),
-    (dict(batch_size=8, samples_per_class=4), "larger than training class 'c2', which has 3"),
-    (dict(batch_size=40, samples_per_class=2), "needs 20 distinct classes"),
-    (dict(batch_size=0, samples_per_class=2), "--bs must be a positive integer"),
+@pytest.mark.parametrize("name,kwargs,message", [
+    ("class_random", dict(batch_size=9, samples_per_class=2),
+     "--bs 9 is not divisible by --samples_per_class 2"),
+    ("class_random", dict(batch_size=0, samples_per_class=2), "--bs must be a positive integer"),
+    ("class_random_distinct", dict(batch_size=9, samples_per_class=2),
+     "--bs 9 is not divisible by --samples_per_class 2"),
+    ("class_random_distinct", dict(batch_size=8, samples_per_class=4),
+     "larger than training class 'c2', which has 3"),
+    ("class_random_distinct", dict(batch_size=40, samples_per_class=2),
+     "needs 20 distinct classes"),
 ])
-def test_class_random_refuses_impossible_batches(kwargs, message):
+def test_class_random_refuses_impossible_batches(name, kwargs, message):
     labels = labels_of([5, 4, 3, 6])
     with pytest.raises(ValueError, match=message):
-        datasampler.select("class_random", labels, class_names=["c0", "c1", "c2", "c3"], **kwargs)
+        datasampler.select(name, labels, class_names=["c0", "c1", "c2", "c3"], **kwargs)
+
+
+def test_class_random_with_replacement_accepts_small_classes_and_few_classes():
+    """The published sampler draws with replacement: a class smaller than samples_per_class and
+    a batch of more class draws than classes both work (rows then repeat)."""
+    labels = labels_of([5, 4, 3, 6])
+    batches = list(datasampler.select("class_random", labels, 40, 4, seed=0))
+    assert len(batches) == 1 and len(batches[0]) == 40
+    groups = labels[np.array(batches[0])].reshape(10, 4)
+    assert (groups == groups[:, :1]).all()
 
 
 def test_unknown_sampler_lists_valid_names():
-    with pytest.raises(UnknownNameError, match="class_random, random"):
+    with pytest.raises(UnknownNameError, match="class_random, class_random_distinct, random"):
         datasampler.select("balanced", np.zeros(4, dtype=int), 2, 1)
