@@ -179,13 +179,26 @@ def loss_specific_parameters(parser: argparse.ArgumentParser) -> argparse.Argume
 def batchmining_specific_parameters(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group = parser.add_argument_group("batch miners")
     add = group.add_argument
-    add("--miner_distance_lower_cutoff", default=0.5, type=float)
-    add("--miner_distance_upper_cutoff", default=1.4, type=float)
+    add("--miner_distance_lower_cutoff", default=0.5, type=float,
+        help="distance miner: distances below are clamped up to this value.")
+    add("--miner_distance_upper_cutoff", default=1.4, type=float,
+        help="distance miner: upper clamp, used only with --miner_distance_clip_upper.")
+    add("--miner_distance_clip_upper", action="store_true",
+        help="distance miner: also clamp distances above --miner_distance_upper_cutoff (not "
+             "published: the published miner clamps below only). See docs/PARITY.md.")
     add("--miner_rho_distance_lower_cutoff", default=0.5, type=float)
-    add("--miner_rho_distance_upper_cutoff", default=1.4, type=float)
+    add("--miner_rho_distance_upper_cutoff", default=1.4, type=float,
+        help="rho_distance miner: upper clamp, used only with --miner_rho_distance_clip_upper.")
+    add("--miner_rho_distance_clip_upper", action="store_true",
+        help="rho_distance miner: also clamp distances above the upper cutoff (not published).")
     add("--miner_rho_distance_cp", default=0.2, type=float)
     add("--miner_semihard_margin", default=None, type=float,
-        help="Margin of the semihard window; default --loss_triplet_margin.")
+        help="Margin of the semihard window; default the running loss's --loss_<loss>_margin "
+             "(published), or --loss_triplet_margin when that loss has none.")
+    add("--miner_semihard_per_pair", action="store_true",
+        help="semihard miner: one triplet per positive pair with the hardest negative as "
+             "fallback, instead of the published one triplet per anchor with a random "
+             "positive and a random negative as fallback. See docs/PARITY.md.")
     return parser
 
 
@@ -241,7 +254,8 @@ def resolve_dataset_defaults(opt: argparse.Namespace) -> argparse.Namespace:
     if opt.eval_bs is None:
         opt.eval_bs = opt.bs
     if opt.miner_semihard_margin is None:
-        opt.miner_semihard_margin = opt.loss_triplet_margin
+        opt.miner_semihard_margin = getattr(opt, f"loss_{opt.loss}_margin",
+                                            opt.loss_triplet_margin)
     return opt
 
 

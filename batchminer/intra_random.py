@@ -7,22 +7,27 @@ import torch
 
 from . import REGISTRY
 from ._base import BaseMiner
-from ._functional import label_masks, random_choice, stack_triplets
+from ._functional import random_choice
 
 
 @REGISTRY.register("intra_random")
 class IntraRandomMiner(BaseMiner):
-    """One triplet per anchor (a, p, n) with p != a and n != a drawn uniformly from the anchor's
-    own class (p and n may coincide when the class has two rows). With a triplet loss this spreads
-    each class out (an intra-class regularizer, as in Revisiting-DML), so it is not a miner for
-    class separation: the "negative" deliberately shares the anchor's label.
+    """As published: as many triplets as rows; for each, a class drawn uniformly (with replacement)
+    among the classes present in the batch, then anchor, "positive" and "negative" drawn
+    uniformly and with replacement among that class's rows (so they may coincide). With a
+    triplet loss this is an intra-class regularizer (Revisiting-DML), not a miner for class
+    separation: the "negative" deliberately shares the anchor's label.
 
-    Returns a ``(T, 3)`` LongTensor; anchors alone in their class are skipped.
+    Returns a ``(B, 3)`` LongTensor.
     """
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor,
                  distances: Optional[torch.Tensor] = None) -> torch.Tensor:
-        positives, _ = label_masks(labels)
-        positive, has_positive = random_choice(positives)
-        negative, _ = random_choice(positives)
-        return stack_triplets(has_positive, positive, negative)
+        batch = len(labels)
+        same = labels[:, None] == labels[None, :]
+        # One representative row per class present: its first row.
+        first_of_class = ~torch.tril(same, diagonal=-1).any(dim=1)
+        representative, _ = random_choice(first_of_class.expand(batch, -1))
+        members = same[representative]
+        picks = [random_choice(members)[0] for _ in range(3)]  # three draws, not a sample loop
+        return torch.stack(picks, dim=1)

@@ -1,4 +1,5 @@
-"""``random_distance``: the ``distance`` miner's triplet layout with a uniformly random negative."""
+"""``random_distance``: distance-weighted sampling on randomly permuted labels (the published
+control of Revisiting-DML: the sampling of ``distance`` with the label information destroyed)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -6,21 +7,23 @@ from typing import Optional
 import torch
 
 from . import REGISTRY
-from ._base import BaseMiner
-from ._functional import label_masks, random_choice, stack_triplets
+from ._functional import stack_triplets
+from .distance import DistanceMiner
 
 
 @REGISTRY.register("random_distance")
-class RandomDistanceMiner(BaseMiner):
-    """One triplet per anchor with a random positive and a uniformly random negative: the control
-    for ``distance`` (same number and layout of triplets, no inverse-density weighting).
+class RandomDistanceMiner(DistanceMiner):
+    """The labels of the batch are permuted at random; then, as published, every anchor with
+    another row of its (permuted) class gets a random such row as positive and a negative (a row
+    of another permuted class) drawn by the ``distance`` miner's inverse-density weights, with
+    its cutoffs (``--miner_distance_*``). Triplets therefore ignore the true labels.
 
     Returns a ``(T, 3)`` LongTensor of (anchor, positive, negative).
     """
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor,
                  distances: Optional[torch.Tensor] = None) -> torch.Tensor:
-        positives, negatives = label_masks(labels)
-        positive, has_positive = random_choice(positives)
-        negative, has_negative = random_choice(negatives)
+        permuted = labels[torch.randperm(len(labels), device=labels.device)]
+        _, positive, has_positive, negative, has_negative = self.choose(embeddings, permuted,
+                                                                        distances)
         return stack_triplets(has_positive & has_negative, positive, negative)

@@ -19,13 +19,16 @@ class RhoDistanceMiner(DistanceMiner):
     negative's place, so that a triplet loss pushes same-class samples apart up to the margin
     (rho-regularization: it keeps more directions of the embedding space in use).
 
+    As published, only anchors with another same-class row get a triplet, and distances are
+    clamped below only (``--miner_rho_distance_clip_upper`` adds the upper clamp).
+
     Returns a ``(T, 3)`` LongTensor; in the (a, a, p) rows anchor and positive coincide and the
     "negative" shares the anchor's label. ``stats['push_fraction']``: share of such rows.
     """
 
     def __init__(self, lower_cutoff: float = 0.5, upper_cutoff: float = 1.4,
-                 push_probability: float = 0.2) -> None:
-        super().__init__(lower_cutoff, upper_cutoff)
+                 push_probability: float = 0.2, clip_upper: bool = False) -> None:
+        super().__init__(lower_cutoff, upper_cutoff, clip_upper)
         if not 0.0 <= push_probability <= 1.0:
             raise ValueError(f"--miner_rho_distance_cp must lie in [0, 1], got {push_probability}")
         self.push_probability = push_probability
@@ -33,7 +36,7 @@ class RhoDistanceMiner(DistanceMiner):
     @classmethod
     def from_options(cls, opt: argparse.Namespace) -> "RhoDistanceMiner":
         return cls(opt.miner_rho_distance_lower_cutoff, opt.miner_rho_distance_upper_cutoff,
-                   opt.miner_rho_distance_cp)
+                   opt.miner_rho_distance_cp, opt.miner_rho_distance_clip_upper)
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor,
                  distances: Optional[torch.Tensor] = None) -> torch.Tensor:
