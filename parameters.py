@@ -133,7 +133,14 @@ def loss_specific_parameters(parser: argparse.ArgumentParser) -> argparse.Argume
     add = group.add_argument
     add("--loss_contrastive_pos_margin", default=0, type=float)
     add("--loss_contrastive_neg_margin", default=1, type=float)
+    add("--loss_contrastive_stop_pos", action="store_true",
+        help="contrastive: no gradient through the positive of each pair (published option).")
+    add("--loss_contrastive_stop_neg", action="store_true",
+        help="contrastive: no gradient through the negative of each pair (published option).")
     add("--loss_triplet_margin", default=0.2, type=float)
+    add("--loss_triplet_distance", default="squared", choices=["squared", "plain"],
+        help="triplet: squared Euclidean distances as published (default), or plain Euclidean "
+             "distances. See docs/PARITY.md.")
     add("--loss_margin_margin", default=0.2, type=float)
     add("--loss_margin_beta_lr", default=0.0005, type=float)
     add("--loss_margin_beta", default=1.2, type=float)

@@ -12,25 +12,38 @@ from ._base import BaseCriterion
 from ._functional import TRIPLET_MINERS, full_precision, mine_triplets, triplet_stats
 
 
+def row_distances(embeddings: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
+                  detach_second: bool) -> torch.Tensor:
+    """|x_first - x_second| per pair, the second row detached when asked (stop-gradient)."""
+    other = embeddings[second]
+    return (embeddings[first] - (other.detach() if detach_second else other)).norm(dim=1)
+
+
 @REGISTRY.register("contrastive")
 class ContrastiveCriterion(BaseCriterion):
     """Each mined triplet (a, p, n) gives a positive pair (a, p) and a negative pair (a, n):
-    mean relu(d(a,p) - pos_margin) + mean relu(neg_margin - d(a,n)), Euclidean d (not squared)."""
+    mean relu(d(a,p) - pos_margin) + mean relu(neg_margin - d(a,n)), Euclidean d (not squared).
+    ``stop_pos`` / ``stop_neg`` (published options ``--loss_contrastive_stop_pos/neg``): no
+    gradient through the positive / negative row of each pair."""
 
     requires_miner = True
     accepted_miners = TRIPLET_MINERS
     requires_normalized = True
 
-    def __init__(self, miner, pos_margin: float = 0.0, neg_margin: float = 1.0) -> None:
+    def __init__(self, miner, pos_margin: float = 0.0, neg_margin: float = 1.0,
+                 stop_pos: bool = False, stop_neg: bool = False) -> None:
         super().__init__()
         self.miner = miner
         self.pos_margin = pos_margin
         self.neg_margin = neg_margin
+        self.stop_pos = stop_pos
+        self.stop_neg = stop_neg
 
     @classmethod
     def from_options(cls, opt: argparse.Namespace, num_classes: int,
                      miner=None) -> "ContrastiveCriterion":
-        return cls(miner, opt.loss_contrastive_pos_margin, opt.loss_contrastive_neg_margin)
+        return cls(miner, opt.loss_contrastive_pos_margin, opt.loss_contrastive_neg_margin,
+                   opt.loss_contrastive_stop_pos, opt.loss_contrastive_stop_neg)
 
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
@@ -38,7 +51,11 @@ class ContrastiveCriterion(BaseCriterion):
         distances, triplets = mine_triplets(self.miner, embeddings, labels)
         anchors, positives, negatives = triplets.unbind(dim=1)
         count = max(len(triplets), 1)
-        pos_loss = F.relu(distances[anchors, positives] - self.pos_margin).sum() / count
-        neg_loss = F.relu(self.neg_margin - distances[anchors, negatives]).sum() / count
+        d_ap = (row_distances(embeddings, anchors, positives, self.stop_pos) if self.stop_pos
+                else distances[anchors, positives])
+        d_an = (row_distances(embeddings, anchors, negatives, self.stop_neg) if self.stop_neg
+                else distances[anchors, negatives])
+        pos_loss = F.relu(d_ap - self.pos_margin).sum() / count
+        neg_loss = F.relu(self.neg_margin - d_an).sum() / count
         self.stats = triplet_stats(triplets, num_real, self.miner)
         return pos_loss + neg_loss

@@ -16,8 +16,9 @@ from ._functional import TRIPLET_MINERS, full_precision, mine_triplets, triplet_
 @REGISTRY.register("margin")
 class MarginCriterion(BaseCriterion):
     """For mined triplets (a, p, n) with beta = beta[y_a]:
-    (sum relu(d(a,p) - beta + margin) + relu(beta - d(a,n) + margin) + nu * sum beta) / #active,
-    #active the number of non-zero terms (1 when none). beta is a learnable per-class parameter
+    sum (relu(d(a,p) - beta + margin) + relu(beta - d(a,n) + margin)) / #active + nu * sum beta,
+    #active the number of non-zero terms (1 when none), the beta regularizer added after the
+    division as published (summed over the triplets' anchors; the constant beta counted once). beta is a learnable per-class parameter
     (its own learning rate ``--loss_margin_beta_lr``) unless ``--loss_margin_beta_constant``."""
 
     requires_miner = True
@@ -56,9 +57,9 @@ class MarginCriterion(BaseCriterion):
         pos_loss = F.relu(distances[anchors, positives] - beta + self.margin)
         neg_loss = F.relu(beta - distances[anchors, negatives] + self.margin)
         active = (pos_loss > 0).sum() + (neg_loss > 0).sum()
-        total = (pos_loss + neg_loss).sum()
+        loss = (pos_loss + neg_loss).sum() / active.clamp_min(1)
         if self.nu:
-            total = total + self.nu * beta.sum()
+            loss = loss + self.nu * (self.beta[0] if self.beta_constant else beta.sum())
         self.stats = triplet_stats(triplets, num_real, self.miner)
         self.stats["active_pairs"] = active.detach()
-        return total / active.clamp_min(1)
+        return loss

@@ -9,33 +9,48 @@ import torch.nn.functional as F
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import TRIPLET_MINERS, full_precision, mine_triplets, triplet_stats
+from ._functional import (TRIPLET_MINERS, full_precision, pairwise_distances, mine_triplets,
+                          triplet_stats)
+
+DISTANCES = ("squared", "plain")
 
 
 @REGISTRY.register("triplet")
 class TripletCriterion(BaseCriterion):
-    """mean over mined triplets of relu(d(a,p) - d(a,n) + margin), Euclidean d; zero triplets
-    count in the mean (as in Revisiting-DML; pytorch-metric-learning's default averages the
-    non-zero ones only)."""
+    """mean over mined triplets of relu(d(a,p) - d(a,n) + margin); zero triplets count in the
+    mean (as in Revisiting-DML; pytorch-metric-learning's default averages the non-zero ones).
+
+    ``distance='squared'`` (default, the published DAS / Revisiting-DML loss): d = |x - y|^2.
+    ``distance='plain'`` (``--loss_triplet_distance plain``): the Euclidean distance |x - y| of
+    FaceNet's margin on unnormalized distances, as pytorch-metric-learning's TripletMarginLoss.
+    """
 
     requires_miner = True
     accepted_miners = TRIPLET_MINERS
     requires_normalized = True
 
-    def __init__(self, miner, margin: float = 0.2) -> None:
+    def __init__(self, miner, margin: float = 0.2, distance: str = "squared") -> None:
         super().__init__()
+        if distance not in DISTANCES:
+            raise ValueError(f"--loss_triplet_distance: expected one of {', '.join(DISTANCES)}, "
+                             f"got '{distance}'")
         self.miner = miner
         self.margin = margin
+        self.distance = distance
 
     @classmethod
     def from_options(cls, opt: argparse.Namespace, num_classes: int,
                      miner=None) -> "TripletCriterion":
-        return cls(miner, opt.loss_triplet_margin)
+        return cls(miner, opt.loss_triplet_margin, opt.loss_triplet_distance)
 
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        distances, triplets = mine_triplets(self.miner, embeddings, labels)
+        if self.distance == "squared":
+            distances = pairwise_distances(embeddings, squared=True)
+            triplets = self.miner(embeddings, labels, distances.detach().sqrt())
+        else:
+            distances, triplets = mine_triplets(self.miner, embeddings, labels)
         anchors, positives, negatives = triplets.unbind(dim=1)
         losses = F.relu(distances[anchors, positives] - distances[anchors, negatives] + self.margin)
         self.stats = triplet_stats(triplets, num_real, self.miner)

@@ -106,12 +106,18 @@ def test_every_criterion_declares_how_it_plugs_in():
 # ---------------------------------------------------------------- triplet
 
 
-def test_triplet_matches_pml_on_the_same_triplets():
+@pytest.mark.parametrize("distance", ["squared", "plain"])
+def test_triplet_matches_pml_on_the_same_triplets(distance):
+    """Default: the published squared distances (PML with LpDistance(power=2)); the option
+    ``plain``: Euclidean distances (PML's default TripletMarginLoss)."""
+    from pytorch_metric_learning.distances import LpDistance
     raw, labels = raw_batch()
     triplets = all_triplets(labels)[::3]
-    ours = criteria.REGISTRY.get("triplet")(FixedMiner(triplets), margin=0.2)
+    ours = criteria.REGISTRY.get("triplet")(FixedMiner(triplets), margin=0.2, distance=distance)
     # PML's default reducer averages non-zero triplets only; the Revisiting-DML mean counts all.
-    theirs = pml_losses.TripletMarginLoss(margin=0.2, reducer=pml_reducers.MeanReducer())
+    theirs = pml_losses.TripletMarginLoss(
+        margin=0.2, reducer=pml_reducers.MeanReducer(),
+        distance=LpDistance(power=2 if distance == "squared" else 1))
     assert_same(lambda z: ours(F.normalize(z, dim=1), labels),
                 lambda z: theirs(z, labels, tuple(triplets.unbind(1))), raw)
 
@@ -132,8 +138,13 @@ def test_triplet_hand_computed():
     # points on a line: d(a,p)=1, d(a,n)=1.1 -> relu(1 - 1.1 + 0.2) = 0.1; second triplet inactive
     embeddings = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.1], [0.0, 3.0]])
     labels = torch.tensor([0, 0, 1, 1])
-    criterion = criteria.REGISTRY.get("triplet")(FixedMiner(torch.tensor([[0, 1, 2], [0, 1, 3]])))
+    criterion = criteria.REGISTRY.get("triplet")(FixedMiner(torch.tensor([[0, 1, 2], [0, 1, 3]])),
+                                                 distance="plain")
     assert math.isclose(criterion(embeddings, labels).item(), 0.05, rel_tol=1e-5)
+    # published squared distances: relu(1 - 1.21 + 0.3) = 0.09 and 0 -> mean 0.045
+    squared = criteria.REGISTRY.get("triplet")(FixedMiner(torch.tensor([[0, 1, 2], [0, 1, 3]])),
+                                               margin=0.3)
+    assert math.isclose(squared(embeddings, labels).item(), 0.045, rel_tol=1e-5)
 
 
 # ---------------------------------------------------------------- multi-similarity
@@ -223,9 +234,13 @@ def test_margin_beta_constant_and_nu():
     triplets = torch.tensor([[0, 1, 2], [0, 1, 3]])
     constant = criteria.REGISTRY.get("margin")(FixedMiner(triplets), 2, beta_constant=True, nu=0.1)
     assert constant.param_groups() == [] and not list(constant.parameters())
-    # d_ap = 1, d_an = 1.1, 3; beta 1.2, margin 0.2: pos 0, 0; neg 0.3, 0 -> one active term
-    expected = (0.3 + 0.1 * 2 * 1.2) / 1
+    # d_ap = 1, d_an = 1.1, 3; beta 1.2, margin 0.2: pos 0, 0; neg 0.3, 0 -> one active term.
+    # Published: nu x beta is added after the division, and a constant beta is a scalar.
+    expected = 0.3 / 1 + 0.1 * 1.2
     assert math.isclose(constant(embeddings, labels).item(), expected, rel_tol=1e-5)
+    learned = criteria.REGISTRY.get("margin")(FixedMiner(triplets), 2, nu=0.1)
+    expected = 0.3 / 1 + 0.1 * 2 * 1.2  # learned beta: summed over the triplets' anchors
+    assert math.isclose(learned(embeddings, labels).item(), expected, rel_tol=1e-5)
 
 
 # ---------------------------------------------------------------- lifted, npair, angular
