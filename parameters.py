@@ -152,6 +152,9 @@ def loss_specific_parameters(parser: argparse.ArgumentParser) -> argparse.Argume
     add("--loss_proxyanchor_lrmulti", default=100, type=float)
     add("--loss_proxyanchor_decay", default=0.0, type=float)
     add("--loss_npair_l2", default=0.005, type=float)
+    add("--loss_npair_divisor", default=None, type=float,
+        help="npair: divide the embeddings by this before the loss; default 4 for a bninception "
+             "arch and 1 otherwise, as the runnable published module. See docs/PARITY.md.")
     add("--loss_angular_alpha", default=45, type=float)
     add("--loss_angular_npair_ang_weight", default=2, type=float)
     add("--loss_angular_npair_l2", default=0.005, type=float)
@@ -161,6 +164,10 @@ def loss_specific_parameters(parser: argparse.ArgumentParser) -> argparse.Argume
     add("--loss_multisimilarity_thresh", default=0.5, type=float)
     add("--loss_lifted_neg_margin", default=1, type=float)
     add("--loss_lifted_l2", default=0.005, type=float)
+    add("--loss_lifted_formulation", default="published", choices=["published", "corrected"],
+        help="lifted: 'published' takes the published code's norm over the set of positives/"
+             "negatives per embedding dimension (what the paper's rows ran); 'corrected' uses "
+             "the Euclidean distances between rows. See docs/PARITY.md.")
     add("--loss_quadruplet_margin_alpha_1", default=0.2, type=float)
     add("--loss_quadruplet_margin_alpha_2", default=0.2, type=float)
     add("--loss_softtriplet_n_centroids", default=2, type=int)

@@ -13,17 +13,58 @@ from ._functional import (anchored_pair_stats, full_precision, masked_log_sum_ex
                           mean_norm, miner_stats, pairwise_distances)
 
 
+FORMULATIONS = ("published", "corrected")
+
+
+def published_lifted_terms(embeddings: torch.Tensor, anchors: torch.Tensor,
+                           positives: torch.Tensor, negatives: torch.Tensor, neg_margin: float,
+                           eps: float = 1e-6) -> torch.Tensor:
+    """relu(pos + neg) per anchor in the published (DAS / Revisiting-DML) formulation.
+
+    The published code applies ``nn.PairwiseDistance`` to the anchor (1, D, 1) and the set (1, D, K)
+    so the norm runs over the K set members *per embedding dimension* d:
+    ``s[a, d] = sqrt(sum_k (x[a, d] - x[k, d] + eps)^2)``; then ``pos = logsumexp_d s_pos[a, d]``
+    and ``neg = logsumexp_d (neg_margin - s_neg[a, d])``. Here the sums over k are matrix products
+    with the (A x B) masks: sum_k m_k (y - x_k)^2 = n y^2 - 2 y (m @ x) + m @ x^2, on embeddings
+    centred per dimension (differences do not change; it keeps the expansion well conditioned).
+    """
+    centred = embeddings - embeddings.detach().mean(dim=0, keepdim=True)
+    shifted = centred[anchors] + eps
+
+    def per_dimension_norms(mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.to(centred.dtype)
+        squares = (weights.sum(dim=1, keepdim=True) * shifted.pow(2)
+                   - 2.0 * shifted * (weights @ centred) + weights @ centred.pow(2))
+        return squares.clamp_min(1e-12).sqrt()
+
+    pos_term = torch.logsumexp(per_dimension_norms(positives), dim=1)
+    neg_term = torch.logsumexp(neg_margin - per_dimension_norms(negatives), dim=1)
+    return F.relu(pos_term + neg_term)
+
+
 @REGISTRY.register("lifted")
 class LiftedCriterion(BaseCriterion):
-    """Per anchor: relu(logsumexp_P d(a,p) + logsumexp_N (neg_margin - d(a,n))), averaged over
-    anchors, plus ``l2_weight`` x the mean embedding norm (embeddings are not normalized)."""
+    """Generalized lifted structure loss, averaged over anchors, plus ``l2_weight`` x the mean
+    embedding norm (embeddings are not normalized).
+
+    ``formulation='published'`` (default, what the paper's Lifted rows ran): the published code's
+    norm over the wrong axis, see :func:`published_lifted_terms` and docs/PARITY.md.
+    ``formulation='corrected'`` (``--loss_lifted_formulation corrected``): per anchor
+    relu(logsumexp_P d(a,p) + logsumexp_N (neg_margin - d(a,n))), Euclidean d between rows, as in
+    Hermans et al. 2017 and pytorch-metric-learning's GeneralizedLiftedStructureLoss.
+    """
 
     requires_miner = True
     accepted_miners = ("lifted",)
     requires_normalized = False
 
-    def __init__(self, miner, neg_margin: float = 1.0, l2_weight: float = 0.005) -> None:
+    def __init__(self, miner, neg_margin: float = 1.0, l2_weight: float = 0.005,
+                 formulation: str = "published") -> None:
         super().__init__()
+        if formulation not in FORMULATIONS:
+            raise ValueError(f"--loss_lifted_formulation: expected one of "
+                             f"{', '.join(FORMULATIONS)}, got '{formulation}'")
+        self.formulation = formulation
         self.miner = miner
         self.neg_margin = neg_margin
         self.l2_weight = l2_weight
@@ -31,17 +72,23 @@ class LiftedCriterion(BaseCriterion):
     @classmethod
     def from_options(cls, opt: argparse.Namespace, num_classes: int,
                      miner=None) -> "LiftedCriterion":
-        return cls(miner, opt.loss_lifted_neg_margin, opt.loss_lifted_l2)
+        return cls(miner, opt.loss_lifted_neg_margin, opt.loss_lifted_l2,
+                   opt.loss_lifted_formulation)
 
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        distances = pairwise_distances(embeddings)
-        anchors, positives, negatives = self.miner(embeddings, labels, distances.detach())
-        anchor_distances = distances[anchors]
-        pos_term = masked_log_sum_exp(anchor_distances, positives)
-        neg_term = masked_log_sum_exp(self.neg_margin - anchor_distances, negatives)
-        losses = F.relu(pos_term + neg_term)
+        if self.formulation == "published":
+            anchors, positives, negatives = self.miner(embeddings, labels)
+            losses = published_lifted_terms(embeddings, anchors, positives, negatives,
+                                            self.neg_margin)
+        else:
+            distances = pairwise_distances(embeddings)
+            anchors, positives, negatives = self.miner(embeddings, labels, distances.detach())
+            anchor_distances = distances[anchors]
+            pos_term = masked_log_sum_exp(anchor_distances, positives)
+            neg_term = masked_log_sum_exp(self.neg_margin - anchor_distances, negatives)
+            losses = F.relu(pos_term + neg_term)
         self.stats = anchored_pair_stats(anchors, positives | negatives, num_real)
         self.stats.update(miner_stats(self.miner))
         return losses.sum() / max(len(losses), 1) + self.l2_weight * mean_norm(embeddings)

@@ -24,26 +24,41 @@ def npair_terms(embeddings: torch.Tensor, anchors: torch.Tensor, positives: torc
 class NPairCriterion(BaseCriterion):
     """mean over anchors of log(1 + sum_{n in N(a)} exp(a.n - a.p)) + ``l2_weight`` x the mean
     embedding norm; one positive per anchor and all other-class rows as negatives (``npair``
-    miner). Inner products of unnormalized embeddings, as in Sohn 2016."""
+    miner). Inner products of unnormalized embeddings, as in Sohn 2016.
+
+    ``divisor``: the embeddings are divided by it first (inner products by its square, the norm
+    term by it). The runnable published module divides by 4 for BN-Inception only ("to avoid
+    initial overflow"); the last released one always divides by 4 but cannot run (its flag and
+    constructor names do not match the loss registry). ``--loss_npair_divisor`` (default: 4 for
+    a bninception arch, else 1) picks; see docs/PARITY.md.
+    """
 
     requires_miner = True
     accepted_miners = ("npair",)
     requires_normalized = False
 
-    def __init__(self, miner, l2_weight: float = 0.005) -> None:
+    def __init__(self, miner, l2_weight: float = 0.005, divisor: float = 1.0) -> None:
         super().__init__()
+        if not divisor > 0:
+            raise ValueError(f"--loss_npair_divisor must be positive, got {divisor}")
         self.miner = miner
         self.l2_weight = l2_weight
+        self.divisor = divisor
 
     @classmethod
     def from_options(cls, opt: argparse.Namespace, num_classes: int,
                      miner=None) -> "NPairCriterion":
-        return cls(miner, opt.loss_npair_l2)
+        divisor = opt.loss_npair_divisor
+        if divisor is None:
+            divisor = 4.0 if "bninception" in opt.arch else 1.0
+        return cls(miner, opt.loss_npair_l2, divisor)
 
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
         anchors, positives, negatives = self.miner(embeddings, labels)
+        if self.divisor != 1.0:
+            embeddings = embeddings / self.divisor
         losses = npair_terms(embeddings, anchors, positives, negatives)
         used = negatives.clone()
         used[torch.arange(len(anchors), device=used.device), positives] = True
