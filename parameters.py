@@ -170,6 +170,9 @@ def loss_specific_parameters(parser: argparse.ArgumentParser) -> argparse.Argume
              "the Euclidean distances between rows. See docs/PARITY.md.")
     add("--loss_quadruplet_margin_alpha_1", default=0.2, type=float)
     add("--loss_quadruplet_margin_alpha_2", default=0.2, type=float)
+    add("--loss_quadruplet_fourth_by_class", action="store_true",
+        help="quadruplet: draw the fourth row among rows of a third class (the paper) instead "
+             "of the published draw by triplet index. See docs/PARITY.md.")
     add("--loss_softtriplet_n_centroids", default=2, type=int)
     add("--loss_softtriplet_margin_delta", default=0.01, type=float)
     add("--loss_softtriplet_gamma", default=0.1, type=float)

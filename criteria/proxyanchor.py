@@ -26,7 +26,8 @@ class ProxyAnchorCriterion(BaseCriterion):
     def __init__(self, num_classes: int, embed_dim: int, margin: float = 0.1,
                  alpha: float = 32.0, lr: float = 1e-3, weight_decay: float = 0.0) -> None:
         super().__init__()
-        self.proxies = nn.Parameter(torch.randn(num_classes, embed_dim) / 8)
+        self.proxies = nn.Parameter(torch.empty(num_classes, embed_dim))
+        nn.init.kaiming_normal_(self.proxies, mode="fan_out")  # published init: std sqrt(2 / C)
         self.margin = margin
         self.alpha = alpha
         self.lr = lr

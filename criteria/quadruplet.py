@@ -17,18 +17,24 @@ from ._functional import (TRIPLET_MINERS, full_precision, mean_over, mine_triple
 
 @REGISTRY.register("quadruplet")
 class QuadrupletCriterion(BaseCriterion):
-    """For each mined triplet (a, p, n) a fourth row m is drawn uniformly among the rows whose
-    class differs from both a's and n's:
-    mean relu(d(a,p) - d(a,n) + alpha_1) + mean relu(d(a,p) - d(n,m) + alpha_2)
-    (the second mean over the triplets that found an m). The paper's second term pushes the
-    negative pair (n, m) farther apart than any positive pair."""
+    """mean relu(d(a,p) - d(a,n) + alpha_1) + mean relu(d(a,p) - d(n,m) + alpha_2) over the
+    mined triplets (a, p, n), each with a fourth row m (the second mean over the triplets that
+    found one).
+
+    Default (published): m is the row whose *index* k is drawn uniformly among the triplet
+    indices k whose negative index differs from this triplet's (the published code reads triplet
+    indices as batch rows; m may share a's or n's class). ``fourth_by_class=True``
+    (``--loss_quadruplet_fourth_by_class``): m drawn uniformly among the rows whose class differs
+    from both a's and n's, the paper's definition (the pair (n, m) is then a negative pair)."""
 
     requires_miner = True
     accepted_miners = TRIPLET_MINERS
     requires_normalized = True
 
-    def __init__(self, miner, margin_alpha_1: float = 0.2, margin_alpha_2: float = 0.2) -> None:
+    def __init__(self, miner, margin_alpha_1: float = 0.2, margin_alpha_2: float = 0.2,
+                 fourth_by_class: bool = False) -> None:
         super().__init__()
+        self.fourth_by_class = fourth_by_class
         self.miner = miner
         self.margin_alpha_1 = margin_alpha_1
         self.margin_alpha_2 = margin_alpha_2
@@ -36,15 +42,20 @@ class QuadrupletCriterion(BaseCriterion):
     @classmethod
     def from_options(cls, opt: argparse.Namespace, num_classes: int,
                      miner=None) -> "QuadrupletCriterion":
-        return cls(miner, opt.loss_quadruplet_margin_alpha_1, opt.loss_quadruplet_margin_alpha_2)
+        return cls(miner, opt.loss_quadruplet_margin_alpha_1, opt.loss_quadruplet_margin_alpha_2,
+                   opt.loss_quadruplet_fourth_by_class)
 
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
         distances, triplets = mine_triplets(self.miner, embeddings, labels)
         anchors, positives, negatives = triplets.unbind(dim=1)
-        candidates = ((labels[None, :] != labels[anchors][:, None])
-                      & (labels[None, :] != labels[negatives][:, None]))
+        if self.fourth_by_class:
+            candidates = ((labels[None, :] != labels[anchors][:, None])
+                          & (labels[None, :] != labels[negatives][:, None]))
+        else:  # triplet index k as a batch row, where triplet k's negative differs
+            rows = min(len(triplets), len(labels))
+            candidates = negatives[None, :rows] != negatives[:, None]
         fourth, found = random_choice(candidates)
         d_ap = distances[anchors, positives]
         triplet_loss = F.relu(d_ap - distances[anchors, negatives] + self.margin_alpha_1)

@@ -27,9 +27,11 @@ def snr_distances(embeddings: torch.Tensor) -> torch.Tensor:
 
 @REGISTRY.register("snr")
 class SNRCriterion(BaseCriterion):
-    """mean over mined triplets of relu(SNR(a,p) - SNR(a,n) + margin)
-    + ``reg_lambda`` x mean over the triplets' anchors of |sum of the anchor's entries|
-    (the regularizer keeps embeddings zero-mean, which the SNR distance assumes)."""
+    """sum over mined triplets of relu(SNR(a,p) - SNR(a,n) + margin) / #non-zero terms (1 when
+    none), as published, + ``reg_lambda`` x mean over the triplets' anchors of |sum of the
+    anchor's entries| (the regularizer keeps embeddings zero-mean, which the SNR distance
+    assumes; the published code sets reg_lambda to 0 with the ``distance`` miner, and so does
+    ``from_options``)."""
 
     requires_miner = True
     accepted_miners = TRIPLET_MINERS
@@ -44,7 +46,8 @@ class SNRCriterion(BaseCriterion):
     @classmethod
     def from_options(cls, opt: argparse.Namespace, num_classes: int,
                      miner=None) -> "SNRCriterion":
-        return cls(miner, opt.loss_snr_margin, opt.loss_snr_reg_lambda)
+        reg_lambda = 0.0 if opt.batch_mining == "distance" else opt.loss_snr_reg_lambda
+        return cls(miner, opt.loss_snr_margin, reg_lambda)
 
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
@@ -56,4 +59,5 @@ class SNRCriterion(BaseCriterion):
         losses = F.relu(snr[anchors, positives] - snr[anchors, negatives] + self.margin)
         regularizer = embeddings.sum(dim=1)[anchors].abs().sum() / count
         self.stats = triplet_stats(triplets, num_real, self.miner)
-        return losses.sum() / count + self.reg_lambda * regularizer
+        active = (losses > 0).sum().clamp_min(1)
+        return losses.sum() / active + self.reg_lambda * regularizer

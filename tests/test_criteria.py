@@ -324,7 +324,8 @@ def test_quadruplet_hand_computed():
     # classes 0 (rows 0, 1), 1 (row 2), 2 (row 3): the fourth row for (0, 1, 2) can only be 3
     embeddings = torch.tensor([[0.0, 0.0], [0.5, 0.0], [0.0, 0.6], [0.0, 1.0]])
     labels = torch.tensor([0, 0, 1, 2])
-    ours = criteria.REGISTRY.get("quadruplet")(FixedMiner(torch.tensor([[0, 1, 2]])), 0.2, 0.3)
+    ours = criteria.REGISTRY.get("quadruplet")(FixedMiner(torch.tensor([[0, 1, 2]])), 0.2, 0.3,
+                                               fourth_by_class=True)
     # relu(0.5 - 0.6 + 0.2) + relu(0.5 - d(2, 3) + 0.3) = 0.1 + relu(0.5 - 0.4 + 0.3) = 0.1 + 0.4
     assert math.isclose(ours(embeddings, labels).item(), 0.5, rel_tol=1e-5)
     assert ours.stats["tuples"].item() == 1
@@ -336,8 +337,8 @@ def test_snr_matches_pml_snr_distance_triplets():
     raw, labels = raw_batch(seed=8)
     triplets = all_triplets(labels)[::5]
     ours = criteria.REGISTRY.get("snr")(FixedMiner(triplets), margin=0.2, reg_lambda=0.0)
-    theirs = pml_losses.TripletMarginLoss(margin=0.2, distance=pml_distances.SNRDistance(),
-                                          reducer=pml_reducers.MeanReducer())
+    # published: mean over the non-zero terms, PML's default AvgNonZeroReducer
+    theirs = pml_losses.TripletMarginLoss(margin=0.2, distance=pml_distances.SNRDistance())
     assert_same(lambda z: ours(F.normalize(z, dim=1), labels),
                 lambda z: theirs(z, labels, tuple(triplets.unbind(1))), raw)
     # the regularizer: reg_lambda x mean over the triplets' anchors of |sum of the entries|
