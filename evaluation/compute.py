@@ -27,7 +27,7 @@ from .faiss_ops import NeighbourIndex, chunk_size, kmeans_cluster_ids
 # Neighbours searched for every query before the deeper search that only queries without a hit
 # need (Recall@K with large K); see search_depths.
 FIRST_PASS_DEPTH = 64
-# Rows per step of the chunked QR (spectrum) and class sums (float64: 64 MiB at D = 512).
+# Rows per step of the chunked Gram matrix (spectrum) and class sums (float64: 64 MiB at D = 512).
 ROW_CHUNK = 16384
 # Largest deviation of a row's L2 norm from 1 for which embeddings count as already normalized.
 UNIT_NORM_TOLERANCE = 1e-4
@@ -153,18 +153,17 @@ def is_unit_norm(*arrays: Optional[np.ndarray]) -> bool:
 
 def singular_values(embeddings: np.ndarray) -> np.ndarray:
     """All D singular values (float64, largest first; zeros beyond the rank) of the (N, D) matrix,
-    uncentred. A chunked QR keeps only a D x D factor (R of X = QR has X's singular values) and,
-    unlike the eigenvalues of X^T X, loses no precision on the small ones."""
+    uncentred: square roots of the eigenvalues of the D x D Gram matrix X^T X, accumulated in
+    float64 over chunks of rows. Squaring costs accuracy on the smallest values only: relative
+    error about 1e-14 (s_max / s)^2, 1e-8 at s = s_max / 1000 (a chunked QR avoids it but ran 25
+    times slower with OpenBLAS)."""
     dimension = embeddings.shape[1]
-    factor = np.zeros((0, dimension))
+    gram = np.zeros((dimension, dimension))
     for start in range(0, len(embeddings), ROW_CHUNK):
-        stacked = np.vstack([factor, embeddings[start:start + ROW_CHUNK]
-                             .astype(np.float64)])
-        factor = np.linalg.qr(stacked, mode="r")
-    values = np.zeros(dimension)
-    found = np.linalg.svd(factor, compute_uv=False)
-    values[:len(found)] = found
-    return values
+        rows = embeddings[start:start + ROW_CHUNK].astype(np.float64)
+        gram += rows.T @ rows
+    eigenvalues = np.linalg.eigvalsh(gram)[::-1]
+    return np.sqrt(np.clip(eigenvalues, 0.0, None))
 
 
 def class_directions(embeddings: np.ndarray, labels: np.ndarray) -> ClassDirections:
