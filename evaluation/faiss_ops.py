@@ -108,6 +108,8 @@ def kmeans_cluster_ids(embeddings: np.ndarray, num_clusters: int, iterations: in
         centroids = kmeans.centroids / np.maximum(
             np.linalg.norm(kmeans.centroids, axis=1, keepdims=True), 1e-12)
         index = faiss.IndexFlatIP(embeddings.shape[1])
+        if faiss_gpu_available():
+            index = faiss.index_cpu_to_all_gpus(index)
         index.add(np.ascontiguousarray(centroids, dtype=np.float32))
         return index.search(embeddings, 1)[1][:, 0]
     _, cluster_ids = kmeans.index.search(embeddings, 1)
