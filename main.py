@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -88,6 +89,9 @@ def validate_options(opt: argparse.Namespace) -> None:
     if opt.storage_metric not in opt.evaluation_metrics:
         raise ValueError(f"--storage_metric {opt.storage_metric} selects checkpoint_best.pth but is "
                          f"not among --evaluation_metrics ({' '.join(opt.evaluation_metrics)})")
+    if not metrics.select(opt.storage_metric).scalar:
+        raise ValueError(f"--storage_metric {opt.storage_metric} is an array (logged as a "
+                         f"histogram), not a figure that can select checkpoint_best.pth")
 
 
 def choose_device(opt: argparse.Namespace) -> torch.device:
@@ -251,8 +255,9 @@ def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int
     return global_step, False
 
 
-def evaluate_all(model, eval_sets, opt, device) -> Dict[str, float]:
-    """Every evaluation split's metrics, keyed ``<split>/<metric>``. Under torchrun all ranks
+def evaluate_all(model, eval_sets, opt, device, writer=None, epoch: int = 0) -> Dict[str, float]:
+    """Every evaluation split's scalar metrics, keyed ``<split>/<metric>``; array metrics
+    (``rho_spectrum@0``) go to ``writer`` as histograms at ``epoch``. Under torchrun all ranks
     embed a shard each and rank 0 computes the metrics (other ranks get an empty dict)."""
     def embed(dataset):
         return distributed.sharded_embeddings(model, dataset, device, opt.eval_bs, opt.kernels)
@@ -268,7 +273,11 @@ def evaluate_all(model, eval_sets, opt, device) -> Dict[str, float]:
         values = evaluation.compute_metrics(opt.evaluation_metrics, gallery, gallery_labels,
                                             queries, query_labels,
                                             kmeans_iterations=opt.kmeans_iterations, seed=opt.seed)
-        results.update({f"{split_name}/{name}": value for name, value in values.items()})
+        for name, value in values.items():
+            if not isinstance(value, np.ndarray):
+                results[f"{split_name}/{name}"] = value
+            elif writer is not None:
+                writer.add_histogram(f"epoch/{split_name}/{name}", value, epoch)
     return results
 
 
@@ -383,7 +392,7 @@ def main(argv: Optional[List[str]] = None) -> str:
                 "rng": rng_state()}
 
     if start_epoch == 0 and sampler.start_batch == 0 and opt.eval_initial:
-        initial = evaluate_all(model, eval_sets, opt, device)
+        initial = evaluate_all(model, eval_sets, opt, device, writer, 0)
         if is_main:
             metrics_table.append(dict(epoch=0, loss=float("nan"), lr=opt.lr, **initial))
             print(f"epoch 0 (untrained): {format_results(initial)}", flush=True)
@@ -408,7 +417,7 @@ def main(argv: Optional[List[str]] = None) -> str:
         train_means = epoch_stats.means()
         epoch_stats = EpochStats()
         sampler.start_batch = 0
-        results = evaluate_all(model, eval_sets, opt, device)
+        results = evaluate_all(model, eval_sets, opt, device, writer, epoch + 1)
         if is_main:
             row = {"epoch": epoch + 1, "loss": train_means.pop("loss"),
                    "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": time.time() - started}

@@ -95,8 +95,11 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
 
     group = parser.add_argument_group("evaluation")
     group.add_argument("--evaluation_metrics", nargs="+", default=None, type=str,
-                       help="Metrics (see metrics/); default recall@K for the dataset's K, nmi, "
-                            "f1, map@r, r_precision.")
+                       help="Metrics (see metrics/ and docs/EVALUATION.md); default recall@K "
+                            "for the dataset's K, nmi, f1, map@r, r_precision. Also the "
+                            "published names: e_recall@K, mAP, mAP_c, mAP_1000, mAP_lim, "
+                            "c_recall@K, c_nmi, c_f1, c_mAP_c, c_mAP_1000, c_mAP_lim, "
+                            "dists@intra, dists@inter, dists@intra_over_inter, rho_spectrum@N.")
     group.add_argument("--storage_metric", "--storage_metrics", dest="storage_metric",
                        default="recall@1", type=str, nargs="?",
                        help="Metric that selects checkpoint_best.pth.")

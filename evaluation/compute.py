@@ -1,9 +1,12 @@
 """Metrics of a set of embeddings, and of a model on an evaluation split.
 
 Each ingredient is computed once, only when a requested metric needs it: one kNN search for all
-retrieval metrics (chunked, and deeper only for the queries that need it), one k-means for all
-clustering metrics. Nothing of size N x N is ever built, so SOP-sized sets (60k x 512) fit in
-bounded memory (see docs/PERFORMANCE.md and docs/EVALUATION.md).
+retrieval metrics of a space (chunked, and deeper only for the queries that need it), one k-means
+for all clustering metrics of a space, one singular-value spectrum, one set of per-class direction
+sums. The cosine ("c_") metrics work on L2-normalized embeddings; when the embeddings already are
+(``normalize`` in the arch name) they share the Euclidean kNN search, which ranks identically.
+Nothing of size N x N is ever built, so SOP-sized sets (60k x 512) fit in bounded memory (see
+docs/PERFORMANCE.md and docs/EVALUATION.md).
 """
 from __future__ import annotations
 
@@ -11,10 +14,12 @@ import warnings
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import scipy.sparse
 import torch
 
 import metrics as metric_registry
-from metrics import CLUSTERS, NEIGHBOURS, ClusterMetric, NeighbourMetric
+from metrics import (CLASS_DIRECTIONS, CLUSTERS, COSINE, EUCLIDEAN, NEIGHBOURS, SPECTRUM,
+                     BaseMetric, ClassDirections, ClusterMetric, NeighbourMetric)
 
 from .embeddings import compute_embeddings
 from .faiss_ops import NeighbourIndex, chunk_size, kmeans_cluster_ids
@@ -22,6 +27,12 @@ from .faiss_ops import NeighbourIndex, chunk_size, kmeans_cluster_ids
 # Neighbours searched for every query before the deeper search that only queries without a hit
 # need (Recall@K with large K); see search_depths.
 FIRST_PASS_DEPTH = 64
+# Rows per step of the chunked Gram matrix (spectrum) and class sums (float64: 64 MiB at D = 512).
+ROW_CHUNK = 16384
+# Largest deviation of a row's L2 norm from 1 for which embeddings count as already normalized.
+UNIT_NORM_TOLERANCE = 1e-4
+
+MetricValue = Union[float, np.ndarray]
 
 
 def _checked(embeddings: np.ndarray, labels: np.ndarray,
@@ -118,22 +129,79 @@ def retrieval_scores(neighbour_metrics: Sequence[NeighbourMetric], references: n
 
 
 def clustering_scores(cluster_metrics: Sequence[ClusterMetric], embeddings: np.ndarray,
-                      labels: np.ndarray, kmeans_iterations: int, seed: int) -> Dict[str, float]:
-    """Score one k-means clustering with as many clusters as there are classes."""
+                      labels: np.ndarray, kmeans_iterations: int, seed: int,
+                      cosine: bool = False) -> Dict[str, float]:
+    """Score one k-means clustering with as many clusters as there are classes (``cosine``:
+    rows assigned to the normalized centroid of highest cosine similarity)."""
     num_classes = len(np.unique(labels))
-    cluster_ids = kmeans_cluster_ids(embeddings, num_classes, kmeans_iterations, seed)
+    cluster_ids = kmeans_cluster_ids(embeddings, num_classes, kmeans_iterations, seed,
+                                     cosine=cosine)
     return {metric.name: metric.score(labels, cluster_ids) for metric in cluster_metrics}
+
+
+def unit_rows(embeddings: np.ndarray) -> np.ndarray:
+    """Rows L2-normalized (float32); an all-zero row stays zero (as scikit-learn's normalize)."""
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return (embeddings / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def is_unit_norm(*arrays: Optional[np.ndarray]) -> bool:
+    """True when every row of every given array has L2 norm 1 (within UNIT_NORM_TOLERANCE)."""
+    return all(np.abs(np.linalg.norm(a, axis=1) - 1.0).max() <= UNIT_NORM_TOLERANCE
+               for a in arrays if a is not None)
+
+
+def singular_values(embeddings: np.ndarray) -> np.ndarray:
+    """All D singular values (float64, largest first; zeros beyond the rank) of the (N, D) matrix,
+    uncentred: square roots of the eigenvalues of the D x D Gram matrix X^T X, accumulated in
+    float64 over chunks of rows. Squaring costs accuracy on the smallest values only: relative
+    error about 1e-14 (s_max / s)^2, 1e-8 at s = s_max / 1000 (a chunked QR avoids it but ran 25
+    times slower with OpenBLAS)."""
+    dimension = embeddings.shape[1]
+    gram = np.zeros((dimension, dimension))
+    for start in range(0, len(embeddings), ROW_CHUNK):
+        rows = embeddings[start:start + ROW_CHUNK].astype(np.float64)
+        gram += rows.T @ rows
+    eigenvalues = np.linalg.eigvalsh(gram)[::-1]
+    return np.sqrt(np.clip(eigenvalues, 0.0, None))
+
+
+def class_directions(embeddings: np.ndarray, labels: np.ndarray) -> ClassDirections:
+    """Per-class sums of the embeddings and of their directions, in float64, accumulated over
+    row chunks with a sparse class-indicator product (O(C x D) memory)."""
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    unit_sums = np.zeros((len(classes), embeddings.shape[1]))
+    sums = np.zeros_like(unit_sums)
+    unit_squares = np.zeros(len(classes))
+    for start in range(0, len(embeddings), ROW_CHUNK):
+        rows = embeddings[start:start + ROW_CHUNK].astype(np.float64)
+        members = inverse[start:start + ROW_CHUNK]
+        indicator = scipy.sparse.csr_matrix(
+            (np.ones(len(rows)), (members, np.arange(len(rows)))), shape=(len(classes), len(rows)))
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        units = rows / np.where(norms > 0, norms, 1.0)
+        unit_sums += indicator @ units
+        sums += indicator @ rows
+        unit_squares += np.bincount(members, weights=(norms[:, 0] > 0).astype(np.float64),
+                                    minlength=len(classes))
+    means = sums / counts[:, None]
+    mean_norms = np.linalg.norm(means, axis=1, keepdims=True)
+    return ClassDirections(counts=counts.astype(np.float64), unit_sums=unit_sums,
+                           unit_squares=unit_squares,
+                           mean_directions=means / np.where(mean_norms > 0, mean_norms, 1.0))
 
 
 def compute_metrics(metric_names: Sequence[str], embeddings: np.ndarray, labels: np.ndarray,
                     query_embeddings: Optional[np.ndarray] = None,
                     query_labels: Optional[np.ndarray] = None, kmeans_iterations: int = 20,
-                    seed: int = 0) -> Dict[str, float]:
-    """Metrics named ``metric_names`` (keys as given, values in [0, 1]) of numpy embeddings.
+                    seed: int = 0) -> Dict[str, MetricValue]:
+    """Metrics named ``metric_names`` (keys as given) of numpy embeddings: floats, except the
+    arrays of non-scalar metrics (``rho_spectrum@0``, whose ``scalar`` is False).
 
     Without queries, each row is a query against all other rows. With ``query_embeddings`` and
     ``query_labels`` (In-Shop), each query is searched among ``embeddings``/``labels`` (the
-    gallery) only, and the clustering metrics cluster queries and gallery together.
+    gallery) only, and the clustering, spectrum and distance metrics use queries and gallery
+    together.
     """
     selected = metric_registry.select_all(metric_names)
     references, reference_labels = _checked(embeddings, labels, "embeddings")
@@ -146,20 +214,41 @@ def compute_metrics(metric_names: Sequence[str], embeddings: np.ndarray, labels:
             raise ValueError(f"query embeddings have dimension {queries.shape[1]} but gallery "
                              f"embeddings have {references.shape[1]}")
 
-    results: Dict[str, float] = {}
-    neighbour_metrics = [m for m in selected if m.requires == NEIGHBOURS]
-    if neighbour_metrics:
-        results.update(retrieval_scores(neighbour_metrics, references, reference_labels, queries,
+    def asking(requirement: str, space: Optional[str] = None) -> List[BaseMetric]:
+        return [m for m in selected if m.requires == requirement
+                and (space is None or m.space == space)]
+
+    def everything() -> Tuple[np.ndarray, np.ndarray]:
+        if queries is None:
+            return references, reference_labels
+        return np.concatenate([queries, references]), np.concatenate([query_labels,
+                                                                      reference_labels])
+
+    results: Dict[str, MetricValue] = {}
+    euclidean, cosine = asking(NEIGHBOURS, EUCLIDEAN), asking(NEIGHBOURS, COSINE)
+    if cosine and is_unit_norm(references, queries):
+        euclidean, cosine = euclidean + cosine, []  # same ranking: one search serves both
+    if euclidean:
+        results.update(retrieval_scores(euclidean, references, reference_labels, queries,
                                         query_labels))
-    cluster_metrics = [m for m in selected if m.requires == CLUSTERS]
-    if cluster_metrics:
-        if queries is not None:
-            everything = np.concatenate([queries, references])
-            everything_labels = np.concatenate([query_labels, reference_labels])
-        else:
-            everything, everything_labels = references, reference_labels
-        results.update(clustering_scores(cluster_metrics, everything, everything_labels,
-                                         kmeans_iterations, seed))
+    if cosine:
+        results.update(retrieval_scores(cosine, unit_rows(references), reference_labels,
+                                        None if queries is None else unit_rows(queries),
+                                        query_labels))
+    for space in (EUCLIDEAN, COSINE):
+        cluster_metrics = asking(CLUSTERS, space)
+        if cluster_metrics:
+            points, point_labels = everything()
+            if space == COSINE:
+                points = unit_rows(points)
+            results.update(clustering_scores(cluster_metrics, points, point_labels,
+                                             kmeans_iterations, seed, cosine=space == COSINE))
+    if asking(SPECTRUM):
+        spectrum = singular_values(everything()[0])
+        results.update({m.name: m.score(spectrum) for m in asking(SPECTRUM)})
+    if asking(CLASS_DIRECTIONS):
+        directions = class_directions(*everything())
+        results.update({m.name: m.score(directions) for m in asking(CLASS_DIRECTIONS)})
     return {metric.name: results[metric.name] for metric in selected}
 
 
@@ -168,7 +257,7 @@ EvalSet = Union[torch.utils.data.Dataset, Tuple[torch.utils.data.Dataset, torch.
 
 def evaluate(model: torch.nn.Module, eval_set: EvalSet, metric_names: Sequence[str],
              device: Union[str, torch.device], batch_size: int, num_workers: int,
-             kmeans_iterations: int = 20, seed: int = 0) -> Dict[str, float]:
+             kmeans_iterations: int = 20, seed: int = 0) -> Dict[str, MetricValue]:
     """Embed ``eval_set`` with ``model`` and compute ``metric_names`` on it.
 
     ``eval_set`` is one dataset (each image a query against all the others) or a
@@ -193,4 +282,4 @@ def evaluate(model: torch.nn.Module, eval_set: EvalSet, metric_names: Sequence[s
 
 
 __all__: List[str] = ["compute_metrics", "evaluate", "retrieval_scores", "clustering_scores",
-                       "search_depths"]
+                       "search_depths", "singular_values", "class_directions", "unit_rows"]

@@ -83,10 +83,14 @@ def _without_self(ids: np.ndarray, own_ids: np.ndarray) -> np.ndarray:
 
 
 def kmeans_cluster_ids(embeddings: np.ndarray, num_clusters: int, iterations: int,
-                       seed: int = 0) -> np.ndarray:
+                       seed: int = 0, cosine: bool = False) -> np.ndarray:
     """Cluster id (int64, N) of each row: faiss k-means with ``num_clusters`` centroids trained on
     every row (no subsampling) for ``iterations`` rounds (faiss stops earlier once the objective
-    stops improving), then one pass assigning each row to its nearest final centroid."""
+    stops improving), then one pass assigning each row to its nearest final centroid.
+
+    ``cosine``: assign each row instead to the L2-normalized centroid of largest inner product
+    (Revisiting-DML's cosine k-means behind ``c_nmi``/``c_f1``; the caller normalizes the rows).
+    """
     if iterations < 1:
         raise ValueError(f"--kmeans_iterations must be at least 1, got {iterations}")
     if not 0 < num_clusters <= len(embeddings):
@@ -100,5 +104,13 @@ def kmeans_cluster_ids(embeddings: np.ndarray, num_clusters: int, iterations: in
         max_points_per_centroid=math.ceil(len(embeddings) / num_clusters),
     )
     kmeans.train(embeddings)
+    if cosine:
+        centroids = kmeans.centroids / np.maximum(
+            np.linalg.norm(kmeans.centroids, axis=1, keepdims=True), 1e-12)
+        index = faiss.IndexFlatIP(embeddings.shape[1])
+        if faiss_gpu_available():
+            index = faiss.index_cpu_to_all_gpus(index)
+        index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+        return index.search(embeddings, 1)[1][:, 0]
     _, cluster_ids = kmeans.index.search(embeddings, 1)
     return cluster_ids[:, 0]

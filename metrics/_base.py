@@ -6,19 +6,33 @@ serves every clustering metric, and neither runs when no metric asks for it.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, Union
 
 import numpy as np
 
 NEIGHBOURS = "neighbours"
 CLUSTERS = "clusters"
+SPECTRUM = "spectrum"
+CLASS_DIRECTIONS = "class_directions"
+
+# The space a retrieval or clustering metric works in: Euclidean distances of the embeddings as
+# they are, or cosine similarity (the embeddings L2-normalized first; Revisiting-DML's "c_" names).
+EUCLIDEAN = "euclidean"
+COSINE = "cosine"
 
 
 class BaseMetric:
-    """One named figure in [0, 1]; ``name`` is the string asked for, e.g. ``recall@10``."""
+    """One named figure; ``name`` is the string asked for, e.g. ``recall@10``.
+
+    ``scalar`` is False for a metric whose value is an array (``rho_spectrum@0``: the normalized
+    singular-value spectrum), which is logged as a TensorBoard histogram instead of a figure.
+    """
 
     requires: ClassVar[str] = ""
     registry_name: ClassVar[str] = ""
+    space: ClassVar[str] = EUCLIDEAN
+    scalar: bool = True
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -63,3 +77,37 @@ class ClusterMetric(BaseMetric):
 
     def score(self, labels: np.ndarray, cluster_ids: np.ndarray) -> float:
         raise NotImplementedError
+
+
+class SpectrumMetric(BaseMetric):
+    """A metric of the singular values of the (N, D) embedding matrix, largest first."""
+
+    requires = SPECTRUM
+
+    def score(self, singular_values: np.ndarray) -> Union[float, np.ndarray]:
+        raise NotImplementedError
+
+
+class ClassDirectionMetric(BaseMetric):
+    """A metric of per-class sums of the embeddings' directions (see :class:`ClassDirections`)."""
+
+    requires = CLASS_DIRECTIONS
+
+    def score(self, classes: "ClassDirections") -> float:
+        raise NotImplementedError
+
+
+@dataclass
+class ClassDirections:
+    """Per-class sums from which mean cosine distances follow without any pairwise matrix.
+
+    ``counts`` (C,): samples per class; ``unit_sums`` (C, D): sum of the class's L2-normalized
+    embeddings; ``unit_squares`` (C,): sum of their squared norms (the class size, less its
+    all-zero embeddings, which have no direction); ``mean_directions`` (C, D): the class's mean
+    embedding, L2-normalized.
+    """
+
+    counts: np.ndarray
+    unit_sums: np.ndarray
+    unit_squares: np.ndarray
+    mean_directions: np.ndarray

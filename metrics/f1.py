@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.metrics.cluster import pair_confusion_matrix
 
 from . import REGISTRY
-from ._base import ClusterMetric
+from ._base import COSINE, ClusterMetric
 
 
 @REGISTRY.register("f1")
@@ -22,3 +22,10 @@ class F1(ClusterMetric):
         if denominator == 0:  # every class and every cluster is a singleton: full agreement
             return 1.0
         return 2.0 * int(true_pos) / denominator
+
+
+@REGISTRY.register("c_f1")
+class CosineF1(F1):
+    """F1 of the cosine k-means (see ``c_nmi``)."""
+
+    space = COSINE

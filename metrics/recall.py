@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import REGISTRY
-from ._base import NeighbourMetric
+from ._base import COSINE, NeighbourMetric
 
 
 @REGISTRY.register("recall@K")
@@ -32,3 +32,10 @@ class Recall(NeighbourMetric):
 @REGISTRY.register("e_recall@K")
 class ERecall(Recall):
     """Revisiting-DML's name for Recall@K ("e" for embedding space); same figure."""
+
+
+@REGISTRY.register("c_recall@K")
+class CosineRecall(Recall):
+    """Recall@K ranking by cosine similarity (the embeddings L2-normalized first)."""
+
+    space = COSINE

@@ -216,7 +216,7 @@ def test_parametrized_names_and_alias():
     assert scores["e_recall@4"] == scores["recall@4"]
 
 
-@pytest.mark.parametrize("name", ["recall", "recall@0", "recall@x", "mAP", "precision@1"])
+@pytest.mark.parametrize("name", ["recall", "recall@0", "recall@x", "map", "precision@1"])
 def test_unknown_metric_lists_valid_names(name):
     with pytest.raises(UnknownNameError) as error:
         compute_metrics([name], SELF_X, SELF_Y)

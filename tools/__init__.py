@@ -1,0 +1,1 @@
+"""Command-line tools that work on run folders (``python -m tools.<name>``)."""

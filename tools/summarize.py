@@ -1,0 +1,189 @@
+"""Mean +- standard deviation over seeds, from a folder of run folders.
+
+    python -m tools.summarize RUNS_DIR [--mode last|best] [--metrics test/recall@1 ...] [--csv FILE]
+
+Every run folder under RUNS_DIR (any depth: a folder holding config.json and metrics.csv) is read
+with utilities.run_folder. Runs whose configurations are equal except for ``--seed`` (and the
+bookkeeping options in ``NOT_SETTINGS``, which do not change the figures: run names, paths,
+device, worker count, logging interval) form one group. For each group and metric column
+(``test/...``, ``val/...``; default: every one present), the figure of each run (its last epoch,
+or its best epoch by the rule main.py uses for checkpoint_best.pth) is averaged over the seeds:
+``mean +- std (n)``, std being the sample standard deviation (n - 1 in the denominator), the
+convention of Revisiting-DML's result tables. Figures in [0, 1] are shown in percent; the
+distance ratios and spectral divergences (``dists@*``, ``rho_spectrum@*``) as they are.
+Each group is labelled by the options whose values differ between groups.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from utilities import run_folder as rf
+from utilities.paper_tables import MODES, Run, _number, find_run_folders
+
+# Options that name, place or pace a run without changing its figures.
+NOT_SETTINGS = frozenset({"seed", "savename", "save_path", "source", "resume", "device", "gpu",
+                          "kernels", "log_every", "eval_bs", "evaluate_on_gpu"})
+RAW_METRICS = ("dists@", "rho_spectrum@")  # not in [0, 1]: shown as they are, not in percent
+
+
+class SummarizeError(ValueError):
+    """Bad input (folder, metric name); the message names it."""
+
+
+@dataclass
+class Group:
+    """Runs sharing every setting but the seed."""
+
+    settings: Dict
+    runs: List[Run] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> List:
+        return sorted(run.config.get("seed") for run in self.runs)
+
+
+def settings_of(config: Dict) -> str:
+    """The configuration without the seed and bookkeeping options, as a comparable key."""
+    return json.dumps({k: v for k, v in config.items() if k not in NOT_SETTINGS}, sort_keys=True)
+
+
+def read_runs(root: str) -> List[Run]:
+    runs = []
+    for folder in find_run_folders(root):
+        try:
+            config = rf.read_config(folder)
+            rows = [{key: _number(value) for key, value in row.items() if key is not None}
+                    for row in rf.MetricsTable(folder).rows()]
+        except (OSError, ValueError) as error:
+            print(f"skipped {folder}: unreadable ({error})", file=sys.stderr)
+            continue
+        runs.append(Run(folder, config, rows))
+    return runs
+
+
+def group_runs(runs: Sequence[Run]) -> List[Group]:
+    groups: Dict[str, Group] = {}
+    for run in runs:
+        key = settings_of(run.config)
+        groups.setdefault(key, Group({k: v for k, v in run.config.items()
+                                      if k not in NOT_SETTINGS})).runs.append(run)
+    return list(groups.values())
+
+
+def labels(groups: Sequence[Group]) -> List[str]:
+    """Each group's options that differ between groups (``k=v`` joined by spaces)."""
+    keys = sorted({k for g in groups for k in g.settings})
+    varying = [k for k in keys if len({json.dumps(g.settings.get(k), sort_keys=True)
+                                       for g in groups}) > 1]
+    return [" ".join(f"{k}={g.settings.get(k)}" for k in varying) or "all runs" for g in groups]
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
+    mean = math.fsum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    variance = math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(variance)
+
+
+def metric_columns(runs: Sequence[Run]) -> List[str]:
+    found = {k for run in runs for row in run.rows for k in row
+             if k.startswith(("test/", "val/", "train/"))}
+    return sorted(found)
+
+
+def summarize(groups: Sequence[Group], columns: Sequence[str],
+              mode: str) -> List[Dict[str, object]]:
+    """One dict per group: label, seeds, and per column (mean, std or None, n)."""
+    table = []
+    for group, label in zip(groups, labels(groups)):
+        entry: Dict[str, object] = {"group": label, "seeds": group.seeds}
+        for column in columns:
+            values = []
+            for run in group.runs:
+                row = run.pick(mode)
+                value = None if row is None else row.get(column)
+                if value is not None and not math.isnan(value):
+                    values.append(value)
+            entry[column] = (*mean_std(values), len(values)) if values else None
+        table.append(entry)
+    return table
+
+
+def format_cell(column: str, cell) -> str:
+    if cell is None:
+        return "-"
+    mean, std, count = cell
+    scale = 1.0 if column.split("/")[-1].startswith(RAW_METRICS) else 100.0
+    digits = 4 if scale == 1.0 else 2
+    spread = "" if std is None else f" +- {std * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f}{spread} ({count})"
+
+
+def markdown(table: Sequence[Dict[str, object]], columns: Sequence[str]) -> str:
+    header = ["group", "seeds", *columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for entry in table:
+        cells = [str(entry["group"]), " ".join(str(s) for s in entry["seeds"])]
+        cells += [format_cell(c, entry[c]) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(path: str, table: Sequence[Dict[str, object]], columns: Sequence[str]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["group", "seeds"] + [f"{c} {part}" for c in columns
+                                              for part in ("mean", "std", "n")])
+        for entry in table:
+            row = [entry["group"], " ".join(str(s) for s in entry["seeds"])]
+            for column in columns:
+                cell = entry[column]
+                row += ["", "", 0] if cell is None else [cell[0], "" if cell[1] is None
+                                                         else cell[1], cell[2]]
+            writer.writerow(row)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.summarize",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("runs", help="folder of run folders (e.g. Training_Results)")
+    parser.add_argument("--mode", choices=MODES, default="last",
+                        help="each run's last epoch, or its best by --storage_metric")
+    parser.add_argument("--metrics", nargs="+", default=None,
+                        help="metric columns (default: every test/, val/, train/ column)")
+    parser.add_argument("--csv", default=None, help="also write the table as CSV to this file")
+    args = parser.parse_args(argv)
+    try:
+        if not os.path.isdir(args.runs):
+            raise SummarizeError(f"RUNS_DIR '{args.runs}' is not a folder; expected a folder of "
+                                 f"run folders (e.g. Training_Results)")
+        runs = read_runs(args.runs)
+        if not runs:
+            raise SummarizeError(f"no run folder (config.json and metrics.csv) under "
+                                 f"'{args.runs}'")
+        available = metric_columns(runs)
+        columns = args.metrics or available
+        unknown = [c for c in columns if c not in available]
+        if unknown:
+            raise SummarizeError(f"--metrics {' '.join(unknown)}: no such column in the runs' "
+                                 f"metrics.csv; available: {', '.join(available)}")
+        table = summarize(group_runs(runs), columns, args.mode)
+    except SummarizeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(markdown(table, columns))
+    if args.csv:
+        write_csv(args.csv, table, columns)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
