@@ -73,7 +73,7 @@ def test_evaluate_reproduces_the_metrics_csv_of_both_checkpoints(run, capsys):
     assert evaluate_tool.main([str(run), "--device", "cpu"]) == 0
     printed = printed_metrics(capsys.readouterr().out)
     expected = {k: v for k, v in csv_row(run, 2).items() if k.startswith("test/")}
-    assert len(expected) == 8 and printed == expected  # the same figures, as metrics.csv writes them
+    assert len(expected) == 8 and printed == expected  # as metrics.csv writes them
     report = json.loads((run / "checkpoint_last_eval_test.json").read_text())
     assert report["epoch"] == 2 and report["split"] == "test"
     assert {k: rf._fmt(v) for k, v in report["metrics"].items()} == expected
@@ -86,12 +86,29 @@ def test_evaluate_reproduces_the_metrics_csv_of_both_checkpoints(run, capsys):
     assert printed == {k: row[k] for k in ("test/recall@1", "test/map@r")}
 
 
+def test_evaluate_reproduces_an_in_shop_run_query_gallery(tmp_path, capsys):
+    """In-Shop evaluates queries against a separate gallery: the same figures as the run's."""
+    from utilities.smoke_data import make_smoke_datasets
+
+    make_smoke_datasets(str(tmp_path / "data"), ["in-shop"])
+    folder = Path(training.main([
+        "--dataset", "in-shop", "--source", str(tmp_path / "data"), "--arch", "tinycnn_normalize",
+        "--not_pretrained", "--crop_size", "32", "--n_epochs", "1", "--bs", "16", "--kernels", "0",
+        "--device", "cpu", "--evaluation_metrics", "recall@1", "recall@10", "map@r", "nmi",
+        "--save_path", str(tmp_path / "runs")]))
+    capsys.readouterr()
+    assert evaluate_tool.main([str(folder), "--device", "cpu"]) == 0
+    expected = {k: v for k, v in csv_row(folder, 1).items() if k.startswith("test/")}
+    assert len(expected) == 4 and printed_metrics(capsys.readouterr().out) == expected
+
+
 def test_evaluate_on_the_train_split_and_refuses_val(run, capsys, tmp_path):
     out = tmp_path / "train.json"
     assert evaluate_tool.main([str(run), "--split", "train", "--evaluation_metrics", "recall@1",
                                "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert list(report["metrics"]) == ["train/recall@1"] and 0 <= report["metrics"]["train/recall@1"] <= 1
+    assert list(report["metrics"]) == ["train/recall@1"]
+    assert 0 <= report["metrics"]["train/recall@1"] <= 1
     assert evaluate_tool.main([str(run), "--split", "val"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--split val" in err and "--use_tv_split" in err
@@ -300,12 +317,14 @@ def test_bad_input_stops_with_one_line(run, gallery, tmp_path, capsys):
     (other_arch / rf.CONFIG_FILE).write_text(json.dumps(config))
     one_line_error(export_tool.main([str(other_arch), "--format", "torchscript",
                                      "--out", str(tmp_path / "m.pt")]),
-                   "--arch 'tinycnn_normalize' in the checkpoint, 'resnet18_normalize' in config.json")
+                   "--arch 'tinycnn_normalize' in the checkpoint, 'resnet18_normalize' in "
+                   "config.json")
 
     empty = tmp_path / "empty"
     (empty / "sub").mkdir(parents=True)
     one_line_error(embed_tool.main([str(run), "--images", str(empty), "--out",
-                                    str(tmp_path / "e.npz")]), f"--images '{empty}' holds no image files")
+                                    str(tmp_path / "e.npz")]),
+                   f"--images '{empty}' holds no image files")
 
     small = tmp_path / "small.npz"
     np.savez(small, embeddings=np.ones((3, 8), dtype=np.float32), paths=np.array(["a", "b", "c"]))

@@ -138,14 +138,14 @@ class TolerantImages(torch.utils.data.Dataset):
 
 
 def unreadable_reason(path: str) -> str:
-    from datasets._base import load_image
+    from datasets._base import DataError, load_image
 
     if not os.path.exists(path):
         return "does not exist"
     try:
         load_image(path)
     except Exception as error:  # noqa: BLE001 - the reason is reported, not handled
-        text = getattr(error, "short_message", lambda: str(error))()
+        text = error.short_message() if isinstance(error, DataError) else str(error)
         return text.replace(f"cannot decode image '{path}': ", "")
     return "could not be transformed"
 

@@ -38,7 +38,8 @@ def embed_to_file(trained, images: ImageList, device, batch_size: int,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tools.embed", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.embed",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("run", help="Run folder, or a checkpoint file inside one.")
     parser.add_argument("--images", required=True,
                         help="Image folder (searched recursively), one image, or a list file.")

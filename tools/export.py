@@ -1,7 +1,8 @@
 """Export a trained run's embedding network as TorchScript or ONNX, checked against PyTorch.
 
     python -m tools.export RUN_DIR --format torchscript --out model.pt
-    python -m tools.export RUN_DIR --format onnx --out model.onnx      # pip install -r requirements-export.txt
+    pip install -r requirements-export.txt                              # for ONNX only
+    python -m tools.export RUN_DIR --format onnx --out model.onnx
 
 The file holds the whole embedding network in eval mode: backbone, pooling, embedding layer and,
 for a ``normalize`` arch, the L2 normalization. Input: float32 ``(batch, 3, S, S)`` with S the

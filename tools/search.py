@@ -54,7 +54,8 @@ def top_k(gallery: np.ndarray, queries: np.ndarray, k: int, inner_product: bool,
 
 
 def query_embeddings(query: str, run: Optional[str], checkpoint: str, device: Optional[str],
-                     batch_size: Optional[int], num_workers: int) -> Tuple[EmbeddingFile, List[str]]:
+                     batch_size: Optional[int],
+                     num_workers: int) -> Tuple[EmbeddingFile, List[str]]:
     """The query embeddings and the lines to print about skipped images."""
     if query.endswith(".npz"):
         return EmbeddingFile.load(query, "--query"), []
@@ -78,9 +79,9 @@ def search(gallery: EmbeddingFile, queries: EmbeddingFile, k: int,
     """``(ids, scores, inner_product, matches)``; matches (same class name) when both sides have
     class labels, else None."""
     if queries.embeddings.shape[1] != gallery.embeddings.shape[1]:
-        raise ToolError(f"the query embeddings have dimension {queries.embeddings.shape[1]} but the "
-                        f"gallery's have {gallery.embeddings.shape[1]}; embed both with the same "
-                        f"run")
+        raise ToolError(f"the query embeddings have dimension {queries.embeddings.shape[1]} but "
+                        f"the gallery's have {gallery.embeddings.shape[1]}; embed both with the "
+                        f"same run")
     if k < 1:
         raise ToolError(f"-k must be at least 1, got {k}")
     inner_product = is_normalized(gallery.embeddings) and is_normalized(queries.embeddings)
