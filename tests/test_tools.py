@@ -332,3 +332,15 @@ def test_bad_input_stops_with_one_line(run, gallery, tmp_path, capsys):
                    f"dimension {EMBED_DIM} but the gallery's have 8")
     one_line_error(search_tool.main(["--gallery", str(tmp_path / "none.npz"), "--query",
                                      str(gallery)]), "does not exist")
+
+
+def test_embed_compare_bench_runs_and_prints_the_ratio(capsys):
+    from bench import embed_compare
+
+    embed_compare.main(["--images", "8", "--image_size", "24", "--arch", "tinycnn_normalize",
+                        "--embed_dim", "8", "--crop_size", "16", "--repeats", "1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "max abs difference of the embeddings: 0" in lines[-3]
+    summary = dict(field.split("=") for field in lines[-1].split())
+    assert set(summary) == {"embed_tool_s", "compute_embeddings_s", "ratio"}
+    assert float(summary["ratio"]) > 0
