@@ -36,6 +36,7 @@ EMBEDDING_FIGSIZE = (8.0, 8.0)  # 800 x 800 pixels
 GREEN = (0, 170, 60)
 RED = (220, 30, 30)
 QUERY_FRAME = (40, 40, 40)
+UNKNOWN = (150, 150, 150)  # neighbour frame when the labels are not known
 CELL_GAP = 4  # pixels between thumbnails
 QUERY_GAP = 16  # extra pixels between the query column and its neighbours
 GROUP_GAP = 14  # extra pixels between the rows of two queries, when two runs are stacked
@@ -166,25 +167,11 @@ class LoadedRun:
 def load_run(folder: str, checkpoint: str = "last", split: str = "test",
              source: Optional[str] = None, label: Optional[str] = None) -> LoadedRun:
     """Rebuild the network of ``folder`` from its checkpoint and parse its dataset."""
-    import architectures
     import datasets
-    from datasets import build_transform
-    from utilities.checkpoint import load_checkpoint
-    from utilities.run_folder import BEST_CHECKPOINT, LAST_CHECKPOINT, read_config
+    from utilities.trained_model import load_trained_model
 
-    if not os.path.isfile(os.path.join(folder, "config.json")):
-        raise FigureError(f"'{folder}' holds no config.json; expected a run folder written by "
-                          f"main.py")
-    config = read_config(folder)
-    name = {"last": LAST_CHECKPOINT, "best": BEST_CHECKPOINT}[checkpoint]
-    path = os.path.join(folder, name)
-    if not os.path.isfile(path):
-        raise FigureError(f"'{folder}' holds no {name} (has the run finished an epoch?)")
-    state = load_checkpoint(path)
-    network = state["network"]
-    model = architectures.select(network["arch"], network["embed_dim"], pretrained=False)
-    model.load_state_dict(network["state_dict"])
-    model.eval()
+    trained = load_trained_model(folder, checkpoint)
+    config = trained.config
     splits = datasets.load(config["dataset"], source or config.get("source"),
                            use_tv_split=config.get("use_tv_split", False),
                            tv_split_perc=config.get("tv_split_perc", 0.8),
@@ -198,11 +185,8 @@ def load_run(folder: str, checkpoint: str = "last", split: str = "test",
         queries, references = evaluation_split
     else:
         queries = references = evaluation_split
-    transform = build_transform(model.transform_config(config["crop_size"],
-                                                       config.get("augmentation", "base")),
-                                train=False)
     label = label or os.path.basename(os.path.normpath(folder))
-    return LoadedRun(folder, label, config, model, transform, queries, references)
+    return LoadedRun(folder, label, config, trained.model, trained.transform, queries, references)
 
 
 def embed(run: LoadedRun, split, device: str, batch_size: int, num_workers: int) -> np.ndarray:
@@ -305,25 +289,40 @@ def retrieval_grid(runs: Sequence[LoadedRun], query_ids: Sequence[int], top_k: i
     query_labels = first.queries.labels[query_ids]
     matches = first.references.labels[neighbours] == query_labels[:, None, None]
 
-    width, height = grid_pixels(len(query_ids), len(runs), top_k, thumb)
+    row_labels = [f"{run.label}\nquery {query}" if len(runs) > 1 else f"query {query}"
+                  for query in query_ids for run in runs]
+    image, row_tops = compose_grid([first.queries.images[q] for q in query_ids],
+                                   first.references.images, neighbours, matches, thumb)
+    return RetrievalGrid(image, neighbours, matches, row_labels, row_tops)
+
+
+def compose_grid(query_images: Sequence, reference_images: Sequence, neighbours: np.ndarray,
+                 matches: Optional[np.ndarray], thumb: int) -> Tuple[np.ndarray, List[int]]:
+    """The thumbnails of a retrieval figure: per query, one row per run (``neighbours[q, r]``
+    are ids into ``reference_images``), each neighbour framed green/red by ``matches``, or grey
+    when ``matches`` is None (labels unknown). Returns the pixels and each row's top."""
+    n_queries, n_runs, top_k = neighbours.shape
+    width, height = grid_pixels(n_queries, n_runs, top_k, thumb)
     image = np.full((height - HEADER_HEIGHT, width - LABEL_WIDTH, 3), 255, dtype=np.uint8)
-    row_labels, row_tops = [], []
+    row_tops = []
     top = 0
-    for q, query in enumerate(query_ids):
-        query_picture = thumbnail(first.queries.images[query], thumb, QUERY_FRAME)
-        for r, run in enumerate(runs):
+    for q in range(n_queries):
+        query_picture = thumbnail(query_images[q], thumb, QUERY_FRAME)
+        for r in range(n_runs):
             image[top:top + thumb, :thumb] = query_picture
             left = thumb + QUERY_GAP
             for rank in range(top_k):
-                colour = GREEN if matches[q, r, rank] else RED
-                picture = thumbnail(first.references.images[neighbours[q, r, rank]], thumb, colour)
+                if matches is None:
+                    colour = UNKNOWN
+                else:
+                    colour = GREEN if matches[q, r, rank] else RED
+                picture = thumbnail(reference_images[neighbours[q, r, rank]], thumb, colour)
                 image[top:top + thumb, left:left + thumb] = picture
                 left += thumb + CELL_GAP
-            row_labels.append(f"{run.label}\nquery {query}" if len(runs) > 1 else f"query {query}")
             row_tops.append(top)
             top += thumb + CELL_GAP
-        top += GROUP_GAP if len(runs) > 1 else 0
-    return RetrievalGrid(image, neighbours, matches, row_labels, row_tops)
+        top += GROUP_GAP if n_runs > 1 else 0
+    return image, row_tops
 
 
 def plot_retrieval(folders: Sequence[str], out: str, queries: Optional[Sequence[int]] = None,
@@ -358,27 +357,34 @@ def plot_retrieval(folders: Sequence[str], out: str, queries: Optional[Sequence[
     grid = retrieval_grid(runs, query_ids, top_k, thumb, device or default_device(), batch_size,
                           num_workers)
 
+    title = (f"top-{top_k} retrieval, {split} split of {runs[0].config['dataset']}\n"
+             f"green: same class, red: other class")
+    draw_grid(grid.image, grid.row_labels, grid.row_tops, top_k, thumb, title, out)
+    return out
+
+
+def draw_grid(image: np.ndarray, row_labels: Sequence[str], row_tops: Sequence[int], top_k: int,
+              thumb: int, title: str, out: str) -> None:
+    """Save the thumbnails of :func:`compose_grid` with the title, column titles and row labels."""
     plt = _pyplot()
-    width, height = grid_pixels(len(query_ids), len(runs), top_k, thumb)
+    height = image.shape[0] + HEADER_HEIGHT
+    width = image.shape[1] + LABEL_WIDTH
     fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     axis = fig.add_axes([LABEL_WIDTH / width, 0, 1 - LABEL_WIDTH / width,
                          1 - HEADER_HEIGHT / height])
-    axis.imshow(grid.image, interpolation="nearest")
+    axis.imshow(image, interpolation="nearest")
     axis.set_axis_off()
-    fig.text(4 / width, 1 - 6 / height, f"top-{top_k} retrieval, {split} split of "
-             f"{runs[0].config['dataset']}\ngreen: same class, red: other class", fontsize=8,
-             va="top")
+    fig.text(4 / width, 1 - 6 / height, title, fontsize=8, va="top")
     column_left = LABEL_WIDTH
     for column in range(top_k + 1):
-        title = "query" if column == 0 else f"{column}"
-        fig.text((column_left + thumb / 2) / width, 1 - (HEADER_HEIGHT - 8) / height, title,
+        heading = "query" if column == 0 else f"{column}"
+        fig.text((column_left + thumb / 2) / width, 1 - (HEADER_HEIGHT - 8) / height, heading,
                  ha="center", fontsize=9)
         column_left += thumb + (QUERY_GAP if column == 0 else CELL_GAP)
-    for text, top in zip(grid.row_labels, grid.row_tops):
+    for text, top in zip(row_labels, row_tops):
         fig.text((LABEL_WIDTH - 8) / width, 1 - (HEADER_HEIGHT + top + thumb / 2) / height, text,
                  ha="right", va="center", fontsize=8)
     _save(fig, out)
-    return out
 
 
 # ----------------------------------------------------------------------------- embedding

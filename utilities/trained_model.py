@@ -1,0 +1,117 @@
+"""A trained network rebuilt from its run folder: config.json plus a checkpoint.
+
+Shared by the figure commands and the ``tools`` commands (evaluate, embed, search, export), so that
+there is one place that finds a run's checkpoint, checks it against the run's configuration and
+builds the network with the run's test transform. Checkpoints are read with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Dict, Tuple
+
+import torch
+
+from utilities.checkpoint import CheckpointError, load_checkpoint
+from utilities.run_folder import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, read_config
+
+CHECKPOINTS = {"last": LAST_CHECKPOINT, "best": BEST_CHECKPOINT}
+
+
+@dataclass
+class TrainedModel:
+    """The network of a run in eval mode (on the CPU), its test transform and where it came from."""
+
+    folder: str
+    checkpoint_path: str
+    config: Dict
+    model: torch.nn.Module
+    transform: Callable
+    epoch: int  # the epoch the checkpoint was written after
+
+    @property
+    def crop_size(self) -> int:
+        """Side of the square input the test transform produces (its final CenterCrop)."""
+        return 256 if self.config.get("augmentation", "base") == "big" else \
+            int(self.config["crop_size"])
+
+    @property
+    def normalized(self) -> bool:
+        return bool(getattr(self.model, "normalize", False))
+
+
+def resolve_checkpoint(path: str, checkpoint: str = "last") -> Tuple[str, str]:
+    """``(run folder, checkpoint file)`` for a run folder (``checkpoint`` = last or best) or for a
+    checkpoint file inside a run folder."""
+    if checkpoint not in CHECKPOINTS:
+        raise CheckpointError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got "
+                              f"'{checkpoint}'")
+    if os.path.isfile(path):
+        folder, checkpoint_path = os.path.dirname(os.path.abspath(path)), path
+    elif os.path.isdir(path):
+        folder = path
+        checkpoint_path = os.path.join(folder, CHECKPOINTS[checkpoint])
+    else:
+        raise CheckpointError(f"'{path}' is neither a run folder nor a checkpoint file")
+    if not os.path.isfile(os.path.join(folder, CONFIG_FILE)):
+        raise CheckpointError(f"'{folder}' holds no {CONFIG_FILE}; expected a run folder written "
+                              f"by main.py")
+    if not os.path.isfile(checkpoint_path):
+        raise CheckpointError(f"'{folder}' holds no {CHECKPOINTS[checkpoint]} (has the run "
+                              f"finished an epoch?)")
+    return folder, checkpoint_path
+
+
+def check_against_config(network: Dict, config: Dict, checkpoint_path: str) -> None:
+    """Refuse a checkpoint of another backbone, pooling or embedding size than config.json."""
+    import architectures
+
+    saved_arch, arch = str(network.get("arch", "")), str(config.get("arch", ""))
+    try:
+        saved, expected = architectures.parse_arch(saved_arch), architectures.parse_arch(arch)
+        same_arch = (saved.backbone, saved.double) == (expected.backbone, expected.double)
+    except ValueError:
+        same_arch = saved_arch == arch
+    problems = []
+    if not same_arch:
+        problems.append(f"--arch '{saved_arch}' in the checkpoint, '{arch}' in config.json")
+    if network.get("embed_dim") != config.get("embed_dim"):
+        problems.append(f"--embed_dim {network.get('embed_dim')} in the checkpoint, "
+                        f"{config.get('embed_dim')} in config.json")
+    if problems:
+        raise CheckpointError(f"checkpoint '{checkpoint_path}' is not of the network its run's "
+                              f"config.json describes: " + "; ".join(problems))
+
+
+def load_trained_model(path: str, checkpoint: str = "last") -> TrainedModel:
+    """Rebuild the network of a run folder or checkpoint file, refusing a checkpoint whose
+    backbone or embedding size differs from what the run's config.json says."""
+    import architectures
+    from datasets import build_transform
+
+    folder, checkpoint_path = resolve_checkpoint(path, checkpoint)
+    try:
+        config = read_config(folder)
+    except ValueError as error:
+        raise CheckpointError(f"'{os.path.join(folder, CONFIG_FILE)}' is not valid JSON: "
+                              f"{error}") from None
+    state = load_checkpoint(checkpoint_path)
+    network = state.get("network") if isinstance(state, dict) else None
+    if not isinstance(network, dict) or "state_dict" not in network:
+        raise CheckpointError(f"'{checkpoint_path}' holds no network state; expected a checkpoint "
+                              f"written by main.py")
+    check_against_config(network, config, checkpoint_path)
+    model = architectures.select(config["arch"], config["embed_dim"], pretrained=False)
+    try:
+        model.load_state_dict(network["state_dict"])
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        raise CheckpointError(f"'{checkpoint_path}' does not fit --arch '{config['arch']}' of "
+                              f"its config.json: {first[1].strip() if len(first) > 1 else first[0]}"
+                              ) from None
+    model.eval()
+    transform = build_transform(model.transform_config(config["crop_size"],
+                                                       config.get("augmentation", "base")),
+                                train=False)
+    return TrainedModel(folder, checkpoint_path, config, model, transform,
+                        int(state.get("epoch", -1)))
