@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -269,6 +270,9 @@ def evaluate_all(model, eval_sets, opt, device) -> Dict[str, float]:
                                             queries, query_labels,
                                             kmeans_iterations=opt.kmeans_iterations, seed=opt.seed)
         results.update({f"{split_name}/{name}": value for name, value in values.items()})
+        if queries is not None:  # queries that no gallery image can answer (see datasets.in_shop)
+            results[f"{split_name}/queries_without_gallery"] = float(
+                (~np.isin(query_labels, gallery_labels)).sum())
     return results
 
 
