@@ -1,6 +1,6 @@
 """Train and evaluate a deep metric learning model, optionally with densely-anchored sampling.
 
-    python main.py                                   # bundled digits default, a few minutes on CPU
+    python main.py                                   # bundled Omniglot default, minutes on a CPU
     python main.py --dataset cub200 --source DATA --loss multisimilarity \
         --arch resnet50_double_frozen_normalize --embed_dim 512 \
         --embedding_producer_used --produce_type DAS --das_dfs_num_scale 8

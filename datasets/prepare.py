@@ -319,9 +319,9 @@ def plan_cars196(root: str) -> Plan:
     prepared = find_dir(root, lambda f: os.path.basename(f) == "images" and has_class_folders(f))
     if prepared is not None:
         return class_folder_plan(prepared, plan)
-    raise DataError(f"found no Stanford Cars files under '{root}'; expected car_ims.tgz or car_ims/ "
-                    f"with cars_annos.mat, cars_train/ and cars_test/ with the devkit's .mat files, "
-                    f"or the prepared cars196.tar (cars196/images/<class>/)")
+    raise DataError(f"found no Stanford Cars files under '{root}'; expected car_ims.tgz or "
+                    f"car_ims/ with cars_annos.mat, cars_train/ and cars_test/ with the devkit's "
+                    f".mat files, or the prepared cars196.tar (cars196/images/<class>/)")
 
 
 def plan_online_products(root: str) -> Plan:
@@ -418,7 +418,7 @@ def place(source: str, destination: str, move: bool) -> str:
         os.replace(source, destination)
         return "moved"
     try:
-        os.link(source, destination)
+        os.link(source, destination, follow_symlinks=True)
         return "hard-linked"
     except OSError as error:
         if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):

@@ -6,7 +6,7 @@ import os
 import tarfile
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import numpy as np
 import pytest
