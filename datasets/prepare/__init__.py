@@ -43,8 +43,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from ._base import DataError
-from ._layout import is_image_name, read_list_file, visible_entries
+from .._base import DataError
+from .._layout import is_image_name, read_list_file, visible_entries
 
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".zip")
 SEARCH_DEPTH = 3  # how deep below --from the publisher's files are looked for
@@ -433,7 +433,7 @@ def place(source: str, destination: str, move: bool) -> str:
 
 def report_counts(name: str, splits) -> List[str]:
     """Counts next to the published ones; a warning line when the data set is smaller."""
-    from ._base import Split
+    from .._base import Split
     parts: List[Split] = [splits.train]
     for evaluation in splits.evaluation.values():
         parts += list(evaluation) if isinstance(evaluation, tuple) else [evaluation]
@@ -454,7 +454,7 @@ def report_counts(name: str, splits) -> List[str]:
 
 def prepare(name: str, source: str, data_root: str) -> str:
     """Write ``data_root/name`` from the download at ``source``; returns that folder."""
-    from . import load
+    from .. import load
 
     if name not in PLANNERS:
         raise DataError(f"unknown dataset '{name}' for datasets.prepare; valid names: "
@@ -531,7 +531,3 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {error.short_message()}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
