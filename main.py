@@ -1,6 +1,6 @@
 """Train and evaluate a deep metric learning model, optionally with densely-anchored sampling.
 
-    python main.py                                   # bundled digits default, a few minutes on CPU
+    python main.py                                   # bundled Omniglot default, minutes on a CPU
     python main.py --dataset cub200 --source DATA --loss multisimilarity \
         --arch resnet50_double_frozen_normalize --embed_dim 512 \
         --embedding_producer_used --produce_type DAS --das_dfs_num_scale 8
@@ -278,6 +278,9 @@ def evaluate_all(model, eval_sets, opt, device, writer=None, epoch: int = 0) -> 
                 results[f"{split_name}/{name}"] = value
             elif writer is not None:
                 writer.add_histogram(f"epoch/{split_name}/{name}", value, epoch)
+        if queries is not None:  # queries that no gallery image can answer (see datasets.in_shop)
+            results[f"{split_name}/queries_without_gallery"] = float(
+                (~np.isin(query_labels, gallery_labels)).sum())
     return results
 
 

@@ -18,11 +18,14 @@ REGISTRY.import_members(__name__, __path__)
 def load(name: str, source: Optional[str], use_tv_split: bool = False, tv_split_perc: float = 0.8,
          tv_split_by_samples: bool = False, seed: int = 0,
          folder_name: Optional[str] = None) -> DatasetSplits:
-    """Parse dataset ``name`` under ``source`` and optionally hold out validation classes."""
+    """Parse dataset ``name`` under ``source``, refuse evaluation data that would inflate the
+    scores (see datasets/_integrity.py), and optionally hold out validation classes."""
+    from ._integrity import check_integrity
     from ._split import split_train_validation
 
     parser = REGISTRY.get(name)
     splits = parser(source, folder_name=folder_name)
+    check_integrity(splits)
     if use_tv_split:
         splits = split_train_validation(splits, tv_split_perc, by_samples=tv_split_by_samples,
                                         seed=seed)

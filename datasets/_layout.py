@@ -213,3 +213,37 @@ def dense_labels(keys: Iterable) -> Tuple[np.ndarray, List]:
     """Map published ids to 0..n-1 in sorted id order; returns (labels, sorted unique ids)."""
     unique, labels = np.unique(np.asarray(list(keys)), return_inverse=True)
     return labels.astype(np.int64).reshape(-1), unique.tolist()
+
+
+def check_unique_rows(paths: Sequence[str], line_numbers: Sequence[int], list_file: str,
+                      what: str = "image") -> None:
+    """Refuse a list file that names one image on several lines (a duplicated test line makes
+    the image its own nearest neighbour and inflates Recall@K)."""
+    first: dict = {}
+    repeats = []
+    for path, number in zip(paths, line_numbers):
+        key = os.path.normpath(path)
+        if key in first:
+            repeats.append((path, first[key], number))
+        else:
+            first[key] = number
+    if repeats:
+        path, earlier, number = repeats[0]
+        raise DataError(f"'{list_file}' line {number} lists {what} '{path}' again (first on line "
+                        f"{earlier}); {len(repeats)} line(s) repeat an earlier one; expected each "
+                        f"image once (repeated images inflate retrieval scores)")
+
+
+def check_disjoint_lists(paths_a: Sequence[str], lines_a: Sequence[int], where_a: str,
+                         paths_b: Sequence[str], lines_b: Sequence[int], where_b: str,
+                         expected: str) -> None:
+    """Refuse images listed in both ``a`` and ``b`` (e.g. Ebay_train.txt and Ebay_test.txt, or
+    In-Shop query and gallery rows), naming the first one and how many there are."""
+    first = {os.path.normpath(path): number for path, number in zip(paths_a, lines_a)}
+    shared = [(path, first[os.path.normpath(path)], number)
+              for path, number in zip(paths_b, lines_b) if os.path.normpath(path) in first]
+    if shared:
+        path, line_a, line_b = shared[0]
+        raise DataError(f"image '{path}' is listed in {where_b} (line {line_b}) and in {where_a} "
+                        f"(line {line_a}); {len(shared)} of the {len(paths_b)} images of "
+                        f"{where_b} are also in {where_a}; expected {expected}")

@@ -15,12 +15,15 @@ item's gallery images.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Dict, List, Optional
 
 from . import REGISTRY
 from ._base import DataError, DatasetSplits, Split
-from ._layout import (MIN_CLASSES_PER_SPLIT, check_listed_images, dataset_root, dense_labels,
-                      read_list_file, require_classes, require_dir, require_file)
+from ._integrity import queries_without_gallery
+from ._layout import (MIN_CLASSES_PER_SPLIT, check_disjoint_lists, check_listed_images,
+                      check_unique_rows, dataset_root, dense_labels, read_list_file,
+                      require_classes, require_dir, require_file)
 
 LAYOUT = "img/... plus Eval/list_eval_partition.txt"
 HEADER = ["image_name", "item_id", "evaluation_status"]
@@ -56,10 +59,34 @@ def _read_partition(list_file: str, root: str) -> Dict[str, Dict[str, List]]:
         raise DataError(f"'{list_file}' line {rows[0][0]} announces {count} images but "
                         f"{len(rows) - 2} rows follow the column names; expected them to agree "
                         f"(a truncated or edited file?)")
+    for other in ("gallery", "train"):
+        check_disjoint_lists(parts[other]["paths"], parts[other]["lines"],
+                             f"'{list_file}' as {other}", parts["query"]["paths"],
+                             parts["query"]["lines"], f"'{list_file}' as query",
+                             f"each image under one status (a query that is also a {other} image "
+                             f"is found at distance 0 and inflates Recall@K)")
+    everything = [(path, line) for status in STATUSES
+                  for path, line in zip(parts[status]["paths"], parts[status]["lines"])]
+    check_unique_rows([p for p, _ in everything], [n for _, n in everything], list_file)
     for status in STATUSES:
         check_listed_images(parts[status]["paths"], parts[status]["lines"], list_file,
                             os.path.join(root, "img"))
     return parts
+
+
+def _check_items_disjoint(parts: Dict[str, Dict[str, List]], list_file: str) -> None:
+    """No item is both a training item and a query/gallery item (class-disjoint split)."""
+    train_lines: Dict[str, int] = {}
+    for item, line in zip(parts["train"]["items"], parts["train"]["lines"]):
+        train_lines.setdefault(item, line)
+    for status in ("query", "gallery"):
+        for item, line in zip(parts[status]["items"], parts[status]["lines"]):
+            if item in train_lines:
+                shared = set(train_lines) & set(parts["query"]["items"] + parts["gallery"]["items"])
+                raise DataError(f"'{list_file}' line {line}: item '{item}' is a {status} item and "
+                                f"also a train item (line {train_lines[item]}); {len(shared)} "
+                                f"item(s) are in both; expected class-disjoint train and "
+                                f"query/gallery items")
 
 
 @REGISTRY.register("in-shop")
@@ -70,6 +97,7 @@ def load_in_shop(source: Optional[str], folder_name: Optional[str] = None) -> Da
                              "the In-Shop partition file (count line, column names "
                              f"'{' '.join(HEADER)}', then one row per image)")
     parts = _read_partition(list_file, root)
+    _check_items_disjoint(parts, list_file)
 
     train_labels, train_items = dense_labels(parts["train"]["items"])
     require_classes(len(train_items), MIN_CLASSES_PER_SPLIT, list_file, "train item(s)")
@@ -85,4 +113,10 @@ def load_in_shop(source: Optional[str], folder_name: Optional[str] = None) -> Da
     n_query = len(query["items"])
     query_split = Split(query["paths"], test_labels[:n_query], test_items)
     gallery_split = Split(gallery["paths"], test_labels[n_query:], list(test_items))
+    lonely, lonely_items = queries_without_gallery(query_split, gallery_split)
+    if lonely:
+        print(f"warning: {lonely} of the {n_query} query images ({lonely_items} item(s)) in "
+              f"'{list_file}' have no gallery image of their item; they cannot be answered and "
+              f"are reported as test/queries_without_gallery, outside the retrieval averages",
+              file=sys.stderr, flush=True)
     return DatasetSplits("in-shop", train, {"test": (query_split, gallery_split)})

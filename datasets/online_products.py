@@ -17,13 +17,15 @@ import numpy as np
 
 from . import REGISTRY
 from ._base import DataError, DatasetSplits, Split
-from ._layout import (MIN_CLASSES_PER_SPLIT, check_listed_images, dataset_root, dense_labels,
-                      parse_int, read_list_file, require_classes, require_dir, require_file)
+from ._layout import (MIN_CLASSES_PER_SPLIT, check_disjoint_lists, check_listed_images,
+                      check_unique_rows, dataset_root, dense_labels, parse_int, read_list_file,
+                      require_classes, require_dir, require_file)
 
 LAYOUT = "images/... plus Info_Files/Ebay_train.txt and Info_Files/Ebay_test.txt"
 HEADER = ["image_id", "class_id", "super_class_id", "path"]
 
-Rows = Tuple[List[str], np.ndarray, np.ndarray]  # image paths, class ids, super-class ids
+# image paths, class ids, super-class ids, line numbers
+Rows = Tuple[List[str], np.ndarray, np.ndarray, List[int]]
 
 
 def _read_ebay_list(list_file: str, images_dir: str) -> Rows:
@@ -52,12 +54,29 @@ def _read_ebay_list(list_file: str, images_dir: str) -> Rows:
         bad = int(classes[counts > 1][0])
         raise DataError(f"'{list_file}': class_id {bad} is listed with several super_class_ids; "
                         f"expected one super-class per class")
+    check_unique_rows(paths, numbers, list_file)
     check_listed_images(paths, numbers, list_file, images_dir)
-    return paths, class_ids_arr, super_ids_arr
+    return paths, class_ids_arr, super_ids_arr, numbers
+
+
+def _check_class_disjoint(lists) -> None:
+    """Train and test lists share neither images nor products (the split is class-disjoint)."""
+    (train_file, train), (test_file, test) = lists["train"], lists["test"]
+    check_disjoint_lists(train[0], train[3], f"'{train_file}'", test[0], test[3], f"'{test_file}'",
+                         "disjoint train and test lists (is Ebay_test.txt a copy of "
+                         "Ebay_train.txt?)")
+    shared = np.intersect1d(train[1], test[1])
+    if shared.size:
+        class_id = int(shared[0])
+        line_a = train[3][int(np.flatnonzero(train[1] == class_id)[0])]
+        line_b = test[3][int(np.flatnonzero(test[1] == class_id)[0])]
+        raise DataError(f"class_id {class_id} is listed in '{test_file}' (line {line_b}) and in "
+                        f"'{train_file}' (line {line_a}); {shared.size} class(es) are in both; "
+                        f"expected class-disjoint train and test lists")
 
 
 def _split(rows: Rows, super_ids: List[int], list_file: str) -> Split:
-    paths, class_ids, super_class_ids = rows
+    paths, class_ids, super_class_ids, _ = rows
     labels, published = dense_labels(class_ids)
     require_classes(len(published), MIN_CLASSES_PER_SPLIT, list_file, "class(es)")
     super_labels = np.searchsorted(np.asarray(super_ids), super_class_ids).astype(np.int64)
@@ -75,6 +94,7 @@ def load_online_products(source: Optional[str], folder_name: Optional[str] = Non
         list_file = require_file(os.path.join(info_dir, f"Ebay_{split}.txt"),
                                  f"the SOP {split} list (header '{' '.join(HEADER)}')")
         lists[split] = (list_file, _read_ebay_list(list_file, images_dir))
+    _check_class_disjoint(lists)
     super_ids = sorted(set(lists["train"][1][2].tolist()) | set(lists["test"][1][2].tolist()))
     train = _split(lists["train"][1], super_ids, lists["train"][0])
     test = _split(lists["test"][1], super_ids, lists["test"][0])

@@ -1,17 +1,19 @@
 """Shared fixtures.
 
-``omniglot_root``: the real Omniglot "background small 1" data (see the README next to the zip),
-unzipped once per test session into a temporary folder. It returns the folder that holds
-``images_background_small1/`` (136 classes ``<alphabet>/<characterNN>/``, 20 PNGs each), so
-``--dataset folder --source <omniglot_root> --folder_name images_background_small1`` reads it.
-Tests using it are skipped, with the reason, when the zip is absent.
+``omniglot_root``: the real Omniglot "background small 1" data bundled with the repository
+(``data/omniglot/``), unzipped once per test session into a temporary folder. It returns the
+folder that holds ``images_background_small1/`` (136 classes ``<alphabet>/<characterNN>/``, 20
+PNGs each), so ``--dataset folder --source <omniglot_root> --folder_name images_background_small1``
+reads it.
+
+``omniglot_cache``: an empty cache folder (``$XDG_CACHE_HOME``) for ``--dataset omniglot``, so
+tests never write into the user's cache.
 """
 from __future__ import annotations
 
 import os
 import zipfile
 from pathlib import Path
-from typing import List
 
 import numpy as np
 import pytest
@@ -24,14 +26,7 @@ OMNIGLOT_CLASSES = 136
 OMNIGLOT_IMAGES = 2720
 
 
-def omniglot_zip_candidates() -> List[Path]:
-    """Where the shared data may lie: $OMNIGLOT_ZIP, then shared/ beside or inside the checkout."""
-    candidates = []
-    if os.environ.get("OMNIGLOT_ZIP"):
-        candidates.append(Path(os.environ["OMNIGLOT_ZIP"]))
-    for shared in (REPO_ROOT.parent / "shared", REPO_ROOT / "shared"):
-        candidates.append(shared / "data" / "omniglot" / OMNIGLOT_ZIP_NAME)
-    return candidates
+OMNIGLOT_ZIP = REPO_ROOT / "data" / "omniglot" / OMNIGLOT_ZIP_NAME
 
 
 @pytest.fixture
@@ -57,10 +52,9 @@ def opt():
 @pytest.fixture(scope="session")
 def omniglot_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder holding the unzipped ``images_background_small1/`` (unzipped once per session)."""
-    archive = next((path for path in omniglot_zip_candidates() if path.is_file()), None)
-    if archive is None:
-        pytest.skip("Omniglot data absent: expected " + " or ".join(
-            str(path) for path in omniglot_zip_candidates()))
+    if not OMNIGLOT_ZIP.is_file():
+        pytest.fail(f"the bundled Omniglot zip is missing: expected {OMNIGLOT_ZIP}")
+    archive = OMNIGLOT_ZIP
     root = tmp_path_factory.mktemp("omniglot")
     with zipfile.ZipFile(archive) as bundle:
         bundle.extractall(root)  # extractall drops absolute and '..' member paths
@@ -70,6 +64,14 @@ def omniglot_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.fail(f"{archive} unzipped to {pngs} PNG files under {tree}; expected "
                     f"{OMNIGLOT_IMAGES} (is the zip damaged?)")
     return root
+
+
+@pytest.fixture
+def omniglot_cache(tmp_path, monkeypatch) -> Path:
+    """A fresh ``$XDG_CACHE_HOME`` for ``--dataset omniglot`` (its zip is unpacked there)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return cache
 
 
 @pytest.fixture(scope="session")

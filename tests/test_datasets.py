@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import zlib
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -16,7 +18,10 @@ from datasets import DataError
 SIZE = (6, 5)
 
 
-def write_image(path: Path, color: Tuple[int, int, int] = (120, 30, 200)) -> Path:
+def write_image(path: Path, color: Optional[Tuple[int, int, int]] = None) -> Path:
+    """A uniform image; its colour derives from its path, so that different files differ."""
+    if color is None:
+        color = tuple(zlib.crc32(str(path).encode()).to_bytes(4, "little")[:3])
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
     Image.new("RGB", SIZE, color).save(path, format=fmt)
@@ -396,6 +401,112 @@ def test_folder_explicit_split_with_one_class(tmp_path):
                     "found 1 class folder(s)", "expected at least 2")
 
 
+# --------------------------------------------------------------------------- inflated scores
+
+
+def test_in_shop_query_also_listed_as_gallery_is_refused(tmp_path):
+    query = INSHOP_ROWS[4][0]
+    rows = INSHOP_ROWS + [(query, "id_00000007", "gallery")]
+    make_inshop(tmp_path, rows)
+    partition = tmp_path / "in-shop" / "Eval" / "list_eval_partition.txt"
+    assert_mentions(parse_error("in-shop", tmp_path), f"'{partition}' as query (line 7)",
+                    f"'{partition}' as gallery (line 14)", "1 of the 3 images",
+                    str(tmp_path / "in-shop" / query), "inflates Recall@K")
+
+
+def test_in_shop_repeated_row_and_train_item_in_test_are_refused(tmp_path):
+    make_inshop(tmp_path, INSHOP_ROWS + [INSHOP_ROWS[7]])
+    partition = tmp_path / "in-shop" / "Eval" / "list_eval_partition.txt"
+    assert_mentions(parse_error("in-shop", tmp_path), f"'{partition}' line 14", "again",
+                    "first on line 10")
+    shutil.rmtree(tmp_path / "in-shop")
+    make_inshop(tmp_path, INSHOP_ROWS + [("img/WOMEN/Dresses/id_00000002/03_4_full.jpg",
+                                          "id_00000002", "gallery")])
+    assert_mentions(parse_error("in-shop", tmp_path), f"'{partition}' line 14",
+                    "item 'id_00000002' is a gallery item and also a train item (line 3)",
+                    "class-disjoint")
+
+
+def test_in_shop_query_without_gallery_is_counted_and_reported(tmp_path, capsys):
+    # Item id_00000007 keeps its query image but loses both gallery images.
+    rows = [row for row in INSHOP_ROWS if not (row[1] == "id_00000007" and row[2] == "gallery")]
+    make_inshop(tmp_path, rows)
+    splits = datasets.load("in-shop", str(tmp_path))
+    query, gallery = splits.evaluation["test"]
+    from datasets._integrity import queries_without_gallery
+
+    assert queries_without_gallery(query, gallery) == (1, 1)
+    assert "warning: 1 of the 3 query images (1 item(s))" in capsys.readouterr().err
+    # main.py reports the count next to the figures.
+    import csv
+
+    import main
+
+    folder = main.main(["--dataset", "in-shop", "--source", str(tmp_path), "--n_epochs", "0",
+                        "--eval_initial", "--arch", "tinycnn_normalize", "--not_pretrained",
+                        "--crop_size", "16", "--bs", "4", "--samples_per_class", "2",
+                        "--kernels", "0", "--evaluation_metrics", "recall@1",
+                        "--save_path", str(tmp_path / "runs")])
+    with open(os.path.join(folder, "metrics.csv"), newline="") as handle:
+        row = next(csv.DictReader(handle))
+    assert float(row["test/queries_without_gallery"]) == 1.0
+
+
+def test_sop_duplicated_test_lines_are_refused(tmp_path):
+    make_sop(tmp_path)
+    info = tmp_path / "online_products" / "Info_Files" / "Ebay_test.txt"
+    lines = info.read_text().splitlines()
+    info.write_text("\n".join(lines + lines[3:5]) + "\n")
+    assert_mentions(parse_error("online_products", tmp_path), f"'{info}' line 9", "again",
+                    "first on line 4", "2 line(s) repeat")
+
+
+def test_sop_test_list_equal_to_train_list_is_refused(tmp_path):
+    make_sop(tmp_path)
+    info = tmp_path / "online_products" / "Info_Files"
+    shutil.copy(info / "Ebay_train.txt", info / "Ebay_test.txt")
+    assert_mentions(parse_error("online_products", tmp_path), f"'{info / 'Ebay_test.txt'}'",
+                    f"'{info / 'Ebay_train.txt'}'", "7 of the 7 images", "copy of Ebay_train.txt")
+
+
+def test_sop_class_in_both_lists_is_refused(tmp_path):
+    make_sop(tmp_path)
+    info = tmp_path / "online_products" / "Info_Files" / "Ebay_test.txt"
+    lines = info.read_text().splitlines()
+    lines[1] = lines[1].replace(" 11 2 ", " 3 2 ", 1)  # a test image of training product 3
+    info.write_text("\n".join(lines) + "\n")
+    assert_mentions(parse_error("online_products", tmp_path), "class_id 3", f"'{info}' (line 2)",
+                    "Ebay_train.txt' (line 2)", "class-disjoint")
+
+
+def test_folder_train_and_test_holding_the_same_files_are_refused(tmp_path):
+    make_class_tree(tmp_path / "train", {"cat": 2, "dog": 3})
+    shutil.copytree(tmp_path / "train", tmp_path / "test")
+    assert_mentions(parse_error("folder", tmp_path), "class folder 'cat' is in both train/ and "
+                    "test/", "2 shared", "class-disjoint")
+    # Renamed copies: the bytes are compared.
+    shutil.rmtree(tmp_path / "test")
+    make_class_tree(tmp_path / "test", {"owl": 2, "bat": 2})
+    shutil.copy(tmp_path / "train" / "dog" / "img_01.jpg", tmp_path / "test" / "owl" / "img_01.jpg")
+    assert_mentions(parse_error("folder", tmp_path),
+                    f"test image '{tmp_path / 'test' / 'owl' / 'img_01.jpg'}' is a copy of "
+                    f"training image '{tmp_path / 'train' / 'dog' / 'img_01.jpg'}'",
+                    "1 of the 4 test images")
+
+
+def test_same_file_in_training_and_test_halves_is_refused(tmp_path):
+    make_cub(tmp_path)
+    images = tmp_path / "cub200" / "images"
+    test_image = images / "004.Groove_billed_Ani" / "img_00.jpg"
+    test_image.unlink()
+    os.link(images / "001.Black_footed_Albatross" / "img_00.jpg", test_image)
+    assert_mentions(parse_error("cub200", tmp_path), "in both the training and the test split",
+                    f"(as '{test_image}')", "1 of the 6 test images")
+    test_image.unlink()
+    test_image.symlink_to(images / "003.Sooty_Albatross" / "img_01.jpg")
+    assert_mentions(parse_error("cub200", tmp_path), "the test split holds image", "twice")
+
+
 # --------------------------------------------------------------------------- real Omniglot
 
 
@@ -420,3 +531,51 @@ def test_omniglot_folder_gives_68_nested_classes_per_split(omniglot_root):
     assert image.shape == (3, 28, 28) and label == 67
     assert image.max() == 1.0 and image.min() < 0.5
     assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
+
+
+# --------------------------------------------------------------------------- bundled default
+
+
+def test_bundled_omniglot_unpacks_once_into_the_cache_and_splits_68_68(omniglot_cache,
+                                                                        omniglot_root,
+                                                                        monkeypatch):
+    from datasets import omniglot
+
+    splits = datasets.load("omniglot", None)
+    train, test = splits.train, splits.evaluation["test"]
+    assert (train.num_classes, test.num_classes) == (68, 68)
+    assert class_sizes(train) == [20] * 68 and class_sizes(test) == [20] * 68
+    # The same classes, in the same order, as the zip unpacked by hand and read as a folder.
+    by_hand = datasets.load("folder", str(omniglot_root), folder_name="images_background_small1")
+    assert train.class_names == by_hand.train.class_names
+    assert test.class_names == by_hand.evaluation["test"].class_names
+    # Unpacked under the cache, in a folder named by the zip's hash, never in the repository.
+    (unpacked,) = (omniglot_cache / "das_dml").iterdir()
+    assert unpacked.name.startswith("omniglot-")
+    assert all(str(path).startswith(str(unpacked)) for path in train.images[:3] + test.images[-3:])
+    # A second load reads the cache without opening the zip.
+    monkeypatch.setattr(omniglot.zipfile, "ZipFile", None)
+    assert datasets.load("omniglot", None).train.images == train.images
+
+
+def test_omniglot_source_names_another_zip_and_bad_ones_are_named(omniglot_cache, tmp_path):
+    missing = tmp_path / "elsewhere"
+    missing.mkdir()
+    assert_mentions(parse_error("omniglot", missing),
+                    f"'{missing / 'images_background_small1.zip'}'", "does not exist")
+    damaged = tmp_path / "images_background_small1.zip"
+    damaged.write_bytes(b"not a zip")
+    assert_mentions(parse_error("omniglot", damaged), f"cannot unpack the Omniglot zip '{damaged}'")
+    assert not [p for p in (omniglot_cache / "das_dml").iterdir()]  # nothing half-unpacked left
+
+
+def test_omniglot_is_the_default_dataset_with_its_cpu_settings():
+    from parameters import parse_options
+
+    opt = parse_options([])
+    assert opt.dataset == "omniglot" and opt.eval_initial is True
+    assert (opt.arch, opt.crop_size, opt.bs, opt.samples_per_class, opt.lr, opt.n_epochs,
+            opt.pretrained) == ("tinycnn_normalize", 48, 112, 4, 1e-3, 8, False)
+    assert parse_options(["--no_eval_initial"]).eval_initial is False
+    assert parse_options(["--dataset", "cub200"]).eval_initial is False
+    assert parse_options(["--dataset", "digits"]).crop_size == 32  # digits stays available

@@ -57,6 +57,18 @@ def test_main_on_real_omniglot_learns_unseen_characters(omniglot_root, tmp_path)
     assert rf.read_config(folder)["train_classes"] == 68
 
 
+def test_default_run_is_bundled_omniglot_and_evaluates_the_untrained_network(omniglot_cache,
+                                                                           tmp_path):
+    folder = main.main(["--n_epochs", "0", "--kernels", "0", "--evaluation_metrics", "recall@1",
+                        "--save_path", str(tmp_path)])
+    config = rf.read_config(folder)
+    assert (config["dataset"], config["train_classes"], config["train_images"]) == \
+        ("omniglot", 68, 1360)
+    rows = read_metrics(folder)
+    assert [row["epoch"] for row in rows] == ["0"]  # --eval_initial is on by default here
+    assert 0.1 < float(rows[0]["test/recall@1"]) < 0.4  # untrained: 21.6% (docs/PERFORMANCE.md)
+
+
 def test_same_seed_gives_the_same_losses(generated_folder, tmp_path):
     args = ["--dataset", "folder", "--source", str(generated_folder), "--n_epochs", "1",
             "--bs", "16", "--samples_per_class", "4", "--evaluation_metrics", "recall@1", *FAST]
