@@ -17,12 +17,20 @@ REGISTRY.import_members(__name__, __path__)
 
 def load(name: str, source: Optional[str], use_tv_split: bool = False, tv_split_perc: float = 0.8,
          tv_split_by_samples: bool = False, seed: int = 0,
-         folder_name: Optional[str] = None) -> DatasetSplits:
-    """Parse dataset ``name`` under ``source`` and optionally hold out validation classes."""
+         folder_name: Optional[str] = None, data_split: str = "default",
+         data_split_path: Optional[str] = None, data_split_id: int = 0) -> DatasetSplits:
+    """Parse dataset ``name`` under ``source``, optionally re-split its classes by a split file
+    (``data_split='ooDML'``, see ``_class_split.py``) and hold out validation classes."""
+    from ._class_split import SPLIT_CHOICES, apply_class_split
     from ._split import split_train_validation
 
+    if data_split not in SPLIT_CHOICES:
+        raise DataError(f"unknown --data_split '{data_split}'; valid names: "
+                        f"{', '.join(SPLIT_CHOICES)}")
     parser = REGISTRY.get(name)
     splits = parser(source, folder_name=folder_name)
+    if data_split == "ooDML":
+        splits = apply_class_split(splits, data_split_path, data_split_id)
     if use_tv_split:
         splits = split_train_validation(splits, tv_split_perc, by_samples=tv_split_by_samples,
                                         seed=seed)
