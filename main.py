@@ -345,7 +345,9 @@ def main(argv: Optional[List[str]] = None) -> str:
 
     sampler = datasampler.select(opt.data_sampler, splits.train.labels, opt.bs,
                                  opt.samples_per_class, seed=opt.seed, rank=rank,
-                                 world_size=world_size, class_names=splits.train.class_names)
+                                 world_size=world_size, class_names=splits.train.class_names,
+                                 super_labels=splits.train.super_labels,
+                                 num_super=opt.data_num_super)
     loader = make_train_loader(train_set, sampler, opt, device)
 
     # Miner, criterion and dense anchors.

@@ -323,3 +323,53 @@ def test_saving_frequencies_without_das_is_refused(tmp_path, capsys):
     assert main.run(["--n_epochs", "0", "--kernels", "0", "--save_path", str(tmp_path),
                      "--das_save_frequency_epochs", "1"]) == 2
     assert "--embedding_producer_used" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- samplers
+def super_class_labels():
+    """12 classes of 3 images; super-class of class c is c // 4 (3 super-classes)."""
+    labels = np.repeat(np.arange(12), 3)
+    return labels, labels // 4
+
+
+def test_super_class_random_batches_stay_inside_num_super_super_classes():
+    import datasampler
+
+    labels, supers = super_class_labels()
+    sampler = datasampler.select("super_class_random", labels, 8, 2, seed=0,
+                                 super_labels=supers, num_super=1)
+    batches = list(sampler)
+    assert len(batches) == len(labels) // 8
+    for batch in batches:
+        assert len(batch) == 8
+        assert len(set(supers[batch])) == 1  # one super-class per batch
+        pairs = labels[batch].reshape(-1, 2)
+        assert (pairs[:, 0] == pairs[:, 1]).all()  # samples_per_class rows of one class
+    two = datasampler.select("super_class_random", labels, 8, 2, seed=0, super_labels=supers,
+                             num_super=2)
+    seen = [set(supers[b]) for b in two]
+    assert all(len(s) <= 2 for s in seen)
+    # over many epochs every super-class pair is drawn and within it every class
+    drawn_classes = set()
+    for epoch in range(30):
+        two.set_epoch(epoch)
+        for batch in two:
+            drawn_classes |= set(labels[batch].tolist())
+    assert drawn_classes == set(range(12))
+
+
+def test_super_class_random_is_resumable_and_refuses_bad_settings():
+    import datasampler
+
+    labels, supers = super_class_labels()
+    full = list(datasampler.select("super_class_random", labels, 6, 2, seed=4,
+                                   super_labels=supers))
+    resumed = datasampler.select("super_class_random", labels, 6, 2, seed=4, super_labels=supers)
+    resumed.load_state_dict({"epoch": 0, "start_batch": 2})
+    assert list(resumed) == full[2:]
+    with pytest.raises(ValueError, match="only --dataset online_products"):
+        datasampler.select("super_class_random", labels, 6, 2)
+    with pytest.raises(ValueError, match="--data_num_super 4 must lie between 1 and the 3"):
+        datasampler.select("super_class_random", labels, 6, 2, super_labels=supers, num_super=4)
+    with pytest.raises(ValueError, match="valid names: .*super_class_random"):
+        datasampler.select("coreset", labels, 6, 2)
