@@ -30,14 +30,17 @@ import datasampler
 import datasets
 import evaluation
 import metrics
-from batchminer.das import build_producer
+from batchminer.das import build_producer, save_frequency_if_due
 from datasets import DataError, ImageDataset, build_transform
+from modules.sec import SphericalEmbeddingConstraint
 from parameters import build_parser, parse_options
 from utilities import checkpoint as ckpt
 from utilities import distributed
 from utilities import run_folder as rf
 from utilities.data import SeededBatches, SeededDataset
+from utilities.grad_stats import gradient_norms
 from utilities.registry import UnknownNameError
+from utilities.schedulers import make_scheduler
 from utilities.seeding import rng_state, seed_everything, set_rng_state
 
 SETUP = {"finished": False}  # see run(): ValueErrors before this are bad input
@@ -85,6 +88,11 @@ def validate_options(opt: argparse.Namespace) -> None:
         raise ValueError(f"--kernels must be non-negative, got {opt.kernels}")
     if opt.crop_size <= 0:
         raise ValueError(f"--crop_size must be positive, got {opt.crop_size}")
+    if opt.n_warm < 0:
+        raise ValueError(f"--n_warm must be a non-negative number of epochs, got {opt.n_warm}")
+    if opt.das_save_frequency_epochs and not opt.embedding_producer_used:
+        raise ValueError("--das_save_frequency_epochs saves DAS's DFS counter and needs "
+                         "--embedding_producer_used")
     metrics.select_all(opt.evaluation_metrics)  # unknown names stop here, listing the valid ones
     if opt.storage_metric not in opt.evaluation_metrics:
         raise ValueError(f"--storage_metric {opt.storage_metric} selects checkpoint_best.pth but is "
@@ -190,8 +198,8 @@ class EpochStats:
 
 # ----------------------------------------------------------------------------- train / evaluate
 def training_step(model, criterion, das, optimizer, images: torch.Tensor, labels: torch.Tensor,
-                  device: torch.device, use_amp: bool) -> torch.Tensor:
-    """Forward, (gather across ranks), dense anchors, mining + loss, backward, update.
+                  device: torch.device, use_amp: bool, sec=None) -> torch.Tensor:
+    """Forward, (gather across ranks), dense anchors, mining + loss (+ SEC), backward, update.
 
     Returns the loss as a device tensor (no host sync). Under torchrun the loss is that of the
     global batch on every rank, and the update equals a single process's on that batch.
@@ -201,12 +209,19 @@ def training_step(model, criterion, das, optimizer, images: torch.Tensor, labels
     if device.type == "cuda":
         images = images.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-        embeddings = model(images)
+        if sec is not None:  # SEC needs the norms before the L2 normalization
+            embeddings, norms = model(images, return_norms=True)
+        else:
+            embeddings = model(images)
+    local_labels = labels
     embeddings, labels = distributed.gather_with_grad(embeddings.float(), labels)
     if das is not None:
         loss = das.compute_loss(criterion, embeddings, labels)
     else:
         loss = criterion(embeddings, labels)
+    if sec is not None:  # the global batch's norms, so SEC's running mean agrees on every rank
+        norms, _ = distributed.gather_with_grad(norms.float(), local_labels)
+        loss = loss + sec(norms)
     optimizer.zero_grad(set_to_none=True)
     (loss * distributed.loss_scale()).backward()
     optimizer.step()
@@ -215,7 +230,7 @@ def training_step(model, criterion, das, optimizer, images: torch.Tensor, labels
 
 def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int,
                     stats: EpochStats, writer, opt, stop: StopRequest,
-                    global_step: int) -> Tuple[int, bool]:
+                    global_step: int, sec=None) -> Tuple[int, bool]:
     """One pass over the training batches. Returns the global step and whether it was stopped."""
     model.train()
     use_amp = device.type == "cuda" and not opt.no_amp
@@ -224,12 +239,15 @@ def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int
     progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
                     disable=not distributed.is_main_process())
     for step, (images, labels, _) in enumerate(progress, start=batches.start_batch):
-        loss = training_step(model, criterion, das, optimizer, images, labels, device, use_amp)
+        loss = training_step(model, criterion, das, optimizer, images, labels, device, use_amp,
+                             sec=sec)
 
         step_scalars = {"loss": loss.detach()}
         step_scalars.update({f"criterion/{k}": v for k, v in criterion.stats.items()})
         if das is not None:
             step_scalars.update({f"das/{k}": v for k, v in das.stats.items()})
+        if sec is not None:
+            step_scalars.update({f"sec/{k}": v for k, v in sec.stats.items()})
         stats.add(step_scalars)
         # masked_fill with a Python number: no host-to-device copy, so no sync on CUDA
         first_bad_step = first_bad_step.masked_fill(
@@ -242,6 +260,8 @@ def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int
                 raise TrainingError(f"non-finite loss at epoch {epoch}, step "
                                     f"{first_bad_step.item() + 1}; the last good checkpoint is kept")
             values = {k: v.item() for k, v in step_scalars.items()}
+            # gradients of this step (still held until the next zero_grad), logged only here
+            values.update({k: v.item() for k, v in gradient_norms(model.parameters()).items()})
             running_loss = (stats.sums["loss"] / stats.steps).item()  # mean over the epoch so far
             progress.set_postfix(loss=f"{running_loss:.4f}", step_loss=f"{values['loss']:.4f}")
             if writer is not None:
@@ -305,11 +325,14 @@ def main(argv: Optional[List[str]] = None) -> str:
     splits = datasets.load(opt.dataset, opt.source, use_tv_split=opt.use_tv_split,
                            tv_split_perc=opt.tv_split_perc,
                            tv_split_by_samples=opt.tv_split_by_samples, seed=opt.seed,
-                           folder_name=opt.folder_name)
+                           folder_name=opt.folder_name, data_split=opt.data_split,
+                           data_split_path=opt.data_split_path, data_split_id=opt.data_split_id)
     model = architectures.select(opt.arch, opt.embed_dim, pretrained=opt.pretrained,
-                                 pretrained_path=opt.pretrained_path)
+                                 pretrained_path=opt.pretrained_path, dropout=opt.drop)
     transform_config = model.transform_config(opt.crop_size, opt.augmentation)
-    train_set = ImageDataset(splits.train, build_transform(transform_config, train=True))
+    # --no_random_augmentation: training images get the deterministic test transform
+    train_set = ImageDataset(splits.train, build_transform(
+        transform_config, train=not opt.no_random_augmentation))
     test_transform = build_transform(transform_config, train=False)
 
     def eval_dataset(split):
@@ -325,12 +348,15 @@ def main(argv: Optional[List[str]] = None) -> str:
 
     sampler = datasampler.select(opt.data_sampler, splits.train.labels, opt.bs,
                                  opt.samples_per_class, seed=opt.seed, rank=rank,
-                                 world_size=world_size, class_names=splits.train.class_names)
+                                 world_size=world_size, class_names=splits.train.class_names,
+                                 super_labels=splits.train.super_labels,
+                                 num_super=opt.data_num_super)
     loader = make_train_loader(train_set, sampler, opt, device)
 
     # Miner, criterion and dense anchors.
     criterion = build_criterion(opt, splits.train.num_classes)
     das = build_producer(opt, num_classes=splits.train.num_classes)
+    sec = SphericalEmbeddingConstraint.from_options(opt)
 
     model.to(device)
     if device.type == "cuda":
@@ -338,9 +364,12 @@ def main(argv: Optional[List[str]] = None) -> str:
     criterion.to(device)
     if das is not None:
         das.to(device)
+    if sec is not None:
+        sec.to(device)
     optimizer = make_optimizer(opt, model, criterion)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=opt.tau, gamma=opt.gamma)
-    train_model = distributed.wrap_model(model, device)
+    scheduler = make_scheduler(opt.scheduler, optimizer, opt.tau, opt.step_tau, opt.gamma)
+    # --n_warm leaves the backbone without gradients for a while: DDP must allow that
+    train_model = distributed.wrap_model(model, device, find_unused_parameters=opt.n_warm > 0)
     if opt.compile:
         train_model = torch.compile(train_model)
 
@@ -357,6 +386,8 @@ def main(argv: Optional[List[str]] = None) -> str:
         criterion.load_state_dict(state["criterion"])
         if das is not None:
             das.load_state_dict(state["das"])
+        if sec is not None:
+            sec.load_state_dict(state["sec"])
         sampler.load_state_dict(state["sampler"])
         epoch_stats.load_state_dict(state["epoch_stats"], device)
         start_epoch, global_step, best = state["epoch"], state["global_step"], state["best"]
@@ -391,6 +422,7 @@ def main(argv: Optional[List[str]] = None) -> str:
                               for k, v in scheduler.state_dict().items()},
                 "criterion": criterion.state_dict(),
                 "das": das.state_dict() if das is not None else {},
+                "sec": sec.state_dict() if sec is not None else {},
                 "sampler": sampler.state_dict(), "epoch_stats": epoch_stats.state_dict(),
                 "rng": rng_state()}
 
@@ -405,9 +437,10 @@ def main(argv: Optional[List[str]] = None) -> str:
     for epoch in range(start_epoch, opt.n_epochs):
         started = time.time()
         sampler.set_epoch(epoch)
+        model.warmup = epoch < opt.n_warm  # --n_warm: only the embedding layer trains
         global_step, stopped = train_one_epoch(train_model, criterion, das, optimizer, loader,
                                                device, epoch + 1, epoch_stats, writer, opt, stop,
-                                               global_step)
+                                               global_step, sec=sec)
         if stopped:
             if is_main:
                 ckpt.save_checkpoint(checkpoint_state(epoch), os.path.join(folder, rf.LAST_CHECKPOINT))
@@ -433,6 +466,7 @@ def main(argv: Optional[List[str]] = None) -> str:
             for key, value in row.items():
                 if key != "epoch":
                     writer.add_scalar(f"epoch/{key}", value, epoch + 1)
+            save_frequency_if_due(das, epoch + 1, opt.das_save_frequency_epochs, folder)
             print(f"epoch {epoch + 1}/{opt.n_epochs} loss={row['loss']:.4f}  "
                   f"{format_results(results)}", flush=True)
             current = results.get(selection_key)

@@ -62,6 +62,16 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
     group.add_argument("--crop_size", default=None, type=int,
                        help="Training/test crop size (224 for image benchmarks, 48 for omniglot, "
                             "32 for digits).")
+    group.add_argument("--no_random_augmentation", action="store_true",
+                       help="Train without random augmentation: training images get the test "
+                            "transform (resize + centre crop).")
+    group.add_argument("--data_split", default="default", choices=["default", "ooDML"],
+                       help="Class split: the dataset's own, or ooDML: train/test classes named "
+                            "in --data_split_path (see docs/PARITY.md for the file format).")
+    group.add_argument("--data_split_path", default=None, type=str,
+                       help="ooDML split file: a pickle (as published for CARS196) or JSON.")
+    group.add_argument("--data_split_id", default=0, type=int,
+                       help="Which split of --data_split_path to use.")
     group.add_argument("--kernels", default=None, type=int,
                        help="DataLoader worker processes (default: 6, or fewer on a machine with "
                             "fewer cores).")
@@ -74,12 +84,47 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                             "digits).")
     group.add_argument("--bs", default=None, type=int,
                        help="Mini-batch size of real images (112; 100 for digits).")
+    group.add_argument("--data_num_super", default=1, type=int,
+                       help="super_class_random: super-classes drawn per batch.")
+    group.add_argument("--data_batchmatch_bigbs", default=512, type=int,
+                       help="Coreset / batch-match samplers: size of the big batch a batch is "
+                            "chosen from.")
+    group.add_argument("--data_batchmatch_ncomps", default=10, type=int,
+                       help="Batch-match samplers: candidate batches compared per batch.")
+    group.add_argument("--data_storage_no_update", action="store_true",
+                       help="Storage samplers: do not replace storage entries with each "
+                            "step's embeddings.")
+    group.add_argument("--data_storage_update_every", default=0, type=int,
+                       help="Storage samplers: recompute the whole storage every N steps "
+                            "(0: only at the start of every epoch after the first, with "
+                            "--data_idx_full_prec, as published).")
+    group.add_argument("--data_idx_full_prec", action="store_true",
+                       help="Storage samplers: recompute the whole storage before every epoch.")
+    group.add_argument("--data_d2_coreset_lambda", default=1, type=float,
+                       help="d2_coreset: exponent on the distance weights.")
+    group.add_argument("--data_gc_coreset_lim", default=1e-9, type=float,
+                       help="greedy_coreset: accepted for the published scripts (unused there).")
+    group.add_argument("--data_gc_softened", action="store_true",
+                       help="greedy_coreset: draw among the top 3%% farthest points instead of "
+                            "the farthest.")
+    group.add_argument("--data_sampler_lowproj_dim", default=-1, type=int,
+                       help="Coreset / batch-match samplers: random linear projection of the "
+                            "storage to this dimension first (-1: none).")
+    group.add_argument("--data_sim_measure", default="euclidean", choices=["euclidean"],
+                       help="Distance of the coreset / batch-match samplers (published: only "
+                            "euclidean).")
+    group.add_argument("--data_mb_mom", default=-1, type=float,
+                       help="Storage samplers: momentum of full storage updates (-1: replace).")
+    group.add_argument("--data_mb_lr", default=1, type=float,
+                       help="Storage samplers: step on the momentum term of --data_mb_mom.")
 
     group = parser.add_argument_group("network")
     group.add_argument("--arch", default=None, type=str,
                        help="Backbone name plus option words: frozen, normalize, double; other "
                             "words are a run label (e.g. resnet50_frozen_normalize).")
     group.add_argument("--embed_dim", default=128, type=int, help="Embedding dimension.")
+    group.add_argument("--drop", default=-1, type=float,
+                       help="Dropout probability on the pooled features in training (<= 0: off).")
     group.add_argument("--not_pretrained", action="store_true", help="Start from random weights.")
     group.add_argument("--pretrained", action="store_true",
                        help="Use ImageNet weights even where the dataset default is random init.")
@@ -95,7 +140,13 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                        help="Learning rate of the embedding layer; -1 uses --lr.")
     group.add_argument("--decay", default=0.0004, type=float, help="Weight decay.")
     group.add_argument("--n_epochs", default=None, type=int, help="Training epochs.")
-    group.add_argument("--scheduler", default="multistep", choices=["multistep"])
+    group.add_argument("--n_warm", default=0, type=int,
+                       help="Warm-up: during the first N epochs only the embedding layer trains.")
+    group.add_argument("--scheduler", default="multistep", choices=["multistep", "step"],
+                       help="multistep: decay by --gamma at the epochs of --tau; step: every "
+                            "--step_tau epochs.")
+    group.add_argument("--step_tau", default=10, type=int,
+                       help="Epochs between learning-rate decays of --scheduler step.")
     group.add_argument("--tau", default=[1000], nargs="+", type=int,
                        help="Epochs at which the learning rate is multiplied by --gamma.")
     group.add_argument("--gamma", default=0.3, type=float, help="Learning-rate decay factor.")
@@ -253,6 +304,18 @@ def das_parameters(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--detach", action="store_true", help="Generated rows carry no gradient.")
     add("--aux_loss", action="store_true", help="Loss = L(real) + w * L(real + generated).")
     add("--aux_loss_weight", default=1.0, type=float)
+    add("--das_save_frequency_epochs", default=[], nargs="*", type=int,
+        help="Epochs (1-based) after which DFS's class-by-dimension counter, each row divided "
+             "by its maximum, is saved as das_frequency_epoch<N>.npy in the run folder (for "
+             "`python -m utilities.figures frequency`).")
+
+    group = parser.add_argument_group("SEC (spherical embedding constraint)")
+    add = group.add_argument
+    add("--sec", action="store_true",
+        help="Add the spherical embedding constraint to the loss (modules/sec.py).")
+    add("--sec_wei", default=0.01, type=float, help="Weight of the SEC penalty.")
+    add("--sec_momentum", default=0.999, type=float,
+        help="Momentum of SEC's running mean of the embedding norms.")
     return parser
 
 

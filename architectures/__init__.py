@@ -2,7 +2,8 @@
 
 An arch name is a registered backbone followed by option words joined with ``_``:
 ``frozen`` (frozen BatchNorm), ``normalize`` (L2-normalized embedding), ``double`` (average plus
-max pooling). Any other word is a run label, so the paper's names such as
+max pooling), ``he`` (He initialisation of the embedding layer), ``bn_norm`` (BatchNorm1d after
+the embedding layer). Any other word is a run label, so the paper's names such as
 ``bninception_double_frozen_normalize_multiSim_300epoch_200_250_embeddingProducer_DAS_numScale8``
 are accepted as they are. A new backbone is one file registering a builder
 ``(pretrained, pretrained_path) -> Backbone``.
@@ -19,7 +20,7 @@ from ._base import EmbeddingNetwork, PretrainedWeightsError
 REGISTRY: Registry = Registry("backbone", "--arch")
 REGISTRY.import_members(__name__, __path__)
 
-OPTION_WORDS = ("frozen", "normalize", "double")
+OPTION_WORDS = ("frozen", "normalize", "double", "he", "bn_norm")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,14 @@ class ArchSpec:
     def double(self) -> bool:
         return "double" in self.words
 
+    @property
+    def he(self) -> bool:
+        return "he" in self.words
+
+    @property
+    def bn_norm(self) -> bool:
+        return "bn_norm" in self.words
+
 
 def parse_arch(name: str) -> ArchSpec:
     """Split an arch name into its backbone (longest registered prefix) and option words."""
@@ -47,17 +56,22 @@ def parse_arch(name: str) -> ArchSpec:
         raise UnknownNameError(f"unknown backbone in --arch '{name}'; the name must start with one "
                                f"of: {', '.join(REGISTRY.names())}")
     backbone = max(candidates, key=len)
-    words = frozenset(w for w in name[len(backbone):].split("_") if w)
-    return ArchSpec(backbone, words)
+    parts = [w for w in name[len(backbone):].split("_") if w]
+    words = set(parts)
+    # ``bn_norm`` is one option written with the separator: the words "bn" then "norm".
+    if any(a == "bn" and b == "norm" for a, b in zip(parts, parts[1:])):
+        words.add("bn_norm")
+    return ArchSpec(backbone, frozenset(words))
 
 
 def select(name: str, embed_dim: int, pretrained: bool = True,
-           pretrained_path: Optional[str] = None) -> EmbeddingNetwork:
-    """Build the embedding network described by arch ``name``."""
+           pretrained_path: Optional[str] = None, dropout: float = -1.0) -> EmbeddingNetwork:
+    """Build the embedding network described by arch ``name`` (``dropout``: ``--drop``)."""
     spec = parse_arch(name)
     backbone = REGISTRY.get(spec.backbone)(pretrained, pretrained_path)
     return EmbeddingNetwork(backbone, embed_dim, normalize=spec.normalize, double_pool=spec.double,
-                            frozen_bn=spec.frozen, name=name)
+                            frozen_bn=spec.frozen, name=name, dropout=dropout,
+                            he_init=spec.he, bn_norm=spec.bn_norm)
 
 
 __all__ = ["select", "parse_arch", "EmbeddingNetwork", "PretrainedWeightsError", "REGISTRY"]

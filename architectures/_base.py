@@ -35,14 +35,32 @@ class EmbeddingNetwork(nn.Module):
     the paper's scripts). ``frozen_bn`` keeps every BatchNorm layer in eval mode with fixed running
     statistics and affine terms, which the DML literature uses because class-balanced batches of
     2 images per class give poor batch statistics.
+
+    Options of the published DAS code: ``dropout`` (``--drop``; applied to the pooled features
+    in training when > 0), ``he_init`` (arch word ``he``: Kaiming-normal fan-out initialisation
+    of the embedding layer, zero bias), ``bn_norm`` (arch word ``bn_norm``: BatchNorm1d after the
+    embedding layer, part of the embedding head, never frozen). ``warmup`` (set per epoch for
+    ``--n_warm``) stops gradients at the pooled features, so only the embedding head learns.
+    ``forward(images, return_norms=True)`` also returns the L2 norm of every row before the
+    normalization, which the spherical embedding constraint (``modules/sec.py``) needs.
     """
 
     def __init__(self, backbone: Backbone, embed_dim: int, normalize: bool = True,
-                 double_pool: bool = False, frozen_bn: bool = False, name: str = "") -> None:
+                 double_pool: bool = False, frozen_bn: bool = False, name: str = "",
+                 dropout: float = -1.0, he_init: bool = False, bn_norm: bool = False) -> None:
         super().__init__()
+        if not dropout < 1.0:
+            raise ValueError(f"--drop {dropout} must be below 1 (a dropout probability; <= 0 is "
+                             f"off)")
         self.name = name
         self.features = backbone.features
         self.last_linear = nn.Linear(backbone.feature_dim, embed_dim)
+        if he_init:
+            nn.init.kaiming_normal_(self.last_linear.weight, mode="fan_out")
+            nn.init.zeros_(self.last_linear.bias)
+        self.embedding_bn = nn.BatchNorm1d(embed_dim) if bn_norm else None
+        self.dropout = float(dropout)
+        self.warmup = False
         self.embed_dim = embed_dim
         self.normalize = normalize
         self.double_pool = double_pool
@@ -55,7 +73,9 @@ class EmbeddingNetwork(nn.Module):
                     parameter.requires_grad_(False)
 
     def batchnorm_layers(self) -> Iterable[nn.Module]:
-        return (m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+        """The backbone's BatchNorm layers (``frozen`` freezes these, not ``bn_norm``'s)."""
+        return (m for m in self.features.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm))
 
     def train(self, mode: bool = True) -> "EmbeddingNetwork":
         super().train(mode)
@@ -69,20 +89,32 @@ class EmbeddingNetwork(nn.Module):
                                **self.input_convention)
 
     def embedding_parameters(self) -> Iterable[nn.Parameter]:
-        return self.last_linear.parameters()
+        """The embedding head: the linear layer, and the ``bn_norm`` BatchNorm when present."""
+        head = list(self.last_linear.parameters())
+        if self.embedding_bn is not None:
+            head += list(self.embedding_bn.parameters())
+        return head
 
     def backbone_parameters(self) -> Iterable[nn.Parameter]:
         return (p for p in self.features.parameters() if p.requires_grad)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, return_norms: bool = False):
+        """Embeddings (B, D); with ``return_norms`` also the pre-normalization row norms (B,)."""
         feature_map = self.features(images)
         pooled = F.adaptive_avg_pool2d(feature_map, 1).flatten(1)
         if self.double_pool:
             pooled = pooled + F.adaptive_max_pool2d(feature_map, 1).flatten(1)
+        if self.warmup:  # --n_warm: the backbone gets no gradient, as in the published code
+            pooled = pooled.detach()
+        if self.dropout > 0:
+            pooled = F.dropout(pooled, p=self.dropout, training=self.training)
         embeddings = self.last_linear(pooled)
+        if self.embedding_bn is not None:
+            embeddings = self.embedding_bn(embeddings)
+        norms = embeddings.float().norm(dim=-1) if return_norms else None
         if self.normalize:
             embeddings = F.normalize(embeddings.float(), dim=-1)
-        return embeddings
+        return (embeddings, norms) if return_norms else embeddings
 
 
 def hub_cache_file(url: str) -> str:

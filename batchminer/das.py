@@ -24,7 +24,7 @@ backbone and the miner. Build it with :func:`build_producer`.
 from __future__ import annotations
 
 import argparse
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -288,6 +288,13 @@ class DenselyAnchoredSampling(nn.Module):
         key = torch.add(self.tie_break, self.dfs_counter[labels], alpha=self.embed_dim)
         return key.topk(self.dfs_num_scale, dim=1).indices
 
+    def normalized_frequency(self) -> torch.Tensor:
+        """The DFS counter with each class's row divided by its maximum (C x D in [0, 1]; a
+        class never seen is all zeros): the frequency matrix of the paper's figure, normalized
+        as in the published ``others/visFRMClean`` data."""
+        counter = self.dfs_counter.double()
+        return (counter / counter.amax(dim=1, keepdim=True).clamp(min=1)).float()
+
     # ----------------------------------------------------------------------------- generation
     def generate(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Step 3: (num_produce, B, D) generated copies of the float32 ``embeddings`` from the
@@ -362,3 +369,22 @@ def build_producer(opt: argparse.Namespace, num_classes: int) -> Optional[Densel
                    opt.das_dfs_scale_left, opt.das_dfs_scale_right,
                    opt.das_mts_num_transformation_bank, opt.das_mts_scale)
     return DenselyAnchoredSampling.from_options(opt, num_classes)
+
+
+FREQUENCY_FILE = "das_frequency_epoch{}.npy"
+
+
+def save_frequency_if_due(das: Optional[DenselyAnchoredSampling], epoch: int,
+                          epochs: Sequence[int], folder: str) -> Optional[str]:
+    """After epoch ``epoch`` (1-based), save ``das.normalized_frequency()`` as
+    ``<folder>/das_frequency_epoch<epoch>.npy`` when ``epoch`` is in ``--das_save_frequency_epochs``;
+    returns the path written, or None."""
+    if das is None or epoch not in epochs:
+        return None
+    import os
+
+    import numpy as np
+
+    path = os.path.join(folder, FREQUENCY_FILE.format(epoch))
+    np.save(path, das.normalized_frequency().cpu().numpy())
+    return path

@@ -17,14 +17,22 @@ REGISTRY.import_members(__name__, __path__)
 
 def load(name: str, source: Optional[str], use_tv_split: bool = False, tv_split_perc: float = 0.8,
          tv_split_by_samples: bool = False, seed: int = 0,
-         folder_name: Optional[str] = None) -> DatasetSplits:
-    """Parse dataset ``name`` under ``source``, refuse evaluation data that would inflate the
-    scores (see datasets/_integrity.py), and optionally hold out validation classes."""
+         folder_name: Optional[str] = None, data_split: str = "default",
+         data_split_path: Optional[str] = None, data_split_id: int = 0) -> DatasetSplits:
+    """Parse dataset ``name`` under ``source``, optionally re-split its classes by a split file
+    (``data_split='ooDML'``, see ``_class_split.py``), refuse evaluation data that would inflate
+    the scores (see ``_integrity.py``), and optionally hold out validation classes."""
+    from ._class_split import SPLIT_CHOICES, apply_class_split
     from ._integrity import check_integrity
     from ._split import split_train_validation
 
+    if data_split not in SPLIT_CHOICES:
+        raise DataError(f"unknown --data_split '{data_split}'; valid names: "
+                        f"{', '.join(SPLIT_CHOICES)}")
     parser = REGISTRY.get(name)
     splits = parser(source, folder_name=folder_name)
+    if data_split == "ooDML":
+        splits = apply_class_split(splits, data_split_path, data_split_id)
     check_integrity(splits)
     if use_tv_split:
         splits = split_train_validation(splits, tv_split_perc, by_samples=tv_split_by_samples,

@@ -67,11 +67,15 @@ def loss_scale() -> float:
     return float(world_size())
 
 
-def wrap_model(model: nn.Module, device: torch.device) -> nn.Module:
+def wrap_model(model: nn.Module, device: torch.device,
+               find_unused_parameters: bool = False) -> nn.Module:
+    """DDP around ``model``; ``find_unused_parameters`` for steps where some parameters get no
+    gradient (``--n_warm``)."""
     if not is_distributed():
         return model
     device_ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+                                               find_unused_parameters=find_unused_parameters)
 
 
 def broadcast_string(text: str) -> str:

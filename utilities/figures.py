@@ -4,6 +4,7 @@
     python -m utilities.figures retrieval RUN_DIR [RUN_DIR2] --random 6 --top_k 5
     python -m utilities.figures retrieval BASELINE_RUN DAS_RUN --queries 12 345 678
     python -m utilities.figures embedding RUN_DIR --method tsne         # or pca
+    python -m utilities.figures frequency RUN_DIR [--max_classes 48]     # DAS's DFS counter
 
 ``curves`` reads ``metrics.csv`` only: test Recall@K, NMI (and F1, MAP@R when logged) and the
 training loss over the epochs, several runs overlaid, the best epoch marked. ``retrieval`` and
@@ -16,6 +17,11 @@ and embed the evaluation split of the run's dataset, read from the run's ``--sou
   each query gets one row per run, so baseline and + DAS can be compared on the same queries.
 * ``embedding``: a 2-D t-SNE or PCA (scikit-learn) of the split's embeddings, one colour per class
   (at most ``--max_classes`` classes, drawn at random when there are more).
+
+* ``frequency``: the paper's frequency-matrix figure: DFS's class-by-dimension counter saved by
+  ``--das_save_frequency_epochs`` (``das_frequency_epoch<N>.npy``, each row divided by its
+  maximum), one heatmap per saved epoch side by side, classes as rows, dimensions as columns
+  ordered by the last saved epoch's total count (most counted first), colour scale 0-1.
 
 Each command writes into the first run folder unless ``--out`` says otherwise, prints the path
 and exits 2 with a one-line message on bad input (no checkpoint, data not found, bad index).
@@ -463,6 +469,57 @@ def plot_embedding(folder: str, out: str, method: str = "tsne", max_classes: int
 
 
 # ----------------------------------------------------------------------------- command line
+# ----------------------------------------------------------------------------- frequency
+FREQUENCY_PATTERN = "das_frequency_epoch"
+
+
+def frequency_files(folder: str) -> List[Tuple[int, str]]:
+    """``(epoch, path)`` of the run's saved DFS counters, by epoch."""
+    if not os.path.isdir(folder):
+        raise FigureError(f"'{folder}' is not a run folder")
+    found = []
+    for name in os.listdir(folder):
+        stem, ext = os.path.splitext(name)
+        if ext == ".npy" and stem.startswith(FREQUENCY_PATTERN):
+            number = stem[len(FREQUENCY_PATTERN):]
+            if number.isdigit():
+                found.append((int(number), os.path.join(folder, name)))
+    if not found:
+        raise FigureError(f"'{folder}' holds no {FREQUENCY_PATTERN}<N>.npy; train with "
+                          f"--embedding_producer_used --das_save_frequency_epochs N ...")
+    return sorted(found)
+
+
+def dimension_order(last: np.ndarray) -> np.ndarray:
+    """Columns by decreasing total over the classes of the last epoch's matrix (ties: lower
+    dimension first)."""
+    return np.argsort(-last.sum(axis=0), kind="stable")
+
+
+def plot_frequency(folder: str, out: str, max_classes: int = 48) -> str:
+    """Heatmaps of the saved normalized DFS counters, side by side (see the module docstring)."""
+    files = frequency_files(folder)
+    matrices = [np.load(path) for _, path in files]
+    shapes = {m.shape for m in matrices}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise FigureError(f"the frequency matrices of '{folder}' differ in shape or are not "
+                          f"2-D: {sorted(shapes)}")
+    order = dimension_order(matrices[-1])
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(matrices), figsize=(5.0 * len(matrices) + 1.0, 4.5),
+                             squeeze=False)
+    image = None
+    for ax, (epoch, _), matrix in zip(axes[0], files, matrices):
+        image = ax.imshow(matrix[:max_classes, order], aspect="auto", cmap="jet", vmin=0.0,
+                          vmax=1.0, interpolation="nearest")
+        ax.set_title(f"epoch {epoch}")
+        ax.set_xlabel("dimension (by last epoch's count)")
+        ax.set_ylabel("class")
+    fig.colorbar(image, ax=list(axes[0]), fraction=0.02)
+    _save(fig, out)
+    return out
+
+
 def _default_out(folders: Sequence[str], stem: str) -> str:
     name = stem
     if len(folders) > 1:
@@ -505,19 +562,28 @@ def build_parser() -> argparse.ArgumentParser:
     embedding.add_argument("--max_points", type=int, default=2000)
     model_options(embedding)
 
+    frequency = commands.add_parser("frequency", help="DAS's DFS counter by class and dimension")
+    frequency.add_argument("runs", nargs=1, help="Run folder with das_frequency_epoch<N>.npy.")
+    frequency.add_argument("--max_classes", type=int, default=48,
+                           help="Rows drawn (the first classes; the paper shows 48).")
+
     for sub in (curves, retrieval):
         sub.add_argument("--labels", nargs="+", default=None, help="One label per run.")
-    for sub in (curves, retrieval, embedding):
+    for sub in (curves, retrieval, embedding, frequency):
         sub.add_argument("--out", default=None, help="PNG path (default: in the first run folder).")
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "curves":  # metrics.csv only: no torch import
+    if args.command in ("curves", "frequency"):  # files of the run only: no torch import
         try:
-            out = plot_curves(args.runs, args.out or _default_out(args.runs, "curves"),
-                              args.labels, args.split)
+            if args.command == "curves":
+                out = plot_curves(args.runs, args.out or _default_out(args.runs, "curves"),
+                                  args.labels, args.split)
+            else:
+                out = plot_frequency(args.runs[0], args.out or _default_out(args.runs, "frequency"),
+                                     args.max_classes)
         except FigureError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

@@ -1,0 +1,1 @@
+"""Training-time modules that are neither a criterion nor a miner (published ``modules/``)."""
