@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
+
+from utilities.options import (OptionParser, at_least, between, document_ranges, given_options,
+                               greater_than, non_negative_float, non_negative_int, positive_float,
+                               positive_int, torch_device)
 
 # Defaults per dataset for options left unset on the command line. The bundled ``digits`` set is
 # tiny (8x8 images), so it trains a small network from scratch at a small crop on a CPU.
@@ -45,31 +49,32 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                        help="Split the training classes into train and validation (class-disjoint).")
     group.add_argument("--tv_split_by_samples", action="store_true",
                        help="Split per class by samples instead of by classes.")
-    group.add_argument("--tv_split_perc", default=0.8, type=float,
+    group.add_argument("--tv_split_perc", default=0.8,
+                       type=between(0.0, 1.0, open_low=True, open_high=True),
                        help="Share of the training classes (or samples) kept for training.")
     group.add_argument("--augmentation", default=None, choices=["base", "adv", "big", "red"],
                        help="base: RandomResizedCrop+flip; adv: + colour jitter; big: 256 crops; "
                             "red: resize+random crop instead of RandomResizedCrop (default: base; "
                             "red for digits).")
-    group.add_argument("--crop_size", default=None, type=int,
+    group.add_argument("--crop_size", default=None, type=positive_int,
                        help="Training/test crop size (224 for image benchmarks, 32 for digits).")
-    group.add_argument("--kernels", default=None, type=int,
+    group.add_argument("--kernels", default=None, type=non_negative_int,
                        help="DataLoader worker processes (default: 6, or fewer on a machine with "
                             "fewer cores).")
 
     group = parser.add_argument_group("batches")
     group.add_argument("--data_sampler", default="class_random", type=str,
                        help="Batch sampler (see datasampler/).")
-    group.add_argument("--samples_per_class", default=None, type=int,
+    group.add_argument("--samples_per_class", default=None, type=positive_int,
                        help="Images per class in a class_random batch (2; 20 for digits).")
-    group.add_argument("--bs", default=None, type=int,
+    group.add_argument("--bs", default=None, type=positive_int,
                        help="Mini-batch size of real images (112; 100 for digits).")
 
     group = parser.add_argument_group("network")
     group.add_argument("--arch", default=None, type=str,
                        help="Backbone name plus option words: frozen, normalize, double; other "
                             "words are a run label (e.g. resnet50_frozen_normalize).")
-    group.add_argument("--embed_dim", default=128, type=int, help="Embedding dimension.")
+    group.add_argument("--embed_dim", default=128, type=positive_int, help="Embedding dimension.")
     group.add_argument("--not_pretrained", action="store_true", help="Start from random weights.")
     group.add_argument("--pretrained", action="store_true",
                        help="Use ImageNet weights even where the dataset default is random init.")
@@ -79,15 +84,15 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
 
     group = parser.add_argument_group("optimisation")
     group.add_argument("--optim", default="adam", choices=["adam", "sgd", "adamw"])
-    group.add_argument("--lr", default=None, type=float, help="Learning rate (default 1e-5).")
-    group.add_argument("--fc_lr", default=-1, type=float,
+    group.add_argument("--lr", default=None, type=positive_float, help="Learning rate (default 1e-5).")
+    group.add_argument("--fc_lr", default=-1, type=greater_than(0.0, also=(-1,)),
                        help="Learning rate of the embedding layer; -1 uses --lr.")
-    group.add_argument("--decay", default=0.0004, type=float, help="Weight decay.")
-    group.add_argument("--n_epochs", default=None, type=int, help="Training epochs.")
+    group.add_argument("--decay", default=0.0004, type=non_negative_float, help="Weight decay.")
+    group.add_argument("--n_epochs", default=None, type=non_negative_int, help="Training epochs.")
     group.add_argument("--scheduler", default="multistep", choices=["multistep"])
-    group.add_argument("--tau", default=[1000], nargs="+", type=int,
+    group.add_argument("--tau", default=[1000], nargs="+", type=positive_int,
                        help="Epochs at which the learning rate is multiplied by --gamma.")
-    group.add_argument("--gamma", default=0.3, type=float, help="Learning-rate decay factor.")
+    group.add_argument("--gamma", default=0.3, type=positive_float, help="Learning-rate decay factor.")
     group.add_argument("--loss", default="multisimilarity", type=str, help="Criterion (see criteria/).")
     group.add_argument("--batch_mining", default="distance", type=str,
                        help="Batch miner for tuple-based criteria (see batchminer/).")
@@ -108,22 +113,22 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                        help="Accepted for compatibility: faiss-gpu is used whenever available.")
     group.add_argument("--eval_initial", action="store_true",
                        help="Also evaluate the untrained network (row epoch 0 of metrics.csv).")
-    group.add_argument("--kmeans_iterations", default=20, type=int,
+    group.add_argument("--kmeans_iterations", default=20, type=positive_int,
                        help="k-means iterations for NMI/F1.")
-    group.add_argument("--eval_bs", default=None, type=int,
+    group.add_argument("--eval_bs", default=None, type=positive_int,
                        help="Batch size for computing evaluation embeddings (default: --bs).")
 
     group = parser.add_argument_group("setup")
-    group.add_argument("--seed", default=0, type=int, help="Seeds Python, NumPy and torch.")
-    group.add_argument("--gpu", default=[0], nargs="+", type=int, help="CUDA card to use.")
-    group.add_argument("--device", default=None, type=str,
+    group.add_argument("--seed", default=0, type=between(0, 2**32 - 1), help="Seeds Python, NumPy and torch.")
+    group.add_argument("--gpu", default=[0], nargs="+", type=non_negative_int, help="CUDA card to use.")
+    group.add_argument("--device", default=None, type=torch_device,
                        help="Force a torch device (cpu, cuda, cuda:1); default: CUDA when present.")
     group.add_argument("--savename", default="", type=str, help="Run folder name.")
     group.add_argument("--save_path", default="Training_Results", type=str,
                        help="Parent folder of run folders.")
     group.add_argument("--resume", default=None, type=str,
                        help="Run folder to continue from its checkpoint_last.pth.")
-    group.add_argument("--log_every", default=20, type=int,
+    group.add_argument("--log_every", default=20, type=positive_int,
                        help="Steps between per-step TensorBoard scalars (each one syncs once).")
     return parser
 
@@ -131,60 +136,60 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
 def loss_specific_parameters(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group = parser.add_argument_group("criteria")
     add = group.add_argument
-    add("--loss_contrastive_pos_margin", default=0, type=float)
-    add("--loss_contrastive_neg_margin", default=1, type=float)
-    add("--loss_triplet_margin", default=0.2, type=float)
-    add("--loss_margin_margin", default=0.2, type=float)
-    add("--loss_margin_beta_lr", default=0.0005, type=float)
-    add("--loss_margin_beta", default=1.2, type=float)
-    add("--loss_margin_nu", default=0, type=float)
+    add("--loss_contrastive_pos_margin", default=0, type=non_negative_float)
+    add("--loss_contrastive_neg_margin", default=1, type=non_negative_float)
+    add("--loss_triplet_margin", default=0.2, type=non_negative_float)
+    add("--loss_margin_margin", default=0.2, type=non_negative_float)
+    add("--loss_margin_beta_lr", default=0.0005, type=non_negative_float)
+    add("--loss_margin_beta", default=1.2, type=non_negative_float)
+    add("--loss_margin_nu", default=0, type=non_negative_float)
     add("--loss_margin_beta_constant", action="store_true")
-    add("--loss_proxynca_lrmulti", default=50, type=float)
-    add("--loss_proxyanchor_margin", default=0.1, type=float)
-    add("--loss_proxyanchor_alpha", default=32, type=float)
-    add("--loss_proxyanchor_lrmulti", default=100, type=float)
-    add("--loss_proxyanchor_decay", default=0.0, type=float)
-    add("--loss_npair_l2", default=0.005, type=float)
-    add("--loss_angular_alpha", default=45, type=float)
-    add("--loss_angular_npair_ang_weight", default=2, type=float)
-    add("--loss_angular_npair_l2", default=0.005, type=float)
-    add("--loss_multisimilarity_pos_weight", default=2, type=float)
-    add("--loss_multisimilarity_neg_weight", default=40, type=float)
-    add("--loss_multisimilarity_margin", default=0.1, type=float)
-    add("--loss_multisimilarity_thresh", default=0.5, type=float)
-    add("--loss_lifted_neg_margin", default=1, type=float)
-    add("--loss_lifted_l2", default=0.005, type=float)
-    add("--loss_quadruplet_margin_alpha_1", default=0.2, type=float)
-    add("--loss_quadruplet_margin_alpha_2", default=0.2, type=float)
-    add("--loss_softtriplet_n_centroids", default=2, type=int)
-    add("--loss_softtriplet_margin_delta", default=0.01, type=float)
-    add("--loss_softtriplet_gamma", default=0.1, type=float)
-    add("--loss_softtriplet_lambda", default=8, type=float)
-    add("--loss_softtriplet_reg_weight", default=0.2, type=float)
-    add("--loss_softtriplet_lrmulti", default=1, type=float)
-    add("--loss_softmax_lr", default=0.00001, type=float)
-    add("--loss_softmax_temperature", default=0.05, type=float)
-    add("--loss_histogram_nbins", default=65, type=int)
-    add("--loss_snr_margin", default=0.2, type=float)
-    add("--loss_snr_reg_lambda", default=0.005, type=float)
-    add("--loss_arcface_lr", default=0.0005, type=float)
-    add("--loss_arcface_angular_margin", default=0.5, type=float)
-    add("--loss_arcface_feature_scale", default=16, type=float)
-    add("--loss_adversarial_separation_weight", default=1500, type=float)
-    add("--loss_adversarial_separation_proj_dim", default=512, type=int)
-    add("--loss_adversarial_separation_lr", default=0.0005, type=float)
+    add("--loss_proxynca_lrmulti", default=50, type=non_negative_float)
+    add("--loss_proxyanchor_margin", default=0.1, type=non_negative_float)
+    add("--loss_proxyanchor_alpha", default=32, type=positive_float)
+    add("--loss_proxyanchor_lrmulti", default=100, type=non_negative_float)
+    add("--loss_proxyanchor_decay", default=0.0, type=non_negative_float)
+    add("--loss_npair_l2", default=0.005, type=non_negative_float)
+    add("--loss_angular_alpha", default=45, type=between(0.0, 90.0, open_low=True, open_high=True))
+    add("--loss_angular_npair_ang_weight", default=2, type=non_negative_float)
+    add("--loss_angular_npair_l2", default=0.005, type=non_negative_float)
+    add("--loss_multisimilarity_pos_weight", default=2, type=positive_float)
+    add("--loss_multisimilarity_neg_weight", default=40, type=positive_float)
+    add("--loss_multisimilarity_margin", default=0.1, type=non_negative_float)
+    add("--loss_multisimilarity_thresh", default=0.5, type=between(-1.0, 1.0))
+    add("--loss_lifted_neg_margin", default=1, type=non_negative_float)
+    add("--loss_lifted_l2", default=0.005, type=non_negative_float)
+    add("--loss_quadruplet_margin_alpha_1", default=0.2, type=non_negative_float)
+    add("--loss_quadruplet_margin_alpha_2", default=0.2, type=non_negative_float)
+    add("--loss_softtriplet_n_centroids", default=2, type=positive_int)
+    add("--loss_softtriplet_margin_delta", default=0.01, type=non_negative_float)
+    add("--loss_softtriplet_gamma", default=0.1, type=positive_float)
+    add("--loss_softtriplet_lambda", default=8, type=positive_float)
+    add("--loss_softtriplet_reg_weight", default=0.2, type=non_negative_float)
+    add("--loss_softtriplet_lrmulti", default=1, type=non_negative_float)
+    add("--loss_softmax_lr", default=0.00001, type=positive_float)
+    add("--loss_softmax_temperature", default=0.05, type=positive_float)
+    add("--loss_histogram_nbins", default=65, type=at_least(2))
+    add("--loss_snr_margin", default=0.2, type=non_negative_float)
+    add("--loss_snr_reg_lambda", default=0.005, type=non_negative_float)
+    add("--loss_arcface_lr", default=0.0005, type=positive_float)
+    add("--loss_arcface_angular_margin", default=0.5, type=between(0.0, 3.141592653589793))
+    add("--loss_arcface_feature_scale", default=16, type=positive_float)
+    add("--loss_adversarial_separation_weight", default=1500, type=non_negative_float)
+    add("--loss_adversarial_separation_proj_dim", default=512, type=positive_int)
+    add("--loss_adversarial_separation_lr", default=0.0005, type=positive_float)
     return parser
 
 
 def batchmining_specific_parameters(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group = parser.add_argument_group("batch miners")
     add = group.add_argument
-    add("--miner_distance_lower_cutoff", default=0.5, type=float)
-    add("--miner_distance_upper_cutoff", default=1.4, type=float)
-    add("--miner_rho_distance_lower_cutoff", default=0.5, type=float)
-    add("--miner_rho_distance_upper_cutoff", default=1.4, type=float)
-    add("--miner_rho_distance_cp", default=0.2, type=float)
-    add("--miner_semihard_margin", default=None, type=float,
+    add("--miner_distance_lower_cutoff", default=0.5, type=non_negative_float)
+    add("--miner_distance_upper_cutoff", default=1.4, type=positive_float)
+    add("--miner_rho_distance_lower_cutoff", default=0.5, type=non_negative_float)
+    add("--miner_rho_distance_upper_cutoff", default=1.4, type=positive_float)
+    add("--miner_rho_distance_cp", default=0.2, type=between(0.0, 1.0))
+    add("--miner_semihard_margin", default=None, type=non_negative_float,
         help="Margin of the semihard window; default --loss_triplet_margin.")
     return parser
 
@@ -195,22 +200,22 @@ def das_parameters(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--embedding_producer_used", action="store_true",
         help="Add generated embeddings (dense anchors) to every batch.")
     add("--produce_type", default="DAS", type=str, help="Embedding producer; only DAS exists.")
-    add("--das_num_produce", default=3, type=int, help="Generated copies of the batch per step.")
+    add("--das_num_produce", default=3, type=positive_int, help="Generated copies of the batch per step.")
     add("--das_not_normalize", action="store_true", help="Do not L2-normalize generated rows.")
-    add("--das_dfs_num_scale", default=4, type=int, help="K: dimensions scaled by DFS.")
-    add("--das_dfs_scale_left", default=0.5, type=float, help="DFS scale factors from [left, right).")
-    add("--das_dfs_scale_right", default=2.0, type=float)
-    add("--das_mts_num_transformation_bank", default=10, type=int,
+    add("--das_dfs_num_scale", default=4, type=positive_int, help="K: dimensions scaled by DFS.")
+    add("--das_dfs_scale_left", default=0.5, type=positive_float, help="DFS scale factors from [left, right).")
+    add("--das_dfs_scale_right", default=2.0, type=positive_float)
+    add("--das_mts_num_transformation_bank", default=10, type=positive_int,
         help="Q: differences kept per class by MTS.")
-    add("--das_mts_scale", default=0.01, type=float, help="Scale of the MTS shift.")
+    add("--das_mts_scale", default=0.01, type=non_negative_float, help="Scale of the MTS shift.")
     add("--detach", action="store_true", help="Generated rows carry no gradient.")
     add("--aux_loss", action="store_true", help="Loss = L(real) + w * L(real + generated).")
-    add("--aux_loss_weight", default=1.0, type=float)
+    add("--aux_loss_weight", default=1.0, type=non_negative_float)
     return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OptionParser(
         description="Deep metric learning with densely-anchored sampling (DAS).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -218,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     loss_specific_parameters(parser)
     batchmining_specific_parameters(parser)
     das_parameters(parser)
+    document_ranges(parser)
     return parser
 
 
@@ -243,6 +249,21 @@ def resolve_dataset_defaults(opt: argparse.Namespace) -> argparse.Namespace:
     if opt.miner_semihard_margin is None:
         opt.miner_semihard_margin = opt.loss_triplet_margin
     return opt
+
+
+# Options that default to None and are always set once resolve_dataset_defaults has run: a saved
+# config.json must hold a value for each.
+FILLED_IN = ("arch", "crop_size", "n_epochs", "bs", "samples_per_class", "augmentation", "kernels",
+             "lr", "evaluation_metrics", "eval_bs", "miner_semihard_margin")
+
+
+def parse_command_line(argv: Optional[List[str]] = None
+                       ) -> Tuple[argparse.Namespace, Dict[str, object]]:
+    """Parse the command line once: ``(options as typed with parser defaults, {dest: value} of the
+    options actually typed})``. Dataset defaults are not filled in (see parse_options)."""
+    parser = build_parser()
+    opt = parser.parse_args(argv)
+    return opt, given_options(parser, argv)
 
 
 def parse_options(argv: Optional[List[str]] = None) -> argparse.Namespace:
