@@ -113,8 +113,9 @@ def validate_options(opt: argparse.Namespace, given: Optional[Dict] = None) -> N
     else:
         das_only = [name for dest, name in das_option_names().items() if dest in given]
         if das_only:
-            raise ValueError(f"{', '.join(das_only)} act only with --embedding_producer_used, "
-                             f"which is not given; add it to use DAS, or drop them")
+            raise ValueError(f"{', '.join(das_only)} {'acts' if len(das_only) == 1 else 'act'} "
+                             f"only with --embedding_producer_used, which is not given; add it "
+                             f"to use DAS, or drop {'it' if len(das_only) == 1 else 'them'}")
 
 
 def das_option_names() -> Dict[str, str]:
