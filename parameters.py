@@ -216,6 +216,7 @@ def das_parameters(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OptionParser(
+        prog="main.py",
         description="Deep metric learning with densely-anchored sampling (DAS).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
