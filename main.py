@@ -47,7 +47,7 @@ SETUP = {"finished": False, "folder": ""}  # see run(): ValueErrors before this 
 # none of them changes what is trained (--no_amp and --compile only on CUDA, in rounding).
 RESUME_OVERRIDABLE = ("n_epochs", "kernels", "gpu", "device", "log_every", "source", "eval_bs",
                       "evaluate_on_gpu", "no_train_metrics", "compile", "no_amp")
-# Options that act only with --embedding_producer_used: given without it, they are refused.
+# The switch that turns DAS on; the other options of its group, given without it, are refused.
 DAS_SWITCH = "embedding_producer_used"
 
 
@@ -378,7 +378,8 @@ def loader_worker_guard(folder: str, opt: argparse.Namespace):
     try:
         yield
     except RuntimeError as error:
-        if "DataLoader worker" not in str(error):
+        # torch: "DataLoader worker (pid(s) N) exited unexpectedly" / "... is killed by signal"
+        if isinstance(error, DataError) or "DataLoader worker (pid" not in str(error):
             raise
         fewer = f" --kernels {opt.kernels // 2}" if opt.kernels > 1 else " --kernels 0"
         detail = str(error).strip().splitlines()[0].rstrip(". ")
@@ -624,9 +625,11 @@ def run(argv: Optional[List[str]] = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        folder = SETUP["folder"]
         hint = (f"; the last saved checkpoint is kept. Continue with: python main.py --resume "
-                f"{SETUP['folder']}" if SETUP["finished"] else "")
-        print(f"\nerror: interrupted by a second signal{hint}", file=sys.stderr)
+                f"{folder}" if folder and os.path.isfile(os.path.join(folder, rf.LAST_CHECKPOINT))
+                else "")
+        print(f"\nerror: interrupted{hint}", file=sys.stderr)
         return 130
     except OSError as error:  # e.g. a full disk while writing metrics.csv
         where = f" '{error.filename}'" if error.filename else ""

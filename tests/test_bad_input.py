@@ -416,3 +416,20 @@ def test_range_helper_messages():
     with pytest.raises(argparse.ArgumentTypeError, match="expected a number >= 0, got inf"):
         options.non_negative_float("inf")
     assert options.greater_than(0.0, also=(-1,))("-1") == -1.0
+
+
+def test_interrupt_outside_a_save_is_one_line_with_the_resume_command(generated_folder, tmp_path,
+                                                                     monkeypatch, capsys):
+    real_epoch, calls = main.train_one_epoch, {"n": 0}
+
+    def interrupted_in_epoch_two(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # what StopRequest raises on a second Ctrl-C
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(main, "train_one_epoch", interrupted_in_epoch_two)
+    assert main.run(tiny(generated_folder, tmp_path, epochs=2)) == 130
+    err = capsys.readouterr().err
+    assert f"error: interrupted; the last saved checkpoint is kept. Continue with: python main.py " \
+           f"--resume {tmp_path / 'run'}" in err and "Traceback" not in err
