@@ -345,9 +345,9 @@ def raise_if_non_finite(bad_loss_step: torch.Tensor, bad_weights_step: torch.Ten
         raise TrainingError(f"non-finite loss at epoch {epoch}, step {bad_loss + 1}; the last good "
                             f"checkpoint is kept")
     if bad_weights >= 0:
-        raise TrainingError(f"non-finite weights at epoch {epoch}, step {bad_weights + 1} (the loss "
-                            f"was finite; weights are checked every --log_every steps and at the "
-                            f"end of an epoch); the last good checkpoint is kept")
+        raise TrainingError(f"non-finite weights at epoch {epoch}, step {bad_weights + 1} (the "
+                            f"loss was finite; weights are checked every --log_every steps and "
+                            f"at the end of an epoch); the last good checkpoint is kept")
 
 
 def evaluate_all(model, eval_sets, opt, device) -> Dict[str, float]:

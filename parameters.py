@@ -84,7 +84,8 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
 
     group = parser.add_argument_group("optimisation")
     group.add_argument("--optim", default="adam", choices=["adam", "sgd", "adamw"])
-    group.add_argument("--lr", default=None, type=positive_float, help="Learning rate (default 1e-5).")
+    group.add_argument("--lr", default=None, type=positive_float,
+                       help="Learning rate (default 1e-5).")
     group.add_argument("--fc_lr", default=-1, type=greater_than(0.0, also=(-1,)),
                        help="Learning rate of the embedding layer; -1 uses --lr.")
     group.add_argument("--decay", default=0.0004, type=non_negative_float, help="Weight decay.")
@@ -92,7 +93,8 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
     group.add_argument("--scheduler", default="multistep", choices=["multistep"])
     group.add_argument("--tau", default=[1000], nargs="+", type=positive_int,
                        help="Epochs at which the learning rate is multiplied by --gamma.")
-    group.add_argument("--gamma", default=0.3, type=positive_float, help="Learning-rate decay factor.")
+    group.add_argument("--gamma", default=0.3, type=positive_float,
+                       help="Learning-rate decay factor.")
     group.add_argument("--loss", default="multisimilarity", type=str, help="Criterion (see criteria/).")
     group.add_argument("--batch_mining", default="distance", type=str,
                        help="Batch miner for tuple-based criteria (see batchminer/).")
@@ -119,8 +121,10 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                        help="Batch size for computing evaluation embeddings (default: --bs).")
 
     group = parser.add_argument_group("setup")
-    group.add_argument("--seed", default=0, type=between(0, 2**32 - 1), help="Seeds Python, NumPy and torch.")
-    group.add_argument("--gpu", default=[0], nargs="+", type=non_negative_int, help="CUDA card to use.")
+    group.add_argument("--seed", default=0, type=between(0, 2**32 - 1),
+                       help="Seeds Python, NumPy and torch.")
+    group.add_argument("--gpu", default=[0], nargs="+", type=non_negative_int,
+                       help="CUDA card to use.")
     group.add_argument("--device", default=None, type=torch_device,
                        help="Force a torch device (cpu, cuda, cuda:1); default: CUDA when present.")
     group.add_argument("--savename", default="", type=str, help="Run folder name.")
@@ -200,10 +204,12 @@ def das_parameters(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--embedding_producer_used", action="store_true",
         help="Add generated embeddings (dense anchors) to every batch.")
     add("--produce_type", default="DAS", type=str, help="Embedding producer; only DAS exists.")
-    add("--das_num_produce", default=3, type=positive_int, help="Generated copies of the batch per step.")
+    add("--das_num_produce", default=3, type=positive_int,
+        help="Generated copies of the batch per step.")
     add("--das_not_normalize", action="store_true", help="Do not L2-normalize generated rows.")
     add("--das_dfs_num_scale", default=4, type=positive_int, help="K: dimensions scaled by DFS.")
-    add("--das_dfs_scale_left", default=0.5, type=positive_float, help="DFS scale factors from [left, right).")
+    add("--das_dfs_scale_left", default=0.5, type=positive_float,
+        help="DFS scale factors from [left, right).")
     add("--das_dfs_scale_right", default=2.0, type=positive_float)
     add("--das_mts_num_transformation_bank", default=10, type=positive_int,
         help="Q: differences kept per class by MTS.")

@@ -218,7 +218,7 @@ def test_config_records_the_class_fingerprint_and_thread_count(finished_run):
     assert config["torch_threads"] == 1
 
 
-# ----------------------------------------------------------------------------- item 6: damaged files
+# ----------------------------------------------------------------------------- item 6: files
 @pytest.mark.parametrize("damage,reason", [
     (lambda p: p.write_bytes(p.read_bytes()[:200]), "not a file written by torch.save"),
     (lambda p: p.write_text("hello"), "not a file written by torch.save"),
@@ -257,7 +257,8 @@ def _drop_lr(config):
     (lambda text: json.dumps(_drop_lr(json.loads(text))), "has no key 'lr' (option --lr)"),
     (lambda text: json.dumps(dict(json.loads(text), bs="many")),
      "key 'bs' (option --bs): expected an integer >= 1, got 'many'"),
-    (lambda text: json.dumps(dict(json.loads(text), lr=None)), "key 'lr' (option --lr): expected a"),
+    (lambda text: json.dumps(dict(json.loads(text), lr=None)),
+     "key 'lr' (option --lr): expected a"),
     (lambda text: json.dumps(dict(json.loads(text), use_tv_split="yes")),
      "key 'use_tv_split' (option --use_tv_split): expected true or false"),
 ])
@@ -392,7 +393,8 @@ def test_paper_tables_skip_damaged_run_folders_with_a_warning(tmp_path, capsys):
         "a_list": ("[1]", complete),
         "ill_typed": (json.dumps(dict(good, embed_dim="big")), complete),
         "short_row": (json.dumps(good), header + "1,0.5,1e-5,0.5,0.3,0.6\n2,0.5\n"),
-        "bad_epoch": (json.dumps(good), header + "1,0.5,1e-5,0.5,0.3,0.6\ntwo,0.5,1e-5,0.6,0.3,0.6\n"),
+        "bad_epoch": (json.dumps(good),
+                      header + "1,0.5,1e-5,0.5,0.3,0.6\ntwo,0.5,1e-5,0.6,0.3,0.6\n"),
         "no_epoch": (json.dumps(good), "loss,lr\n0.5,1e-5\n"),
         "good": (json.dumps(dict(good, loss="contrastive")), complete),
     }
@@ -431,5 +433,5 @@ def test_interrupt_outside_a_save_is_one_line_with_the_resume_command(generated_
     monkeypatch.setattr(main, "train_one_epoch", interrupted_in_epoch_two)
     assert main.run(tiny(generated_folder, tmp_path, epochs=2)) == 130
     err = capsys.readouterr().err
-    assert f"error: interrupted; the last saved checkpoint is kept. Continue with: python main.py " \
-           f"--resume {tmp_path / 'run'}" in err and "Traceback" not in err
+    assert ("error: interrupted; the last saved checkpoint is kept. Continue with: python "
+            f"main.py --resume {tmp_path / 'run'}") in err and "Traceback" not in err

@@ -48,7 +48,8 @@ def _write_failure(path: str, error: BaseException) -> str:
     inline_container.cc...] file write failed', the OS as ENOSPC."""
     text = str(error)
     try:
-        free = f"{shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free / 2**20:.0f} MiB free"
+        free_bytes = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        free = f"{free_bytes / 2**20:.0f} MiB free"
     except OSError:
         free = "free space unknown"
     if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text:
