@@ -11,6 +11,7 @@ Reads top to bottom: options -> data -> network -> miner/criterion/DAS -> optimi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
@@ -33,20 +34,25 @@ import metrics
 from batchminer.das import build_producer, save_frequency_if_due
 from datasets import DataError, ImageDataset, build_transform
 from modules.sec import SphericalEmbeddingConstraint
-from parameters import build_parser, parse_options
+from parameters import FILLED_IN, build_parser, parse_command_line, resolve_dataset_defaults
 from utilities import checkpoint as ckpt
 from utilities import distributed
 from utilities import run_folder as rf
 from utilities.data import SeededBatches, SeededDataset
 from utilities.grad_stats import gradient_norms
+from utilities.options import ConfigError, check_saved_options, option_name
 from utilities.registry import UnknownNameError
 from utilities.schedulers import make_scheduler
 from utilities.seeding import rng_state, seed_everything, set_rng_state
 
-SETUP = {"finished": False}  # see run(): ValueErrors before this are bad input
+SETUP = {"finished": False, "folder": ""}  # see run(): ValueErrors before this are bad input
 
-# Options that a resumed run may take from the new command line instead of the saved config.
-RESUME_OVERRIDABLE = ("n_epochs", "kernels", "gpu", "device", "log_every")
+# Options that a resumed run may take from the new command line instead of the saved config:
+# none of them changes what is trained (--no_amp and --compile only on CUDA, in rounding).
+RESUME_OVERRIDABLE = ("n_epochs", "kernels", "gpu", "device", "log_every", "source", "eval_bs",
+                      "evaluate_on_gpu", "no_train_metrics", "compile", "no_amp")
+# The switch that turns DAS on; the other options of its group, given without it, are refused.
+DAS_SWITCH = "embedding_producer_used"
 
 
 class TrainingError(RuntimeError):
@@ -54,45 +60,54 @@ class TrainingError(RuntimeError):
 
 
 class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag: the current step finishes, a checkpoint is saved."""
+    """Turns SIGINT/SIGTERM into a flag: the current step finishes, a checkpoint is saved.
+
+    A second signal stops at once (KeyboardInterrupt, reported in one line by run()), except
+    during a checkpoint save (:meth:`saving`): the save finishes, then the run exits."""
 
     def __init__(self) -> None:
         self.requested = False
         self.signal_name = ""
+        self.in_save = False
+        self.exit_after_save = False
 
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
+        if self.requested:
+            if self.in_save:  # never leave a save half done: exit right after it
+                self.exit_after_save = True
+                return
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
         self.requested = True
         self.signal_name = signal.Signals(signum).name
 
+    @contextlib.contextmanager
+    def saving(self):
+        self.in_save = True
+        try:
+            yield
+        finally:
+            self.in_save = False
+
 
 # ----------------------------------------------------------------------------- set-up helpers
-def validate_options(opt: argparse.Namespace) -> None:
-    """Refuse inconsistent options at start-up, naming the option and the expected value."""
-    if opt.bs <= 0:
-        raise ValueError(f"--bs must be a positive integer, got {opt.bs}")
-    if opt.lr <= 0:
-        raise ValueError(f"--lr must be positive, got {opt.lr}")
-    if opt.fc_lr != -1 and opt.fc_lr <= 0:
-        raise ValueError(f"--fc_lr must be positive (or -1 to use --lr), got {opt.fc_lr}")
-    if opt.n_epochs < 0:
-        raise ValueError(f"--n_epochs must be non-negative, got {opt.n_epochs}")
-    if opt.embed_dim <= 0:
-        raise ValueError(f"--embed_dim must be positive, got {opt.embed_dim}")
-    if opt.kernels < 0:
-        raise ValueError(f"--kernels must be non-negative, got {opt.kernels}")
-    if opt.crop_size <= 0:
-        raise ValueError(f"--crop_size must be positive, got {opt.crop_size}")
-    if opt.n_warm < 0:
-        raise ValueError(f"--n_warm must be a non-negative number of epochs, got {opt.n_warm}")
-    if opt.das_save_frequency_epochs and not opt.embedding_producer_used:
-        raise ValueError("--das_save_frequency_epochs saves DAS's DFS counter and needs "
-                         "--embedding_producer_used")
+def validate_options(opt: argparse.Namespace, given: Optional[Dict] = None) -> None:
+    """Checks between options and against the registries, before any data is read. The range
+    of each single option is declared with it in parameters.py and checked by argparse (and by
+    check_saved_options on resume); ``given``: the options typed on the command line."""
+    given = given or {}
+    datasets.REGISTRY.get(opt.dataset)
+    datasampler.REGISTRY.get(opt.data_sampler)
+    architectures.REGISTRY.get(architectures.parse_arch(opt.arch).backbone)
+    criterion_class = criteria.REGISTRY.get(opt.loss)
+    batchminer.REGISTRY.get(opt.batch_mining)  # also when the criterion takes no miner
+    if criterion_class.requires_miner and opt.batch_mining not in criterion_class.accepted_miners:
+        raise ValueError(f"criterion '{opt.loss}' does not accept --batch_mining "
+                         f"{opt.batch_mining}; accepted: "
+                         f"{', '.join(criterion_class.accepted_miners)}")
     metrics.select_all(opt.evaluation_metrics)  # unknown names stop here, listing the valid ones
     if opt.storage_metric not in opt.evaluation_metrics:
         raise ValueError(f"--storage_metric {opt.storage_metric} selects checkpoint_best.pth but is "
@@ -100,13 +115,45 @@ def validate_options(opt: argparse.Namespace) -> None:
     if not metrics.select(opt.storage_metric).scalar:
         raise ValueError(f"--storage_metric {opt.storage_metric} is an array (logged as a "
                          f"histogram), not a figure that can select checkpoint_best.pth")
+    if opt.embedding_producer_used:
+        build_producer(opt, num_classes=1)  # refuses an unknown --produce_type, impossible settings
+    else:
+        das_only = [name for dest, name in das_option_names().items() if dest in given]
+        if das_only:
+            raise ValueError(f"{', '.join(das_only)} {'acts' if len(das_only) == 1 else 'act'} "
+                             f"only with --embedding_producer_used, which is not given; add it "
+                             f"to use DAS, or drop {'it' if len(das_only) == 1 else 'them'}")
+
+
+def das_option_names() -> Dict[str, str]:
+    """dest -> option name of the DAS group's options, the switch itself aside."""
+    parser = build_parser()
+    group = next(g for g in parser._action_groups if g.title and g.title.startswith("DAS"))
+    return {a.dest: option_name(a) for a in group._group_actions if a.dest != DAS_SWITCH}
+
+
+def validate_data(opt: argparse.Namespace, splits: datasets.DatasetSplits) -> None:
+    """Checks that need the data: every evaluation split must hold two classes or more."""
+    for name, split in splits.evaluation.items():
+        if isinstance(split, tuple):  # In-Shop (query, gallery): checked by its parser
+            continue
+        if split.num_classes < 2:
+            if name == "val":
+                raise ValueError(f"--use_tv_split with --tv_split_perc {opt.tv_split_perc} leaves "
+                                 f"{split.num_classes} validation class; retrieval metrics need "
+                                 f"at least 2: lower --tv_split_perc")
+            raise ValueError(f"the {name} split holds {split.num_classes} class; retrieval "
+                             f"metrics need at least 2")
 
 
 def choose_device(opt: argparse.Namespace) -> torch.device:
     if opt.device:
-        device = torch.device(opt.device)
+        device = torch.device(opt.device)  # cpu or cuda[:N], checked by the option's type
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {opt.device} asked for CUDA, but no CUDA device is available")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"--device {opt.device} does not exist; {torch.cuda.device_count()} "
+                             f"CUDA device(s) are visible")
         return device
     if distributed.is_distributed():
         return distributed.local_device()
@@ -154,20 +201,41 @@ def make_train_loader(train_set: ImageDataset, sampler: datasampler.BaseBatchSam
                       generator=torch.Generator().manual_seed(opt.seed))
 
 
-def resume_options(argv: Optional[List[str]]) -> argparse.Namespace:
-    """For --resume: the saved configuration, with a few options taken from the command line."""
-    cli = build_parser().parse_args(argv)  # as typed: dataset defaults not filled in
-    folder = cli.resume
+def command_line_options(argv: Optional[List[str]]) -> Tuple[argparse.Namespace, Dict]:
+    """The run's options and the ones typed: parsed once; for --resume, the saved ones."""
+    cli, given = parse_command_line(argv)
+    if cli.resume is None:
+        return resolve_dataset_defaults(cli), given
+    return resume_options(cli.resume, given), {}
+
+
+def resume_options(folder: str, given: Dict) -> argparse.Namespace:
+    """For --resume: the saved configuration, checked, with the options of RESUME_OVERRIDABLE
+    taken from the command line. Any other option given with a value other than the saved one
+    is refused, naming it. Locks the run folder first (rank 0)."""
     if not os.path.isdir(folder):
         raise ckpt.CheckpointError(f"--resume '{folder}' is not a run folder")
     if not os.path.isfile(os.path.join(folder, rf.LAST_CHECKPOINT)):
         raise ckpt.CheckpointError(f"--resume '{folder}' holds no {rf.LAST_CHECKPOINT} to continue "
                                    f"from")
-    saved = argparse.Namespace(**rf.read_config(folder))
-    defaults = build_parser().parse_args([])
-    for key in RESUME_OVERRIDABLE:
-        if getattr(cli, key) != getattr(defaults, key):
-            setattr(saved, key, getattr(cli, key))
+    if distributed.is_main_process():
+        rf.lock_run_folder(folder)
+    config = rf.read_config(folder)
+    parser = build_parser()
+    check_saved_options(parser, config, os.path.join(folder, rf.CONFIG_FILE), filled=FILLED_IN)
+    names = {action.dest: option_name(action) for action in parser._actions}
+    refused = [f"{names[dest]} {value!r} (the run has {config.get(dest)!r})"
+               for dest, value in given.items()
+               if dest not in RESUME_OVERRIDABLE + ("resume",) and value != config.get(dest)]
+    if refused:
+        raise ValueError(f"--resume continues '{folder}' with its saved options; refused: "
+                         f"{'; '.join(refused)}. Only "
+                         f"{', '.join('--' + d for d in RESUME_OVERRIDABLE)} may change on resume; "
+                         f"start a new run for other settings")
+    saved = argparse.Namespace(**config)
+    for dest in RESUME_OVERRIDABLE:
+        if dest in given:
+            setattr(saved, dest, given[dest])
     saved.resume = folder
     return saved
 
@@ -236,6 +304,10 @@ def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int
     use_amp = device.type == "cuda" and not opt.no_amp
     batches = loader.batch_sampler.batch_sampler  # the BaseBatchSampler (resume position)
     first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    bad_weights_step = torch.full((), -1, dtype=torch.long, device=device)
+    weights = [p for p in list(model.parameters()) + list(criterion.parameters())
+               if p.requires_grad]
+    step = batches.start_batch - 1
     progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
                     disable=not distributed.is_main_process())
     for step, (images, labels, _) in enumerate(progress, start=batches.start_batch):
@@ -256,9 +328,8 @@ def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int
         batches.start_batch = step + 1
         if global_step % opt.log_every == 0 or stop.requested:
             # The one host sync of the step, every --log_every steps.
-            if first_bad_step.item() >= 0:
-                raise TrainingError(f"non-finite loss at epoch {epoch}, step "
-                                    f"{first_bad_step.item() + 1}; the last good checkpoint is kept")
+            bad_weights_step = mark_non_finite_weights(weights, bad_weights_step, step)
+            raise_if_non_finite(first_bad_step, bad_weights_step, epoch)
             values = {k: v.item() for k, v in step_scalars.items()}
             # gradients of this step (still held until the next zero_grad), logged only here
             values.update({k: v.item() for k, v in gradient_norms(model.parameters()).items()})
@@ -269,10 +340,33 @@ def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int
                     writer.add_scalar(f"step/{key}", value, global_step)
         if stop.requested:
             return global_step, True
-    if first_bad_step.item() >= 0:
-        raise TrainingError(f"non-finite loss at epoch {epoch}, step {first_bad_step.item() + 1}; "
-                            f"the last good checkpoint is kept")
+    bad_weights_step = mark_non_finite_weights(weights, bad_weights_step, step)
+    raise_if_non_finite(first_bad_step, bad_weights_step, epoch)
     return global_step, False
+
+
+def mark_non_finite_weights(weights: List[torch.Tensor], flag: torch.Tensor,
+                            step: int) -> torch.Tensor:
+    """``flag`` set to ``step`` if it is unset and a weight is NaN or infinite; device-side, no
+    host sync (a step can leave the loss finite but the weights not, e.g. an exploding update)."""
+    if not weights:
+        return flag
+    finite = torch.stack([torch.isfinite(w.detach()).all() for w in weights]).all()
+    return flag.masked_fill((flag < 0) & ~finite, step)
+
+
+def raise_if_non_finite(bad_loss_step: torch.Tensor, bad_weights_step: torch.Tensor,
+                        epoch: int) -> None:
+    """One host sync: stop naming the first step with a non-finite loss, or the check that found
+    non-finite weights, before anything is evaluated or saved."""
+    bad_loss, bad_weights = torch.stack([bad_loss_step, bad_weights_step]).tolist()
+    if bad_loss >= 0:
+        raise TrainingError(f"non-finite loss at epoch {epoch}, step {bad_loss + 1}; the last good "
+                            f"checkpoint is kept")
+    if bad_weights >= 0:
+        raise TrainingError(f"non-finite weights at epoch {epoch}, step {bad_weights + 1} (the "
+                            f"loss was finite; weights are checked every --log_every steps and "
+                            f"at the end of an epoch); the last good checkpoint is kept")
 
 
 def evaluate_all(model, eval_sets, opt, device, writer=None, epoch: int = 0) -> Dict[str, float]:
@@ -304,19 +398,50 @@ def evaluate_all(model, eval_sets, opt, device, writer=None, epoch: int = 0) -> 
     return results
 
 
+@contextlib.contextmanager
+def loader_worker_guard(folder: str, opt: argparse.Namespace):
+    """A DataLoader worker that died (typically the out-of-memory killer) becomes one line
+    saying how to continue, instead of torch's RuntimeError."""
+    try:
+        yield
+    except RuntimeError as error:
+        # torch: "DataLoader worker (pid(s) N) exited unexpectedly" / "... is killed by signal"
+        if isinstance(error, DataError) or "DataLoader worker (pid" not in str(error):
+            raise
+        fewer = f" --kernels {opt.kernels // 2}" if opt.kernels > 1 else " --kernels 0"
+        detail = str(error).strip().splitlines()[0].rstrip(". ")
+        raise TrainingError(f"a data loader worker died ({detail}; often the out-of-memory "
+                            f"killer); the last checkpoint is kept. Continue with: python main.py "
+                            f"--resume {folder}{fewer} (fewer workers use less memory)") from None
+
+
 def format_results(results: Dict[str, float]) -> str:
     return "  ".join(f"{k}={v:.4f}" for k, v in results.items())
 
 
 # ----------------------------------------------------------------------------- the run
 def main(argv: Optional[List[str]] = None) -> str:
-    """Run one training; returns the run folder."""
-    SETUP["finished"] = False
+    """Run one training; returns the run folder. The run folder's lock and torch's thread count
+    are released / restored however it ends (tests call it repeatedly in one process)."""
+    threads = torch.get_num_threads()
+    try:
+        return train(argv)
+    finally:
+        rf.release_locks()
+        torch.set_num_threads(threads)
+
+
+def train(argv: Optional[List[str]] = None) -> str:
+    SETUP["finished"], SETUP["folder"] = False, ""
     distributed.init_from_environment()
-    opt = resume_options(argv) if "--resume" in (argv if argv is not None else sys.argv[1:]) \
-        else parse_options(argv)
-    validate_options(opt)
+    opt, given = command_line_options(argv)
+    validate_options(opt, given)
     device = choose_device(opt)
+    if opt.resume and device.type == "cpu" and getattr(opt, "torch_threads", None) \
+            and opt.torch_threads != torch.get_num_threads():
+        # CPU float reductions depend on the thread count: continue as the run started.
+        print(f"using {opt.torch_threads} torch threads, as the run did", flush=True)
+        torch.set_num_threads(opt.torch_threads)
     seed_everything(opt.seed)
     rank, world_size = distributed.rank(), distributed.world_size()
     is_main = distributed.is_main_process()
@@ -327,6 +452,11 @@ def main(argv: Optional[List[str]] = None) -> str:
                            tv_split_by_samples=opt.tv_split_by_samples, seed=opt.seed,
                            folder_name=opt.folder_name, data_split=opt.data_split,
                            data_split_path=opt.data_split_path, data_split_id=opt.data_split_id)
+    validate_data(opt, splits)
+    data_record = rf.training_data_record(splits.train.class_names, len(splits.train))
+    if opt.resume:  # before any state is loaded: the checkpoint belongs to the data it saw
+        rf.check_same_training_data(vars(opt), data_record,
+                                    os.path.join(opt.resume, rf.CONFIG_FILE))
     model = architectures.select(opt.arch, opt.embed_dim, pretrained=opt.pretrained,
                                  pretrained_path=opt.pretrained_path, dropout=opt.drop)
     transform_config = model.transform_config(opt.crop_size, opt.augmentation)
@@ -378,7 +508,8 @@ def main(argv: Optional[List[str]] = None) -> str:
     epoch_stats = EpochStats()
     if opt.resume:
         folder = opt.resume
-        state = ckpt.load_checkpoint(os.path.join(folder, rf.LAST_CHECKPOINT))
+        state = ckpt.load_checkpoint(os.path.join(folder, rf.LAST_CHECKPOINT),
+                                     required=ckpt.RUN_STATE_KEYS)
         ckpt.check_compatible(state, opt.arch, opt.embed_dim, os.path.join(folder, rf.LAST_CHECKPOINT))
         model.load_state_dict(state["network"]["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
@@ -396,15 +527,16 @@ def main(argv: Optional[List[str]] = None) -> str:
             rf.MetricsTable(folder).truncate_after(start_epoch)
     elif is_main:
         folder = rf.create_run_folder(opt.save_path, opt.savename, opt.dataset, opt.arch, opt.seed)
+        rf.lock_run_folder(folder)
     else:
         folder = ""
     folder = distributed.broadcast_string(folder)
+    SETUP["folder"] = folder
     stop = StopRequest()
     stop.install()
     if is_main:
         rf.write_config(folder, dict(vars(opt), device=str(device), world_size=world_size,
-                                     train_classes=splits.train.num_classes,
-                                     train_images=len(splits.train)))
+                                     torch_threads=torch.get_num_threads(), **data_record))
         print(f"run folder: {folder}", flush=True)
         print(f"device: {device}  train: {len(splits.train)} images / {splits.train.num_classes} "
               f"classes  batches per epoch: {len(sampler)}", flush=True)
@@ -438,12 +570,15 @@ def main(argv: Optional[List[str]] = None) -> str:
         started = time.time()
         sampler.set_epoch(epoch)
         model.warmup = epoch < opt.n_warm  # --n_warm: only the embedding layer trains
-        global_step, stopped = train_one_epoch(train_model, criterion, das, optimizer, loader,
-                                               device, epoch + 1, epoch_stats, writer, opt, stop,
-                                               global_step, sec=sec)
+        with loader_worker_guard(folder, opt):
+            global_step, stopped = train_one_epoch(train_model, criterion, das, optimizer, loader,
+                                                   device, epoch + 1, epoch_stats, writer, opt,
+                                                   stop, global_step, sec=sec)
         if stopped:
             if is_main:
-                ckpt.save_checkpoint(checkpoint_state(epoch), os.path.join(folder, rf.LAST_CHECKPOINT))
+                with stop.saving():
+                    ckpt.save_checkpoint(checkpoint_state(epoch),
+                                         os.path.join(folder, rf.LAST_CHECKPOINT))
                 print(f"\nstopped by {stop.signal_name} during epoch {epoch + 1}; saved "
                       f"{os.path.join(folder, rf.LAST_CHECKPOINT)}. Continue with: "
                       f"python main.py --resume {folder}", flush=True)
@@ -453,7 +588,8 @@ def main(argv: Optional[List[str]] = None) -> str:
         train_means = epoch_stats.means()
         epoch_stats = EpochStats()
         sampler.start_batch = 0
-        results = evaluate_all(model, eval_sets, opt, device, writer, epoch + 1)
+        with loader_worker_guard(folder, opt):
+            results = evaluate_all(model, eval_sets, opt, device, writer, epoch + 1)
         if is_main:
             row = {"epoch": epoch + 1, "loss": train_means.pop("loss"),
                    "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": time.time() - started}
@@ -470,10 +606,19 @@ def main(argv: Optional[List[str]] = None) -> str:
             print(f"epoch {epoch + 1}/{opt.n_epochs} loss={row['loss']:.4f}  "
                   f"{format_results(results)}", flush=True)
             current = results.get(selection_key)
-            if current is not None and current > best["value"]:
-                best = {"key": selection_key, "value": current, "epoch": epoch + 1}
-                ckpt.save_checkpoint(checkpoint_state(epoch + 1), os.path.join(folder, rf.BEST_CHECKPOINT))
-            ckpt.save_checkpoint(checkpoint_state(epoch + 1), os.path.join(folder, rf.LAST_CHECKPOINT))
+            with stop.saving():
+                if current is not None and current > best["value"]:
+                    best = {"key": selection_key, "value": current, "epoch": epoch + 1}
+                    ckpt.save_checkpoint(checkpoint_state(epoch + 1),
+                                         os.path.join(folder, rf.BEST_CHECKPOINT))
+                ckpt.save_checkpoint(checkpoint_state(epoch + 1),
+                                     os.path.join(folder, rf.LAST_CHECKPOINT))
+            if stop.exit_after_save:
+                print(f"\nstopped by a second {stop.signal_name} during the save after epoch "
+                      f"{epoch + 1}; saved {os.path.join(folder, rf.LAST_CHECKPOINT)}. Continue "
+                      f"with: python main.py --resume {folder}", flush=True)
+                distributed.cleanup()
+                sys.exit(130)
         distributed.barrier()
 
     if is_main:
@@ -517,8 +662,19 @@ def run(argv: Optional[List[str]] = None) -> int:
         print(f"error: {error.short_message()}", file=sys.stderr)
         return 2
     except (UnknownNameError, ckpt.CheckpointError, architectures.PretrainedWeightsError,
-            TrainingError) as error:
+            TrainingError, ConfigError, rf.RunFolderBusy) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        folder = SETUP["folder"]
+        hint = (f"; the last saved checkpoint is kept. Continue with: python main.py --resume "
+                f"{folder}" if folder and os.path.isfile(os.path.join(folder, rf.LAST_CHECKPOINT))
+                else "")
+        print(f"\nerror: interrupted{hint}", file=sys.stderr)
+        return 130
+    except OSError as error:  # e.g. a full disk while writing metrics.csv
+        where = f" '{error.filename}'" if error.filename else ""
+        print(f"error: cannot access{where}: {error.strerror or error}", file=sys.stderr)
         return 2
     except ValueError as error:
         if SETUP["finished"]:

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
+
+from utilities.options import (OptionParser, Range, at_least, between, document_ranges,
+                               given_options, greater_than, non_negative_float, non_negative_int,
+                               positive_float, positive_int, torch_device)
 
 # Defaults per dataset for options left unset on the command line. The bundled sets (Omniglot,
 # the default, and scikit-learn's digits) train a small network from scratch at a small crop on a
@@ -53,13 +57,14 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                        help="Split the training classes into train and validation (class-disjoint).")
     group.add_argument("--tv_split_by_samples", action="store_true",
                        help="Split per class by samples instead of by classes.")
-    group.add_argument("--tv_split_perc", default=0.8, type=float,
+    group.add_argument("--tv_split_perc", default=0.8,
+                       type=between(0.0, 1.0, open_low=True, open_high=True),
                        help="Share of the training classes (or samples) kept for training.")
     group.add_argument("--augmentation", default=None, choices=["base", "adv", "big", "red"],
                        help="base: RandomResizedCrop+flip; adv: + colour jitter; big: 256 crops; "
                             "red: resize+random crop instead of RandomResizedCrop (default: base; "
                             "red for omniglot and digits).")
-    group.add_argument("--crop_size", default=None, type=int,
+    group.add_argument("--crop_size", default=None, type=positive_int,
                        help="Training/test crop size (224 for image benchmarks, 48 for omniglot, "
                             "32 for digits).")
     group.add_argument("--no_random_augmentation", action="store_true",
@@ -70,60 +75,60 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                             "in --data_split_path (see docs/PARITY.md for the file format).")
     group.add_argument("--data_split_path", default=None, type=str,
                        help="ooDML split file: a pickle (as published for CARS196) or JSON.")
-    group.add_argument("--data_split_id", default=0, type=int,
+    group.add_argument("--data_split_id", default=0, type=non_negative_int,
                        help="Which split of --data_split_path to use.")
-    group.add_argument("--kernels", default=None, type=int,
+    group.add_argument("--kernels", default=None, type=non_negative_int,
                        help="DataLoader worker processes (default: 6, or fewer on a machine with "
                             "fewer cores).")
 
     group = parser.add_argument_group("batches")
     group.add_argument("--data_sampler", default="class_random", type=str,
                        help="Batch sampler (see datasampler/).")
-    group.add_argument("--samples_per_class", default=None, type=int,
+    group.add_argument("--samples_per_class", default=None, type=positive_int,
                        help="Images per class in a class_random batch (2; 4 for omniglot, 20 for "
                             "digits).")
-    group.add_argument("--bs", default=None, type=int,
+    group.add_argument("--bs", default=None, type=positive_int,
                        help="Mini-batch size of real images (112; 100 for digits).")
-    group.add_argument("--data_num_super", default=1, type=int,
+    group.add_argument("--data_num_super", default=1, type=positive_int,
                        help="super_class_random: super-classes drawn per batch.")
-    group.add_argument("--data_batchmatch_bigbs", default=512, type=int,
+    group.add_argument("--data_batchmatch_bigbs", default=512, type=positive_int,
                        help="Coreset / batch-match samplers: size of the big batch a batch is "
                             "chosen from.")
-    group.add_argument("--data_batchmatch_ncomps", default=10, type=int,
+    group.add_argument("--data_batchmatch_ncomps", default=10, type=positive_int,
                        help="Batch-match samplers: candidate batches compared per batch.")
     group.add_argument("--data_storage_no_update", action="store_true",
                        help="Storage samplers: do not replace storage entries with each "
                             "step's embeddings.")
-    group.add_argument("--data_storage_update_every", default=0, type=int,
+    group.add_argument("--data_storage_update_every", default=0, type=non_negative_int,
                        help="Storage samplers: recompute the whole storage every N steps "
                             "(0: only at the start of every epoch after the first, with "
                             "--data_idx_full_prec, as published).")
     group.add_argument("--data_idx_full_prec", action="store_true",
                        help="Storage samplers: recompute the whole storage before every epoch.")
-    group.add_argument("--data_d2_coreset_lambda", default=1, type=float,
+    group.add_argument("--data_d2_coreset_lambda", default=1, type=non_negative_float,
                        help="d2_coreset: exponent on the distance weights.")
-    group.add_argument("--data_gc_coreset_lim", default=1e-9, type=float,
+    group.add_argument("--data_gc_coreset_lim", default=1e-9, type=non_negative_float,
                        help="greedy_coreset: accepted for the published scripts (unused there).")
     group.add_argument("--data_gc_softened", action="store_true",
                        help="greedy_coreset: draw among the top 3%% farthest points instead of "
                             "the farthest.")
-    group.add_argument("--data_sampler_lowproj_dim", default=-1, type=int,
+    group.add_argument("--data_sampler_lowproj_dim", default=-1, type=at_least(1, also=(-1,)),
                        help="Coreset / batch-match samplers: random linear projection of the "
                             "storage to this dimension first (-1: none).")
     group.add_argument("--data_sim_measure", default="euclidean", choices=["euclidean"],
                        help="Distance of the coreset / batch-match samplers (published: only "
                             "euclidean).")
-    group.add_argument("--data_mb_mom", default=-1, type=float,
+    group.add_argument("--data_mb_mom", default=-1, type=Range(float, low=0.0, high=1.0, also=(-1,)),
                        help="Storage samplers: momentum of full storage updates (-1: replace).")
-    group.add_argument("--data_mb_lr", default=1, type=float,
+    group.add_argument("--data_mb_lr", default=1, type=positive_float,
                        help="Storage samplers: step on the momentum term of --data_mb_mom.")
 
     group = parser.add_argument_group("network")
     group.add_argument("--arch", default=None, type=str,
                        help="Backbone name plus option words: frozen, normalize, double; other "
                             "words are a run label (e.g. resnet50_frozen_normalize).")
-    group.add_argument("--embed_dim", default=128, type=int, help="Embedding dimension.")
-    group.add_argument("--drop", default=-1, type=float,
+    group.add_argument("--embed_dim", default=128, type=positive_int, help="Embedding dimension.")
+    group.add_argument("--drop", default=-1, type=Range(float, high=1.0, open_high=True),
                        help="Dropout probability on the pooled features in training (<= 0: off).")
     group.add_argument("--not_pretrained", action="store_true", help="Start from random weights.")
     group.add_argument("--pretrained", action="store_true",
@@ -134,22 +139,23 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
 
     group = parser.add_argument_group("optimisation")
     group.add_argument("--optim", default="adam", choices=["adam", "sgd", "adamw"])
-    group.add_argument("--lr", default=None, type=float,
+    group.add_argument("--lr", default=None, type=positive_float,
                        help="Learning rate (default 1e-5; 1e-3 for omniglot and digits).")
-    group.add_argument("--fc_lr", default=-1, type=float,
+    group.add_argument("--fc_lr", default=-1, type=greater_than(0.0, also=(-1,)),
                        help="Learning rate of the embedding layer; -1 uses --lr.")
-    group.add_argument("--decay", default=0.0004, type=float, help="Weight decay.")
-    group.add_argument("--n_epochs", default=None, type=int, help="Training epochs.")
-    group.add_argument("--n_warm", default=0, type=int,
+    group.add_argument("--decay", default=0.0004, type=non_negative_float, help="Weight decay.")
+    group.add_argument("--n_epochs", default=None, type=non_negative_int, help="Training epochs.")
+    group.add_argument("--n_warm", default=0, type=non_negative_int,
                        help="Warm-up: during the first N epochs only the embedding layer trains.")
     group.add_argument("--scheduler", default="multistep", choices=["multistep", "step"],
                        help="multistep: decay by --gamma at the epochs of --tau; step: every "
                             "--step_tau epochs.")
-    group.add_argument("--step_tau", default=10, type=int,
+    group.add_argument("--step_tau", default=10, type=positive_int,
                        help="Epochs between learning-rate decays of --scheduler step.")
-    group.add_argument("--tau", default=[1000], nargs="+", type=int,
+    group.add_argument("--tau", default=[1000], nargs="+", type=positive_int,
                        help="Epochs at which the learning rate is multiplied by --gamma.")
-    group.add_argument("--gamma", default=0.3, type=float, help="Learning-rate decay factor.")
+    group.add_argument("--gamma", default=0.3, type=positive_float,
+                       help="Learning-rate decay factor.")
     group.add_argument("--loss", default="multisimilarity", type=str, help="Criterion (see criteria/).")
     group.add_argument("--batch_mining", default="distance", type=str,
                        help="Batch miner for tuple-based criteria (see batchminer/).")
@@ -176,22 +182,24 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                             "by default for the bundled omniglot and digits.")
     group.add_argument("--no_eval_initial", dest="eval_initial", action="store_false", default=None,
                        help="Do not evaluate the untrained network.")
-    group.add_argument("--kmeans_iterations", default=20, type=int,
+    group.add_argument("--kmeans_iterations", default=20, type=positive_int,
                        help="k-means iterations for NMI/F1.")
-    group.add_argument("--eval_bs", default=None, type=int,
+    group.add_argument("--eval_bs", default=None, type=positive_int,
                        help="Batch size for computing evaluation embeddings (default: --bs).")
 
     group = parser.add_argument_group("setup")
-    group.add_argument("--seed", default=0, type=int, help="Seeds Python, NumPy and torch.")
-    group.add_argument("--gpu", default=[0], nargs="+", type=int, help="CUDA card to use.")
-    group.add_argument("--device", default=None, type=str,
+    group.add_argument("--seed", default=0, type=between(0, 2**32 - 1),
+                       help="Seeds Python, NumPy and torch.")
+    group.add_argument("--gpu", default=[0], nargs="+", type=non_negative_int,
+                       help="CUDA card to use.")
+    group.add_argument("--device", default=None, type=torch_device,
                        help="Force a torch device (cpu, cuda, cuda:1); default: CUDA when present.")
     group.add_argument("--savename", default="", type=str, help="Run folder name.")
     group.add_argument("--save_path", default="Training_Results", type=str,
                        help="Parent folder of run folders.")
     group.add_argument("--resume", default=None, type=str,
                        help="Run folder to continue from its checkpoint_last.pth.")
-    group.add_argument("--log_every", default=20, type=int,
+    group.add_argument("--log_every", default=20, type=positive_int,
                        help="Steps between per-step TensorBoard scalars (each one syncs once).")
     return parser
 
@@ -199,85 +207,85 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
 def loss_specific_parameters(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group = parser.add_argument_group("criteria")
     add = group.add_argument
-    add("--loss_contrastive_pos_margin", default=0, type=float)
-    add("--loss_contrastive_neg_margin", default=1, type=float)
+    add("--loss_contrastive_pos_margin", default=0, type=non_negative_float)
+    add("--loss_contrastive_neg_margin", default=1, type=non_negative_float)
     add("--loss_contrastive_stop_pos", action="store_true",
         help="contrastive: no gradient through the positive of each pair (published option).")
     add("--loss_contrastive_stop_neg", action="store_true",
         help="contrastive: no gradient through the negative of each pair (published option).")
-    add("--loss_triplet_margin", default=0.2, type=float)
+    add("--loss_triplet_margin", default=0.2, type=non_negative_float)
     add("--loss_triplet_distance", default="squared", choices=["squared", "plain"],
         help="triplet: squared Euclidean distances as published (default), or plain Euclidean "
              "distances. See docs/PARITY.md.")
-    add("--loss_margin_margin", default=0.2, type=float)
-    add("--loss_margin_beta_lr", default=0.0005, type=float)
-    add("--loss_margin_beta", default=1.2, type=float)
-    add("--loss_margin_nu", default=0, type=float)
+    add("--loss_margin_margin", default=0.2, type=non_negative_float)
+    add("--loss_margin_beta_lr", default=0.0005, type=non_negative_float)
+    add("--loss_margin_beta", default=1.2, type=non_negative_float)
+    add("--loss_margin_nu", default=0, type=non_negative_float)
     add("--loss_margin_beta_constant", action="store_true")
-    add("--loss_proxynca_lrmulti", default=50, type=float)
-    add("--loss_proxyanchor_margin", default=0.1, type=float)
-    add("--loss_proxyanchor_alpha", default=32, type=float)
-    add("--loss_proxyanchor_lrmulti", default=100, type=float)
-    add("--loss_proxyanchor_decay", default=0.0, type=float)
-    add("--loss_npair_l2", default=0.005, type=float)
-    add("--loss_npair_divisor", default=None, type=float,
+    add("--loss_proxynca_lrmulti", default=50, type=non_negative_float)
+    add("--loss_proxyanchor_margin", default=0.1, type=non_negative_float)
+    add("--loss_proxyanchor_alpha", default=32, type=positive_float)
+    add("--loss_proxyanchor_lrmulti", default=100, type=non_negative_float)
+    add("--loss_proxyanchor_decay", default=0.0, type=non_negative_float)
+    add("--loss_npair_l2", default=0.005, type=non_negative_float)
+    add("--loss_npair_divisor", default=None, type=positive_float,
         help="npair: divide the embeddings by this before the loss; default 4 for a bninception "
              "arch and 1 otherwise, as the runnable published module. See docs/PARITY.md.")
-    add("--loss_angular_alpha", default=45, type=float)
-    add("--loss_angular_npair_ang_weight", default=2, type=float)
-    add("--loss_angular_npair_l2", default=0.005, type=float)
-    add("--loss_multisimilarity_pos_weight", default=2, type=float)
-    add("--loss_multisimilarity_neg_weight", default=40, type=float)
-    add("--loss_multisimilarity_margin", default=0.1, type=float)
-    add("--loss_multisimilarity_thresh", default=0.5, type=float)
-    add("--loss_lifted_neg_margin", default=1, type=float)
-    add("--loss_lifted_l2", default=0.005, type=float)
+    add("--loss_angular_alpha", default=45, type=between(0.0, 90.0, open_low=True, open_high=True))
+    add("--loss_angular_npair_ang_weight", default=2, type=non_negative_float)
+    add("--loss_angular_npair_l2", default=0.005, type=non_negative_float)
+    add("--loss_multisimilarity_pos_weight", default=2, type=positive_float)
+    add("--loss_multisimilarity_neg_weight", default=40, type=positive_float)
+    add("--loss_multisimilarity_margin", default=0.1, type=non_negative_float)
+    add("--loss_multisimilarity_thresh", default=0.5, type=between(-1.0, 1.0))
+    add("--loss_lifted_neg_margin", default=1, type=non_negative_float)
+    add("--loss_lifted_l2", default=0.005, type=non_negative_float)
     add("--loss_lifted_formulation", default="published", choices=["published", "corrected"],
         help="lifted: 'published' takes the published code's norm over the set of positives/"
              "negatives per embedding dimension (what the paper's rows ran); 'corrected' uses "
              "the Euclidean distances between rows. See docs/PARITY.md.")
-    add("--loss_quadruplet_margin_alpha_1", default=0.2, type=float)
-    add("--loss_quadruplet_margin_alpha_2", default=0.2, type=float)
+    add("--loss_quadruplet_margin_alpha_1", default=0.2, type=non_negative_float)
+    add("--loss_quadruplet_margin_alpha_2", default=0.2, type=non_negative_float)
     add("--loss_quadruplet_fourth_by_class", action="store_true",
         help="quadruplet: draw the fourth row among rows of a third class (the paper) instead "
              "of the published draw by triplet index. See docs/PARITY.md.")
-    add("--loss_softtriplet_n_centroids", default=2, type=int)
-    add("--loss_softtriplet_margin_delta", default=0.01, type=float)
-    add("--loss_softtriplet_gamma", default=0.1, type=float)
-    add("--loss_softtriplet_lambda", default=8, type=float)
-    add("--loss_softtriplet_reg_weight", default=0.2, type=float)
-    add("--loss_softtriplet_lrmulti", default=1, type=float)
-    add("--loss_softmax_lr", default=0.00001, type=float)
-    add("--loss_softmax_temperature", default=0.05, type=float)
-    add("--loss_histogram_nbins", default=65, type=int)
-    add("--loss_snr_margin", default=0.2, type=float)
-    add("--loss_snr_reg_lambda", default=0.005, type=float)
-    add("--loss_arcface_lr", default=0.0005, type=float)
-    add("--loss_arcface_angular_margin", default=0.5, type=float)
-    add("--loss_arcface_feature_scale", default=16, type=float)
-    add("--loss_adversarial_separation_weight", default=1500, type=float)
-    add("--loss_adversarial_separation_proj_dim", default=512, type=int)
-    add("--loss_adversarial_separation_lr", default=0.0005, type=float)
+    add("--loss_softtriplet_n_centroids", default=2, type=positive_int)
+    add("--loss_softtriplet_margin_delta", default=0.01, type=non_negative_float)
+    add("--loss_softtriplet_gamma", default=0.1, type=positive_float)
+    add("--loss_softtriplet_lambda", default=8, type=positive_float)
+    add("--loss_softtriplet_reg_weight", default=0.2, type=non_negative_float)
+    add("--loss_softtriplet_lrmulti", default=1, type=non_negative_float)
+    add("--loss_softmax_lr", default=0.00001, type=positive_float)
+    add("--loss_softmax_temperature", default=0.05, type=positive_float)
+    add("--loss_histogram_nbins", default=65, type=at_least(2))
+    add("--loss_snr_margin", default=0.2, type=non_negative_float)
+    add("--loss_snr_reg_lambda", default=0.005, type=non_negative_float)
+    add("--loss_arcface_lr", default=0.0005, type=positive_float)
+    add("--loss_arcface_angular_margin", default=0.5, type=between(0.0, 3.141592653589793))
+    add("--loss_arcface_feature_scale", default=16, type=positive_float)
+    add("--loss_adversarial_separation_weight", default=1500, type=non_negative_float)
+    add("--loss_adversarial_separation_proj_dim", default=512, type=positive_int)
+    add("--loss_adversarial_separation_lr", default=0.0005, type=positive_float)
     return parser
 
 
 def batchmining_specific_parameters(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group = parser.add_argument_group("batch miners")
     add = group.add_argument
-    add("--miner_distance_lower_cutoff", default=0.5, type=float,
+    add("--miner_distance_lower_cutoff", default=0.5, type=non_negative_float,
         help="distance miner: distances below are clamped up to this value.")
-    add("--miner_distance_upper_cutoff", default=1.4, type=float,
+    add("--miner_distance_upper_cutoff", default=1.4, type=positive_float,
         help="distance miner: upper clamp, used only with --miner_distance_clip_upper.")
     add("--miner_distance_clip_upper", action="store_true",
         help="distance miner: also clamp distances above --miner_distance_upper_cutoff (not "
              "published: the published miner clamps below only). See docs/PARITY.md.")
-    add("--miner_rho_distance_lower_cutoff", default=0.5, type=float)
-    add("--miner_rho_distance_upper_cutoff", default=1.4, type=float,
+    add("--miner_rho_distance_lower_cutoff", default=0.5, type=non_negative_float)
+    add("--miner_rho_distance_upper_cutoff", default=1.4, type=positive_float,
         help="rho_distance miner: upper clamp, used only with --miner_rho_distance_clip_upper.")
     add("--miner_rho_distance_clip_upper", action="store_true",
         help="rho_distance miner: also clamp distances above the upper cutoff (not published).")
-    add("--miner_rho_distance_cp", default=0.2, type=float)
-    add("--miner_semihard_margin", default=None, type=float,
+    add("--miner_rho_distance_cp", default=0.2, type=between(0.0, 1.0))
+    add("--miner_semihard_margin", default=None, type=non_negative_float,
         help="Margin of the semihard window; default the running loss's --loss_<loss>_margin "
              "(published), or --loss_triplet_margin when that loss has none.")
     add("--miner_semihard_per_pair", action="store_true",
@@ -293,18 +301,20 @@ def das_parameters(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--embedding_producer_used", action="store_true",
         help="Add generated embeddings (dense anchors) to every batch.")
     add("--produce_type", default="DAS", type=str, help="Embedding producer; only DAS exists.")
-    add("--das_num_produce", default=3, type=int, help="Generated copies of the batch per step.")
+    add("--das_num_produce", default=3, type=positive_int,
+        help="Generated copies of the batch per step.")
     add("--das_not_normalize", action="store_true", help="Do not L2-normalize generated rows.")
-    add("--das_dfs_num_scale", default=4, type=int, help="K: dimensions scaled by DFS.")
-    add("--das_dfs_scale_left", default=0.5, type=float, help="DFS scale factors from [left, right).")
-    add("--das_dfs_scale_right", default=2.0, type=float)
-    add("--das_mts_num_transformation_bank", default=10, type=int,
+    add("--das_dfs_num_scale", default=4, type=positive_int, help="K: dimensions scaled by DFS.")
+    add("--das_dfs_scale_left", default=0.5, type=positive_float,
+        help="DFS scale factors from [left, right).")
+    add("--das_dfs_scale_right", default=2.0, type=positive_float)
+    add("--das_mts_num_transformation_bank", default=10, type=positive_int,
         help="Q: differences kept per class by MTS.")
-    add("--das_mts_scale", default=0.01, type=float, help="Scale of the MTS shift.")
+    add("--das_mts_scale", default=0.01, type=non_negative_float, help="Scale of the MTS shift.")
     add("--detach", action="store_true", help="Generated rows carry no gradient.")
     add("--aux_loss", action="store_true", help="Loss = L(real) + w * L(real + generated).")
-    add("--aux_loss_weight", default=1.0, type=float)
-    add("--das_save_frequency_epochs", default=[], nargs="*", type=int,
+    add("--aux_loss_weight", default=1.0, type=non_negative_float)
+    add("--das_save_frequency_epochs", default=[], nargs="*", type=positive_int,
         help="Epochs (1-based) after which DFS's class-by-dimension counter, each row divided "
              "by its maximum, is saved as das_frequency_epoch<N>.npy in the run folder (for "
              "`python -m utilities.figures frequency`).")
@@ -313,14 +323,15 @@ def das_parameters(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add = group.add_argument
     add("--sec", action="store_true",
         help="Add the spherical embedding constraint to the loss (modules/sec.py).")
-    add("--sec_wei", default=0.01, type=float, help="Weight of the SEC penalty.")
-    add("--sec_momentum", default=0.999, type=float,
+    add("--sec_wei", default=0.01, type=non_negative_float, help="Weight of the SEC penalty.")
+    add("--sec_momentum", default=0.999, type=between(0.0, 1.0),
         help="Momentum of SEC's running mean of the embedding norms.")
     return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OptionParser(
+        prog="main.py",
         description="Deep metric learning with densely-anchored sampling (DAS).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -328,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     loss_specific_parameters(parser)
     batchmining_specific_parameters(parser)
     das_parameters(parser)
+    document_ranges(parser)
     return parser
 
 
@@ -356,6 +368,21 @@ def resolve_dataset_defaults(opt: argparse.Namespace) -> argparse.Namespace:
         opt.miner_semihard_margin = getattr(opt, f"loss_{opt.loss}_margin",
                                             opt.loss_triplet_margin)
     return opt
+
+
+# Options that default to None and are always set once resolve_dataset_defaults has run: a saved
+# config.json must hold a value for each.
+FILLED_IN = ("arch", "crop_size", "n_epochs", "bs", "samples_per_class", "augmentation", "kernels",
+             "lr", "evaluation_metrics", "eval_bs", "miner_semihard_margin")
+
+
+def parse_command_line(argv: Optional[List[str]] = None
+                       ) -> Tuple[argparse.Namespace, Dict[str, object]]:
+    """Parse the command line once: ``(options as typed with parser defaults, {dest: value} of the
+    options actually typed})``. Dataset defaults are not filled in (see parse_options)."""
+    parser = build_parser()
+    opt = parser.parse_args(argv)
+    return opt, given_options(parser, argv)
 
 
 def parse_options(argv: Optional[List[str]] = None) -> argparse.Namespace:

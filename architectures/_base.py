@@ -143,8 +143,10 @@ def load_state_dict_file(path: str, arch: str) -> Dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise PretrainedWeightsError(
-            f"--pretrained_path '{path}' is not a loadable state dict for '{arch}': {error}") from None
+        from utilities.checkpoint import unloadable_reason
+
+        raise PretrainedWeightsError(f"--pretrained_path '{path}' is not a checkpoint "
+                                     f"({unloadable_reason(path, error)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

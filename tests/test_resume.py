@@ -19,6 +19,21 @@ from utilities import checkpoint as ckpt
 from utilities import run_folder as rf
 
 REPO = Path(__file__).resolve().parents[1]
+# CPU float reductions depend on torch's thread count, so every run of this module, in this
+# process or a subprocess, uses the same one, whatever earlier tests left behind.
+THREADS = 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def pinned_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(threads)
+
+
+def subprocess_environment():
+    return dict(os.environ, OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
 
 
 def run_args(source: Path, epochs: int = 3, das: bool = True):
@@ -47,7 +62,8 @@ def test_sigkill_after_epoch_one_then_resume_matches_the_uninterrupted_run(
     folder = tmp_path / "killed"
     process = subprocess.Popen(
         [sys.executable, "main.py", *run_args(generated_folder), "--save_path", str(tmp_path),
-         "--savename", "killed"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--savename", "killed"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=subprocess_environment())
     checkpoint = folder / rf.LAST_CHECKPOINT
     deadline = time.time() + 300
     while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
@@ -56,7 +72,11 @@ def test_sigkill_after_epoch_one_then_resume_matches_the_uninterrupted_run(
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     assert len(figures(str(folder))) < 3
+    assert rf.read_config(str(folder))["torch_threads"] == THREADS
+    torch.set_num_threads(THREADS + 1)  # a resume continues with the run's own thread count
     main.main(["--resume", str(folder)])
+    assert torch.get_num_threads() == THREADS + 1  # and leaves the caller's as it was
+    torch.set_num_threads(THREADS)
     assert figures(str(folder)) == figures(uninterrupted)
     assert len(figures(str(folder))) == 3
 

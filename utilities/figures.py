@@ -591,6 +591,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     from datasets import DataError
     from utilities.checkpoint import CheckpointError
+    from utilities.options import ConfigError
 
     try:
         if args.command == "retrieval":
@@ -608,7 +609,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {error.short_message()} (pass --source if the data has moved)",
               file=sys.stderr)
         return 2
-    except (FigureError, CheckpointError) as error:
+    except (FigureError, CheckpointError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(out)

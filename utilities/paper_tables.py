@@ -188,9 +188,47 @@ def _number(text: Optional[str]) -> Optional[float]:
 
 
 def read_metrics(path: str) -> List[Dict[str, Optional[float]]]:
+    """metrics.csv rows as numbers (empty cells None). A file without an ``epoch`` column, a row
+    with more or fewer cells than the header, a non-integer epoch or a non-numeric cell raises
+    ValueError naming the line: such a file is not trusted (a run could pass for finished)."""
+    rows = []
     with open(path, newline="") as handle:
-        return [{key: _number(value) for key, value in row.items() if key is not None}
-                for row in csv.DictReader(handle)]
+        reader = csv.DictReader(handle)
+        if "epoch" not in (reader.fieldnames or []):
+            raise ValueError("metrics.csv has no 'epoch' column")
+        for row in reader:
+            line = reader.line_num
+            if None in row or any(value is None for value in row.values()):
+                raise ValueError(f"metrics.csv line {line} has {'more' if None in row else 'fewer'}"
+                                 f" cells than its header")
+            numbers = {key: _number(value) for key, value in row.items()}
+            bad = [key for key, value in row.items() if value.strip() and numbers[key] is None]
+            if bad:
+                raise ValueError(f"metrics.csv line {line}: '{bad[0]}' is not a number")
+            epoch = numbers["epoch"]
+            if epoch is None or epoch != int(epoch) or epoch < 0:
+                raise ValueError(f"metrics.csv line {line}: epoch '{row['epoch']}' is not a whole "
+                                 f"number")
+            rows.append(numbers)
+    return rows
+
+
+# Types of the config.json keys this tool reads (a key may be absent: the run fits no cell).
+CONFIG_TYPES = {"dataset": str, "arch": str, "loss": str, "batch_mining": str,
+                "storage_metric": (str, type(None)), "embed_dim": int, "n_epochs": int,
+                "embedding_producer_used": bool}
+
+
+def check_config(config) -> None:
+    """Raise ValueError naming the key when config.json is not an object or a key the tables
+    read has another type."""
+    if not isinstance(config, dict):
+        raise ValueError(f"config.json holds a JSON {type(config).__name__}, not an object")
+    for key, kind in CONFIG_TYPES.items():
+        value = config.get(key)
+        if key in config and (not isinstance(value, kind) or
+                              (kind is int and isinstance(value, bool))):
+            raise ValueError(f"config.json key '{key}' has the ill-typed value {value!r}")
 
 
 def find_run_folders(root: str) -> List[str]:
@@ -208,13 +246,20 @@ def find_run_folders(root: str) -> List[str]:
 
 
 def read_run(folder: str) -> Run:
+    """The run in ``folder``; a damaged config.json or metrics.csv leaves it out of every cell
+    with a warning naming the folder and the problem (the other runs still make the tables)."""
     try:
         with open(os.path.join(folder, "config.json")) as handle:
-            config = json.load(handle)
+            try:
+                config = json.load(handle)
+            except ValueError as error:
+                raise ValueError(f"config.json is not valid JSON ({error})") from None
+        check_config(config)
         rows = read_metrics(os.path.join(folder, "metrics.csv"))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, UnicodeDecodeError) as error:
+        print(f"warning: skipping run folder '{folder}': {error}", file=sys.stderr)
         run = Run(folder, {}, [])
-        run.reason = f"unreadable: {error}"
+        run.reason = f"skipped, damaged: {error}"
         return run
     run = Run(folder, config, rows, mtime=os.path.getmtime(os.path.join(folder, "metrics.csv")))
     run.row_key, run.dataset, run.reason = identify(config)

@@ -2,16 +2,58 @@
 from __future__ import annotations
 
 import csv
+import fcntl
+import hashlib
 import json
 import os
 import time
-from typing import Dict, List
+from typing import Dict, List, Sequence
+
+from utilities.options import ConfigError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "training_summary.txt"
 LAST_CHECKPOINT = "checkpoint_last.pth"
 BEST_CHECKPOINT = "checkpoint_best.pth"
+LOCK_FILE = ".lock"
+
+_LOCKS: Dict[str, int] = {}  # run folder -> open descriptor holding its lock
+
+
+class RunFolderBusy(ValueError):
+    """Another process trains in (or resumes) this run folder."""
+
+
+def lock_run_folder(folder: str) -> None:
+    """Take an exclusive lock on ``folder`` (flock on its .lock file) for as long as this process
+    trains in it, so that a second process resuming the same folder stops at once instead of
+    interleaving metrics.csv and overwriting checkpoints. Released by :func:`release_locks` or
+    when the process ends, however it ends."""
+    folder = os.path.abspath(folder)
+    if folder in _LOCKS:
+        return
+    path = os.path.join(folder, LOCK_FILE)
+    try:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise ValueError(f"cannot create the lock file '{path}': {error.strerror}") from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(descriptor, 32).decode(errors="replace").strip()
+        os.close(descriptor)
+        raise RunFolderBusy(f"run folder '{folder}' is in use by another process"
+                            f"{f' (pid {holder})' if holder else ''}; wait for it to end or stop "
+                            f"it first") from None
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"{os.getpid()}\n".encode())
+    _LOCKS[folder] = descriptor
+
+
+def release_locks() -> None:
+    for folder in list(_LOCKS):
+        os.close(_LOCKS.pop(folder))
 
 
 def default_run_name(dataset: str, arch: str, seed: int) -> str:
@@ -43,8 +85,52 @@ def write_config(folder: str, config: Dict) -> None:
 
 
 def read_config(folder: str) -> Dict:
-    with open(os.path.join(folder, CONFIG_FILE)) as handle:
-        return json.load(handle)
+    """The run's config.json as a dict; a missing, non-JSON or non-object file raises
+    ConfigError naming it (the keys are checked by utilities.options.check_saved_options)."""
+    path = os.path.join(folder, CONFIG_FILE)
+    try:
+        with open(path) as handle:
+            config = json.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"'{folder}' holds no {CONFIG_FILE}; expected a run folder written by "
+                          f"main.py") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read '{path}': {error}") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"'{path}' is not valid JSON ({error.msg} at line {error.lineno}); "
+                          f"the file is damaged") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"'{path}' holds a JSON {type(config).__name__}, expected an object of "
+                          f"options; the file is damaged")
+    return config
+
+
+def class_list_sha256(class_names: Sequence[str]) -> str:
+    """Fingerprint of a split's classes: sha256 of the sorted class names, one per line."""
+    return hashlib.sha256("\n".join(sorted(map(str, class_names))).encode()).hexdigest()
+
+
+def training_data_record(class_names: Sequence[str], num_images: int) -> Dict:
+    """What config.json records about the training data, compared on resume."""
+    return {"train_classes": len(class_names), "train_images": int(num_images),
+            "train_classes_sha256": class_list_sha256(class_names)}
+
+
+def check_same_training_data(saved: Dict, now: Dict, config_path: str) -> None:
+    """Refuse to resume on other training data than the run started with, naming what changed
+    (the checkpoint's proxies, class counters and sampler position belong to the old data)."""
+    changes = []
+    if saved.get("train_classes") is not None and saved["train_classes"] != now["train_classes"]:
+        changes.append(f"{saved['train_classes']} training classes then, {now['train_classes']} "
+                       f"now")
+    elif saved.get("train_classes_sha256") not in (None, now["train_classes_sha256"]):
+        changes.append("the training class names differ")
+    if saved.get("train_images") is not None and saved["train_images"] != now["train_images"]:
+        changes.append(f"{saved['train_images']} training images then, {now['train_images']} now")
+    if changes:
+        raise ConfigError(f"the training data changed since the run started ({config_path}): "
+                          f"{'; '.join(changes)}. Resume with the data it was trained on, or start "
+                          f"a new run")
 
 
 class MetricsTable:
