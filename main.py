@@ -30,12 +30,12 @@ import datasets
 import evaluation
 import metrics
 from batchminer.das import build_producer
-from datasets import DataError, ImageDataset, build_transform
+from datasets import DataError, ImageDataset
 from parameters import build_parser, parse_options
 from utilities import checkpoint as ckpt
 from utilities import distributed
 from utilities import run_folder as rf
-from utilities.data import SeededBatches, SeededDataset
+from utilities.data import SeededBatches, SeededDataset, device_decoding, image_dataset
 from utilities.registry import UnknownNameError
 from utilities.seeding import rng_state, seed_everything, set_rng_state
 
@@ -134,12 +134,15 @@ def build_criterion(opt: argparse.Namespace, num_classes: int) -> criteria.BaseC
 def make_train_loader(train_set: ImageDataset, sampler: datasampler.BaseBatchSampler,
                       opt: argparse.Namespace, device: torch.device) -> DataLoader:
     """Training batches from ``sampler``, each image augmented with its own seed."""
-    return DataLoader(SeededDataset(train_set), batch_sampler=SeededBatches(sampler, opt.seed),
-                      num_workers=opt.kernels, pin_memory=device.type == "cuda",
-                      persistent_workers=opt.kernels > 0,
-                      # its own generator: creating a loader iterator must not consume the
-                      # global RNG, or a resumed run would draw differently afterwards
-                      generator=torch.Generator().manual_seed(opt.seed))
+    encoded = hasattr(train_set, "batch_decoder")  # --decode gpu: bytes, decoded on the device
+    loader = DataLoader(SeededDataset(train_set), batch_sampler=SeededBatches(sampler, opt.seed),
+                        num_workers=opt.kernels, pin_memory=device.type == "cuda" and not encoded,
+                        persistent_workers=opt.kernels > 0,
+                        collate_fn=getattr(train_set, "collate_fn", None),
+                        # its own generator: creating a loader iterator must not consume the
+                        # global RNG, or a resumed run would draw differently afterwards
+                        generator=torch.Generator().manual_seed(opt.seed))
+    return device_decoding(loader, train_set, device)
 
 
 def resume_options(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -257,6 +260,7 @@ def evaluate_all(model, eval_sets, opt, device) -> Dict[str, float]:
     def embed(dataset):
         return distributed.sharded_embeddings(model, dataset, device, opt.eval_bs, opt.kernels)
 
+    eval_backend = evaluation.select_backend(getattr(opt, "eval_backend", "auto"), device)
     results = {}
     for split_name, eval_set in eval_sets.items():
         if isinstance(eval_set, tuple):  # In-Shop: queries searched among the gallery only
@@ -267,7 +271,8 @@ def evaluate_all(model, eval_sets, opt, device) -> Dict[str, float]:
             continue
         values = evaluation.compute_metrics(opt.evaluation_metrics, gallery, gallery_labels,
                                             queries, query_labels,
-                                            kmeans_iterations=opt.kmeans_iterations, seed=opt.seed)
+                                            kmeans_iterations=opt.kmeans_iterations, seed=opt.seed,
+                                            backend=eval_backend)
         results.update({f"{split_name}/{name}": value for name, value in values.items()})
     return results
 
@@ -297,13 +302,13 @@ def main(argv: Optional[List[str]] = None) -> str:
     model = architectures.select(opt.arch, opt.embed_dim, pretrained=opt.pretrained,
                                  pretrained_path=opt.pretrained_path)
     transform_config = model.transform_config(opt.crop_size, opt.augmentation)
-    train_set = ImageDataset(splits.train, build_transform(transform_config, train=True))
-    test_transform = build_transform(transform_config, train=False)
+    decode = datasets.resolve_decode(getattr(opt, "decode", "auto"), device, transform_config)
+    train_set = image_dataset(splits.train, transform_config, True, decode)
 
     def eval_dataset(split):
         if isinstance(split, tuple):  # In-Shop: (query, gallery)
-            return tuple(ImageDataset(s, test_transform) for s in split)
-        return ImageDataset(split, test_transform)
+            return tuple(image_dataset(s, transform_config, False, decode) for s in split)
+        return image_dataset(split, transform_config, False, decode)
 
     eval_sets = {name: eval_dataset(split) for name, split in splits.evaluation.items()}
     if opt.train_metrics:

@@ -17,6 +17,7 @@ import metrics as metric_registry
 from metrics import CLUSTERS, NEIGHBOURS, ClusterMetric, NeighbourMetric
 
 from .embeddings import compute_embeddings
+from .backend import EvaluationBackend, select_backend
 from .faiss_ops import NeighbourIndex, chunk_size, kmeans_cluster_ids
 
 # Neighbours searched for every query before the deeper search that only queries without a hit
@@ -72,7 +73,8 @@ def search_depths(neighbour_metrics: Sequence[NeighbourMetric], num_relevant: np
 
 def retrieval_scores(neighbour_metrics: Sequence[NeighbourMetric], references: np.ndarray,
                      reference_labels: np.ndarray, queries: Optional[np.ndarray] = None,
-                     query_labels: Optional[np.ndarray] = None) -> Dict[str, float]:
+                     query_labels: Optional[np.ndarray] = None,
+                     backend: Optional[EvaluationBackend] = None) -> Dict[str, float]:
     """Average each metric over the queries that have at least one relevant reference.
 
     One faiss index serves every metric; queries are searched in chunks (bounded memory), first
@@ -89,7 +91,9 @@ def retrieval_scores(neighbour_metrics: Sequence[NeighbourMetric], references: n
         return {metric.name: 0.0 for metric in neighbour_metrics}
     k_first, k_deep = search_depths(neighbour_metrics, num_relevant,
                                     len(references) - int(self_retrieval))
-    index = NeighbourIndex(references, k_deep + int(self_retrieval))
+    backend = backend or select_backend()
+    index = (backend.neighbour_index(references, k_deep + int(self_retrieval))
+             if backend.name == "torch" else NeighbourIndex(references, k_deep + int(self_retrieval)))
     totals = {metric.name: 0.0 for metric in neighbour_metrics}
 
     def relevance_of(rows: np.ndarray, k: int) -> np.ndarray:
@@ -118,22 +122,28 @@ def retrieval_scores(neighbour_metrics: Sequence[NeighbourMetric], references: n
 
 
 def clustering_scores(cluster_metrics: Sequence[ClusterMetric], embeddings: np.ndarray,
-                      labels: np.ndarray, kmeans_iterations: int, seed: int) -> Dict[str, float]:
+                      labels: np.ndarray, kmeans_iterations: int, seed: int,
+                      backend: Optional[EvaluationBackend] = None) -> Dict[str, float]:
     """Score one k-means clustering with as many clusters as there are classes."""
     num_classes = len(np.unique(labels))
-    cluster_ids = kmeans_cluster_ids(embeddings, num_classes, kmeans_iterations, seed)
+    backend = backend or select_backend()
+    if backend.name == "torch":
+        cluster_ids = backend.kmeans_cluster_ids(embeddings, num_classes, kmeans_iterations, seed)
+    else:
+        cluster_ids = kmeans_cluster_ids(embeddings, num_classes, kmeans_iterations, seed)
     return {metric.name: metric.score(labels, cluster_ids) for metric in cluster_metrics}
 
 
 def compute_metrics(metric_names: Sequence[str], embeddings: np.ndarray, labels: np.ndarray,
                     query_embeddings: Optional[np.ndarray] = None,
                     query_labels: Optional[np.ndarray] = None, kmeans_iterations: int = 20,
-                    seed: int = 0) -> Dict[str, float]:
+                    seed: int = 0, backend: Optional[EvaluationBackend] = None) -> Dict[str, float]:
     """Metrics named ``metric_names`` (keys as given, values in [0, 1]) of numpy embeddings.
 
     Without queries, each row is a query against all other rows. With ``query_embeddings`` and
     ``query_labels`` (In-Shop), each query is searched among ``embeddings``/``labels`` (the
     gallery) only, and the clustering metrics cluster queries and gallery together.
+    ``backend``: faiss or torch for the kNN search and k-means (default: ``select_backend()``).
     """
     selected = metric_registry.select_all(metric_names)
     references, reference_labels = _checked(embeddings, labels, "embeddings")
@@ -150,7 +160,7 @@ def compute_metrics(metric_names: Sequence[str], embeddings: np.ndarray, labels:
     neighbour_metrics = [m for m in selected if m.requires == NEIGHBOURS]
     if neighbour_metrics:
         results.update(retrieval_scores(neighbour_metrics, references, reference_labels, queries,
-                                        query_labels))
+                                        query_labels, backend))
     cluster_metrics = [m for m in selected if m.requires == CLUSTERS]
     if cluster_metrics:
         if queries is not None:
@@ -159,7 +169,7 @@ def compute_metrics(metric_names: Sequence[str], embeddings: np.ndarray, labels:
         else:
             everything, everything_labels = references, reference_labels
         results.update(clustering_scores(cluster_metrics, everything, everything_labels,
-                                         kmeans_iterations, seed))
+                                         kmeans_iterations, seed, backend))
     return {metric.name: results[metric.name] for metric in selected}
 
 
@@ -168,7 +178,8 @@ EvalSet = Union[torch.utils.data.Dataset, Tuple[torch.utils.data.Dataset, torch.
 
 def evaluate(model: torch.nn.Module, eval_set: EvalSet, metric_names: Sequence[str],
              device: Union[str, torch.device], batch_size: int, num_workers: int,
-             kmeans_iterations: int = 20, seed: int = 0) -> Dict[str, float]:
+             kmeans_iterations: int = 20, seed: int = 0,
+             backend: Optional[EvaluationBackend] = None) -> Dict[str, float]:
     """Embed ``eval_set`` with ``model`` and compute ``metric_names`` on it.
 
     ``eval_set`` is one dataset (each image a query against all the others) or a
@@ -186,10 +197,10 @@ def evaluate(model: torch.nn.Module, eval_set: EvalSet, metric_names: Sequence[s
         gallery, gallery_labels = compute_embeddings(model, gallery_set, device, batch_size,
                                                      num_workers)
         return compute_metrics(metric_names, gallery, gallery_labels, queries, query_labels,
-                               kmeans_iterations=kmeans_iterations, seed=seed)
+                               kmeans_iterations=kmeans_iterations, seed=seed, backend=backend)
     embeddings, labels = compute_embeddings(model, eval_set, device, batch_size, num_workers)
     return compute_metrics(metric_names, embeddings, labels, kmeans_iterations=kmeans_iterations,
-                           seed=seed)
+                           seed=seed, backend=backend)
 
 
 __all__: List[str] = ["compute_metrics", "evaluate", "retrieval_scores", "clustering_scores",
