@@ -114,7 +114,7 @@ def _split_empty_clusters(centroids: torch.Tensor, sizes: torch.Tensor,
     """faiss's rule: an empty cluster takes a copy of a donor centroid (donor drawn with
     probability proportional to its size - 1), the two pushed apart by a relative SPLIT_EPS,
     and the donor's points counted half to each. In place; a loop over the (few) empty ones."""
-    empty = torch.flatnonzero(sizes == 0).tolist()
+    empty = torch.nonzero(sizes == 0).flatten().tolist()
     if not empty:
         return
     sizes = sizes.cpu().double()
