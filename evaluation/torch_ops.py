@@ -4,8 +4,9 @@ torch``); the same calls as :mod:`evaluation.faiss_ops`, on any torch device.
 Exact L2 search is ``||r||^2 - 2 q.r`` (a matrix product, as faiss's flat index computes it) plus
 ``topk``, over blocks of queries sized so that a block's distance matrix stays within
 ``BLOCK_BYTES``: nothing of size N x N exists. k-means follows faiss's ``Clustering``: the first
-``num_clusters`` points of a seeded permutation as initial centroids, ``iterations`` rounds of
-nearest-centroid assignment and mean update, an empty cluster taking half of a large one (a
+``num_clusters`` points of a seeded permutation as initial centroids, at most ``iterations``
+rounds of nearest-centroid assignment and mean update (stopping once the objective, the sum of
+squared distances to the nearest centroid, no longer decreases, as faiss stops), an empty cluster taking half of a large one (a
 donor drawn with probability proportional to its size - 1, faiss's rule), then a final
 assignment to the last centroids. Hand-written because no installed library does both in torch.
 """
@@ -41,18 +42,23 @@ def _block_rows(columns: int, block_bytes: Optional[int] = None) -> int:
 
 
 def _nearest(points: torch.Tensor, centres: torch.Tensor, centre_sq: torch.Tensor, k: int,
-             block_bytes: Optional[int] = None) -> torch.Tensor:
-    """(len(points), k) ids of the k nearest centres, nearest first, block by block."""
+             block_bytes: Optional[int] = None, objective: Optional[list] = None) -> torch.Tensor:
+    """(len(points), k) ids of the k nearest centres, nearest first, block by block. With k = 1,
+    ``objective`` (a list) receives the sum of squared distances to the nearest centre."""
     rows = _block_rows(len(centres), block_bytes)
-    out = []
+    out, total = [], points.new_zeros(())
     with exact_float32():
         for start in range(0, len(points), rows):
             block = points[start:start + rows]
             distances = torch.addmm(centre_sq, block, centres.T, beta=1.0, alpha=-2.0)
             if k == 1:
-                out.append(distances.argmin(dim=1, keepdim=True))
+                nearest = distances.min(dim=1, keepdim=True)
+                out.append(nearest.indices)
+                total = total + nearest.values.sum() + (block * block).sum()
             else:
                 out.append(torch.topk(distances, k, dim=1, largest=False, sorted=True).indices)
+    if objective is not None:
+        objective.append(float(total))
     return torch.cat(out)
 
 
@@ -98,9 +104,12 @@ def kmeans_cluster_ids(embeddings: np.ndarray, num_clusters: int, iterations: in
     generator = torch.Generator().manual_seed(seed)
     first = torch.randperm(len(points), generator=generator)[:num_clusters].to(device)
     centroids = points[first].clone()
+    objective: list = []
     for _ in range(iterations):
         assignment = _nearest(points, centroids, (centroids * centroids).sum(1), 1,
-                              block_bytes)[:, 0]
+                              block_bytes, objective)[:, 0]
+        if len(objective) > 1 and objective[-1] >= objective[-2]:
+            break  # no longer improving: faiss's Kmeans stops here too (see docs/EVALUATION.md)
         sizes = torch.bincount(assignment, minlength=num_clusters)
         sums = torch.zeros_like(centroids).index_add_(0, assignment, points)
         centroids = sums / sizes.clamp(min=1).unsqueeze(1).to(sums.dtype)
