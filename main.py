@@ -32,13 +32,13 @@ import datasets
 import evaluation
 import metrics
 from batchminer.das import build_producer, save_frequency_if_due
-from datasets import DataError, ImageDataset, build_transform
+from datasets import DataError, ImageDataset
 from modules.sec import SphericalEmbeddingConstraint
 from parameters import FILLED_IN, build_parser, parse_command_line, resolve_dataset_defaults
 from utilities import checkpoint as ckpt
 from utilities import distributed
 from utilities import run_folder as rf
-from utilities.data import SeededBatches, SeededDataset
+from utilities.data import SeededBatches, SeededDataset, device_decoding, image_dataset
 from utilities.grad_stats import gradient_norms
 from utilities.options import ConfigError, check_saved_options, option_name
 from utilities.registry import UnknownNameError
@@ -193,12 +193,15 @@ def build_criterion(opt: argparse.Namespace, num_classes: int) -> criteria.BaseC
 def make_train_loader(train_set: ImageDataset, sampler: datasampler.BaseBatchSampler,
                       opt: argparse.Namespace, device: torch.device) -> DataLoader:
     """Training batches from ``sampler``, each image augmented with its own seed."""
-    return DataLoader(SeededDataset(train_set), batch_sampler=SeededBatches(sampler, opt.seed),
-                      num_workers=opt.kernels, pin_memory=device.type == "cuda",
-                      persistent_workers=opt.kernels > 0,
-                      # its own generator: creating a loader iterator must not consume the
-                      # global RNG, or a resumed run would draw differently afterwards
-                      generator=torch.Generator().manual_seed(opt.seed))
+    encoded = hasattr(train_set, "batch_decoder")  # --decode gpu: bytes, decoded on the device
+    loader = DataLoader(SeededDataset(train_set), batch_sampler=SeededBatches(sampler, opt.seed),
+                        num_workers=opt.kernels, pin_memory=device.type == "cuda" and not encoded,
+                        persistent_workers=opt.kernels > 0,
+                        collate_fn=getattr(train_set, "collate_fn", None),
+                        # its own generator: creating a loader iterator must not consume the
+                        # global RNG, or a resumed run would draw differently afterwards
+                        generator=torch.Generator().manual_seed(opt.seed))
+    return device_decoding(loader, train_set, device)
 
 
 def command_line_options(argv: Optional[List[str]]) -> Tuple[argparse.Namespace, Dict]:
@@ -376,6 +379,7 @@ def evaluate_all(model, eval_sets, opt, device, writer=None, epoch: int = 0) -> 
     def embed(dataset):
         return distributed.sharded_embeddings(model, dataset, device, opt.eval_bs, opt.kernels)
 
+    eval_backend = evaluation.select_backend(getattr(opt, "eval_backend", "auto"), device)
     results = {}
     for split_name, eval_set in eval_sets.items():
         if isinstance(eval_set, tuple):  # In-Shop: queries searched among the gallery only
@@ -386,7 +390,8 @@ def evaluate_all(model, eval_sets, opt, device, writer=None, epoch: int = 0) -> 
             continue
         values = evaluation.compute_metrics(opt.evaluation_metrics, gallery, gallery_labels,
                                             queries, query_labels,
-                                            kmeans_iterations=opt.kmeans_iterations, seed=opt.seed)
+                                            kmeans_iterations=opt.kmeans_iterations, seed=opt.seed,
+                                            backend=eval_backend)
         for name, value in values.items():
             if not isinstance(value, np.ndarray):
                 results[f"{split_name}/{name}"] = value
@@ -460,15 +465,15 @@ def train(argv: Optional[List[str]] = None) -> str:
     model = architectures.select(opt.arch, opt.embed_dim, pretrained=opt.pretrained,
                                  pretrained_path=opt.pretrained_path, dropout=opt.drop)
     transform_config = model.transform_config(opt.crop_size, opt.augmentation)
+    decode = datasets.resolve_decode(getattr(opt, "decode", "auto"), device, transform_config)
     # --no_random_augmentation: training images get the deterministic test transform
-    train_set = ImageDataset(splits.train, build_transform(
-        transform_config, train=not opt.no_random_augmentation))
-    test_transform = build_transform(transform_config, train=False)
+    train_set = image_dataset(splits.train, transform_config, not opt.no_random_augmentation,
+                              decode)
 
     def eval_dataset(split):
         if isinstance(split, tuple):  # In-Shop: (query, gallery)
-            return tuple(ImageDataset(s, test_transform) for s in split)
-        return ImageDataset(split, test_transform)
+            return tuple(image_dataset(s, transform_config, False, decode) for s in split)
+        return image_dataset(split, transform_config, False, decode)
 
     eval_sets = {name: eval_dataset(split) for name, split in splits.evaluation.items()}
     if opt.train_metrics:

@@ -80,6 +80,11 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
     group.add_argument("--kernels", default=None, type=non_negative_int,
                        help="DataLoader worker processes (default: 6, or fewer on a machine with "
                             "fewer cores).")
+    group.add_argument("--decode", default="auto", choices=["auto", "cpu", "gpu"],
+                       help="Where images are decoded and cropped: cpu (loader workers, "
+                            "torchvision.io + transforms.v2 on uint8), gpu (workers read bytes; "
+                            "nvJPEG batch decode and one batched crop on the device; base/big "
+                            "augmentation), auto (gpu on CUDA with nvJPEG when it applies).")
 
     group = parser.add_argument_group("batches")
     group.add_argument("--data_sampler", default="class_random", type=str,
@@ -186,6 +191,10 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                        help="k-means iterations for NMI/F1.")
     group.add_argument("--eval_bs", default=None, type=positive_int,
                        help="Batch size for computing evaluation embeddings (default: --bs).")
+    group.add_argument("--eval_backend", default="auto", choices=["auto", "faiss", "torch"],
+                       help="kNN and k-means: faiss (its GPU build when installed), torch "
+                            "(chunked matrix products on the run's device), auto (torch on CUDA "
+                            "when the faiss GPU build is absent, else faiss).")
 
     group = parser.add_argument_group("setup")
     group.add_argument("--seed", default=0, type=between(0, 2**32 - 1),

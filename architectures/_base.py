@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datasets._base import TransformConfig
+from datasets._transforms import InputNormalizer
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -67,6 +68,8 @@ class EmbeddingNetwork(nn.Module):
         self.frozen_bn = frozen_bn
         self.input_convention = dict(mean=tuple(backbone.mean), std=tuple(backbone.std),
                                      bgr_255=backbone.bgr_255)
+        # uint8 images from the loader are normalized here, on the network's device
+        self.input_normalizer = InputNormalizer(**self.input_convention)
         if frozen_bn:
             for module in self.batchnorm_layers():
                 for parameter in module.parameters():
@@ -99,8 +102,9 @@ class EmbeddingNetwork(nn.Module):
         return (p for p in self.features.parameters() if p.requires_grad)
 
     def forward(self, images: torch.Tensor, return_norms: bool = False):
-        """Embeddings (B, D); with ``return_norms`` also the pre-normalization row norms (B,)."""
-        feature_map = self.features(images)
+        """Embeddings (B, D) of uint8 images (normalized here) or of already normalized float
+        ones; with ``return_norms`` also the pre-normalization row norms (B,)."""
+        feature_map = self.features(self.input_normalizer(images))
         pooled = F.adaptive_avg_pool2d(feature_map, 1).flatten(1)
         if self.double_pool:
             pooled = pooled + F.adaptive_max_pool2d(feature_map, 1).flatten(1)

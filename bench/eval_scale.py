@@ -14,6 +14,11 @@ On a shared machine, ``--repeats 3`` alternates the phases and keeps each one's 
     python bench/eval_scale.py                   # full SOP size (a few minutes on 2 cores)
     python bench/eval_scale.py --scale 0.1       # 6,050 x 512, 1,132 classes, for a quick run
     python bench/eval_scale.py --layout inshop   # In-Shop size, query vs gallery
+    python bench/eval_scale.py --backend torch [--device cuda]   # torch kNN/k-means vs faiss
+
+With ``--backend torch`` the project phase uses the torch backend, the project's faiss path runs
+once more for reference, and the last line adds ``max_retrieval_diff=<largest absolute
+difference of recall@K, map@r, r_precision> nmi_diff=<d>``.
 """
 from __future__ import annotations
 
@@ -88,17 +93,22 @@ def build_data(layout: str, scale: float, dim: int, seed: int) -> dict:
     return data
 
 
-def run_project(data: dict, layout: str, iterations: int, seed: int) -> dict:
+def run_project(data: dict, layout: str, iterations: int, seed: int, backend: str = "faiss",
+                device: str = "cpu") -> dict:
     """compute_metrics on the full metric set, timed as two calls (retrieval metrics, clustering
     metrics) that share no work, so that each can be set against its bare faiss counterpart."""
-    from evaluation import compute_metrics
+    from evaluation import compute_metrics, select_backend
 
+    chosen = select_backend(backend, device)
     scores, seconds = {}, {}
     for part, names in (("knn", retrieval_metrics(layout)), ("kmeans", CLUSTERING_METRICS)):
         start = time.perf_counter()
         scores.update(compute_metrics(names, data["embeddings"], data["labels"],
                                       data.get("query_embeddings"), data.get("query_labels"),
-                                      kmeans_iterations=iterations, seed=seed))
+                                      kmeans_iterations=iterations, seed=seed, backend=chosen))
+        if chosen.device.type == "cuda":
+            import torch
+            torch.cuda.synchronize(chosen.device)
         seconds[part] = time.perf_counter() - start
     return {"seconds": sum(seconds.values()), "knn_seconds": seconds["knn"],
             "kmeans_seconds": seconds["kmeans"], "scores": scores}
@@ -130,15 +140,20 @@ def run_bare_faiss(data: dict, layout: str, iterations: int, seed: int) -> dict:
             "kmeans_seconds": kmeans_seconds, "kmeans_iterations_run": len(kmeans.obj)}
 
 
-def run_phase(phase: str, data_dir: str, layout: str, iterations: int, seed: int) -> None:
+def run_phase(phase: str, data_dir: str, layout: str, iterations: int, seed: int,
+              backend: str = "faiss", device: str = "cpu") -> None:
     """Child process: import, load the embeddings, run one phase, print a JSON line."""
-    if phase == "project":
+    if phase in ("project", "reference"):
         sys.path.insert(0, str(REPO_ROOT))
         importlib.import_module("evaluation")  # torch, scikit-learn, faiss: before the phase
     data = {path.stem: np.load(path) for path in Path(data_dir).glob("*.npy")}
     rss_loaded = peak_rss_mb()
-    run = run_project if phase == "project" else run_bare_faiss
-    result = run(data, layout, iterations, seed)
+    if phase == "project":
+        result = run_project(data, layout, iterations, seed, backend, device)
+    elif phase == "reference":  # the project's faiss path: the scores the backend must match
+        result = run_project(data, layout, iterations, seed, "faiss", "cpu")
+    else:
+        result = run_bare_faiss(data, layout, iterations, seed)
     result.update(rss_before_mb=rss_loaded, peak_rss_mb=peak_rss_mb())
     print(json.dumps(result))
 
@@ -146,7 +161,8 @@ def run_phase(phase: str, data_dir: str, layout: str, iterations: int, seed: int
 def child(phase: str, data_dir: str, args: argparse.Namespace) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--phase", phase, "--data_dir",
                data_dir, "--layout", args.layout, "--kmeans_iterations",
-               str(args.kmeans_iterations), "--seed", str(args.seed)]
+               str(args.kmeans_iterations), "--seed", str(args.seed), "--backend", args.backend,
+               "--device", args.device]
     finished = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if finished.returncode != 0:
         raise SystemExit(f"the {phase} phase failed:\n{finished.stderr}")
@@ -167,11 +183,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1,
                         help="Alternate the two phases this many times and keep each one's fastest "
                              "run (useful on a shared machine).")
-    parser.add_argument("--phase", choices=["project", "faiss"], help=argparse.SUPPRESS)
+    parser.add_argument("--backend", choices=["faiss", "torch", "auto"], default="faiss",
+                        help="The project's kNN/k-means backend (--eval_backend). Other than "
+                             "faiss, the project's faiss path also runs once, for the "
+                             "max_retrieval_diff and nmi_diff of the last line.")
+    parser.add_argument("--device", default="cpu",
+                        help="Device of the torch backend (cpu, cuda).")
+    parser.add_argument("--phase", choices=["project", "faiss", "reference"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--data_dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
-        run_phase(args.phase, args.data_dir, args.layout, args.kmeans_iterations, args.seed)
+        run_phase(args.phase, args.data_dir, args.layout, args.kmeans_iterations, args.seed,
+                  args.backend, args.device)
         return
 
     data = build_data(args.layout, args.scale, args.dim, args.seed)
@@ -197,6 +221,7 @@ def main() -> None:
                       projects[-1]["knn_seconds"], projects[-1]["kmeans_seconds"], knn_k,
                       bares[-1]["knn_seconds"], bares[-1]["kmeans_seconds"],
                       bares[-1]["kmeans_iterations_run"], args.kmeans_iterations), flush=True)
+        reference = child("reference", data_dir, args) if args.backend != "faiss" else None
     print("  " + ", ".join(f"{name}={value:.4f}" for name, value in projects[0]["scores"].items()))
     project_s = min(run["seconds"] for run in projects)
     bare_s = min(run["seconds"] for run in bares)
@@ -209,8 +234,16 @@ def main() -> None:
           f"(goal: at most 2048 MB)")
     if args.repeats > 1:
         print(f"eval_s and faiss_s below: the fastest of {args.repeats} runs of each")
-    print("eval_s={:.1f} faiss_s={:.1f} ratio={:.2f} peak_rss_mb={:.0f}".format(
-        project_s, bare_s, project_s / bare_s, peak))
+    line = "eval_s={:.1f} faiss_s={:.1f} ratio={:.2f} peak_rss_mb={:.0f}".format(
+        project_s, bare_s, project_s / bare_s, peak)
+    if reference is not None:
+        ours, theirs = projects[0]["scores"], reference["scores"]
+        retrieval = [n for n in retrieval_metrics(args.layout)]
+        print("  faiss path: " + ", ".join(f"{n}={theirs[n]:.4f}" for n in theirs)
+              + f" ({reference['seconds']:.1f} s)")
+        line += " max_retrieval_diff={:.4f} nmi_diff={:.4f}".format(
+            max(abs(ours[n] - theirs[n]) for n in retrieval), abs(ours["nmi"] - theirs["nmi"]))
+    print(line)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,11 @@ those of the code users run. Modes (``--modes``, any of):
   ``SeededBatches``, the training transform, ``--kernels`` workers, pinned memory on CUDA,
   persistent workers) over generated images: data loading included.
 * ``loader``: that DataLoader alone (images per second it delivers), to set against the step.
+* ``loader_compare``: the DataLoader of the PIL reference pipeline (PIL decode, v1 transforms,
+  float32 normalized in the workers) against main.py's (torchvision.io decode, transforms.v2 on
+  uint8, normalized on the device; or with ``--decode gpu`` bytes decoded batch-wise on the
+  device), epochs alternated; the line ends with
+  ``loader_imgs_per_s_old=<a> loader_imgs_per_s_new=<b> speedup=<b/a>``.
 
 Images are JPEGs of ``--image_size`` (default 500x375, about a CUB/SOP photo) written to a
 temporary folder, or with ``--images memory`` uint8 arrays held by the dataset (no decoding).
@@ -69,7 +74,7 @@ BENCH_DEFAULTS = ["--dataset", "cub200", "--not_pretrained", "--arch", "resnet18
                   "--crop_size", "64", "--bs", "112", "--samples_per_class", "2",
                   "--embed_dim", "512", "--loss", "multisimilarity", "--das_dfs_num_scale", "8",
                   "--kernels", "2", "--log_every", "20"]
-MODES = ("step", "step_loader", "loader")
+MODES = ("step", "step_loader", "loader", "loader_compare")
 PHASES = ("backbone_forward", "das_forward", "mining", "loss_forward", "das_loss_backward",
           "backbone_backward", "optimizer", "other")
 HEAD_PHASES = ("das_forward", "mining", "loss_forward", "das_loss_backward")
@@ -529,19 +534,25 @@ def memory_images(count: int, width: int, height: int, seed: int = 0) -> List[np
 
 
 def make_loader(opt: argparse.Namespace, model: torch.nn.Module, sources: List, num_images: int,
-                num_classes: int, device: torch.device):
+                num_classes: int, device: torch.device, pipeline: str = "main"):
     """The training DataLoader exactly as main.main() builds it, over ``num_images`` images that
-    reuse the generated ``sources`` in turn."""
+    reuse the generated ``sources`` in turn. ``pipeline``: main (--decode as main.py resolves
+    it), old (the PIL reference: PIL decode, v1 transforms, float32 normalized in the workers)."""
     import datasampler
 
-    from datasets import ImageDataset, Split, build_transform
+    from datasets import ImageDataset, Split, build_pil_transform, resolve_decode
+    from utilities.data import image_dataset
 
     main = import_main()
     labels = class_labels(num_images, num_classes)
     split = Split(images=[sources[i % len(sources)] for i in range(num_images)], labels=labels,
                   class_names=[f"class_{c}" for c in range(num_classes)])
     transform_config = model.transform_config(opt.crop_size, opt.augmentation)
-    train_set = ImageDataset(split, build_transform(transform_config, train=True))
+    if pipeline == "old":
+        train_set = ImageDataset(split, build_pil_transform(transform_config, train=True))
+    else:
+        decode = resolve_decode(opt.decode, device, transform_config)
+        train_set = image_dataset(split, transform_config, True, decode)
     sampler = datasampler.select(opt.data_sampler, split.labels, opt.bs, opt.samples_per_class,
                                  seed=opt.seed, class_names=split.class_names)
     return main.make_train_loader(train_set, sampler, opt, device)
@@ -664,6 +675,8 @@ def bench_loaders(training: Optional[Training], model: torch.nn.Module, opt, arg
                        f"batches: {runs})")
             report.summary["loader_imgs_per_s"] = f"{rate:.1f}"
             del loader
+        if "loader_compare" in args.modes:
+            compare_loaders(opt, model, sources, num_images, args, device, what, report)
         if "step_loader" in args.modes:
             loader = make_loader(opt, model, sources, num_images, args.num_classes, device)
             for use_das in das_settings(args):
@@ -680,6 +693,52 @@ def bench_loaders(training: Optional[Training], model: torch.nn.Module, opt, arg
                            f"{args.loader_batches} steps: {runs})")
                 key = "" if use_das or len(das_settings(args)) == 1 else "_no_das"
                 report.summary[f"step_loader_imgs_per_s{key}"] = f"{rate:.1f}"
+
+
+def epoch_seconds(loader, epoch: int) -> float:
+    """Wall time of one pass over ``loader`` (its batches on the device when it decodes there)."""
+    loader.batch_sampler.batch_sampler.set_epoch(epoch)
+    started = time.perf_counter()
+    for images, _, _ in loader:
+        pass
+    if isinstance(images, torch.Tensor):
+        synchronize(images.device)
+    return time.perf_counter() - started
+
+
+def compare_loaders(opt, model, sources, num_images: int, args, device: torch.device, what: str,
+                    report: Report) -> None:
+    """Old (PIL decode, v1 transforms, float32 normalized in the workers) against new (main.py's
+    loader: torchvision.io decode, v2 on uint8, normalized on the device), epochs alternated so
+    that a busy machine slows both alike; the medians are compared."""
+    loaders = {name: make_loader(opt, model, sources, num_images, args.num_classes, device, name)
+               for name in ("old", "main")}
+    normalize = model.input_normalizer.to(device)
+    seconds = {name: [] for name in loaders}
+    for epoch in range(args.repeats + 1):  # the first epoch starts the workers
+        for name, loader in loaders.items():
+            elapsed = epoch_seconds(loader, epoch)
+            if epoch:
+                seconds[name].append(elapsed)
+    # what the new loader leaves to the device: the normalization of a uint8 batch
+    batch = torch.zeros(opt.bs, 3, opt.crop_size, opt.crop_size, dtype=torch.uint8, device=device)
+    started = time.perf_counter()
+    for _ in range(5):
+        normalize(batch)
+    synchronize(device)
+    normalize_ms = (time.perf_counter() - started) / 5 * 1e3
+    rates = {}
+    for name, label in (("old", "old: PIL decode + v1 transforms + float32 Normalize in workers"),
+                        ("main", "new: torchvision.io decode + v2 on uint8, normalized on device")):
+        rates[name], runs = throughput(opt.bs, args.loader_batches, seconds[name])
+        report.say(f"DataLoader {label} (--kernels {opt.kernels}, crop {opt.crop_size}, {what}): "
+                   f"{rates[name]:.1f} images/s (median of {args.repeats} epochs of "
+                   f"{args.loader_batches} batches: {runs})")
+    report.say(f"device-side normalization of one uint8 batch ({device}): {normalize_ms:.1f} ms "
+               f"(not included above)")
+    report.summary["loader_imgs_per_s_old"] = f"{rates['old']:.1f}"
+    report.summary["loader_imgs_per_s_new"] = f"{rates['main']:.1f}"
+    report.summary["speedup"] = f"{rates['main'] / rates['old']:.2f}"
 
 
 def image_size(text: str) -> Tuple[int, int]:
@@ -767,9 +826,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Report:
         model = architectures.select(opt.arch, opt.embed_dim, pretrained=False)
     if "step" in args.modes:
         bench_step(training, args, report)
-    if "loader" in args.modes or "step_loader" in args.modes:
+    if {"loader", "step_loader", "loader_compare"} & set(args.modes):
         bench_loaders(training, model, opt, args, device, report)
     report.summary["device"] = device.type
+    last = ("loader_imgs_per_s_old", "loader_imgs_per_s_new", "speedup")
+    if "loader_compare" in args.modes:  # the comparison ends the line
+        report.summary = dict([(k, v) for k, v in report.summary.items() if k not in last]
+                              + [(k, report.summary[k]) for k in last])
     print(" ".join(f"{k}={v}" for k, v in report.summary.items()), flush=True)
     return report
 

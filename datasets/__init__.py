@@ -9,7 +9,10 @@ from typing import Optional
 
 from utilities.registry import Registry
 
-from ._base import DataError, DatasetSplits, ImageDataset, Split, TransformConfig, build_transform
+from ._base import (DataError, DatasetSplits, ImageDataset, Split, TransformConfig,
+                    build_pil_transform)
+from ._transforms import InputNormalizer, build_transform
+from ._batch import resolve_decode
 
 REGISTRY: Registry = Registry("dataset", "--dataset")
 REGISTRY.import_members(__name__, __path__)
@@ -41,4 +44,5 @@ def load(name: str, source: Optional[str], use_tv_split: bool = False, tv_split_
 
 
 __all__ = ["REGISTRY", "load", "DataError", "DatasetSplits", "ImageDataset", "Split",
-           "TransformConfig", "build_transform"]
+           "TransformConfig", "build_transform", "build_pil_transform", "InputNormalizer",
+           "resolve_decode"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -16,7 +17,9 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ._base import DataError, DatasetSplits, Split
 
-IMAGE_EXTENSIONS = tuple(sorted({ext.lower() for ext in IMG_EXTENSIONS}))
+# torchvision's image extensions plus GIF (read as its first frame).
+IMAGE_EXTENSIONS = tuple(sorted({ext.lower() for ext in IMG_EXTENSIONS} | {".gif"}))
+SKIPPED_LISTED = 10  # skipped files named in the note (all are counted)
 MIN_CLASSES_PER_SPLIT = 2  # retrieval needs at least one other class to be meaningful
 
 # (relative class name, image paths of that class), in the published class order.
@@ -63,15 +66,34 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def visible_entries(folder: str) -> List[os.DirEntry]:
+def is_hidden(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def visible_entries(folder: str, skipped: Optional[List[str]] = None) -> List[os.DirEntry]:
     """Entries of ``folder`` sorted by name, without hidden ones ('.DS_Store', macOS '._x.jpg'
-    resource forks, which carry image extensions but are not images) and '__MACOSX'."""
+    resource forks, which carry image extensions but are not images) and '__MACOSX'; hidden
+    files are appended to ``skipped`` when given."""
     try:
         with os.scandir(folder) as entries:
-            kept = [e for e in entries if not e.name.startswith(".") and e.name != "__MACOSX"]
+            everything = list(entries)
     except OSError as error:
         raise DataError(f"cannot list folder '{folder}': {error.strerror}") from None
-    return sorted(kept, key=lambda entry: entry.name)
+    if skipped is not None:
+        skipped += sorted(e.path for e in everything if is_hidden(e.name) and not e.is_dir())
+    return sorted((e for e in everything if not is_hidden(e.name)), key=lambda entry: entry.name)
+
+
+def report_skipped(skipped: Sequence[str], root: str) -> None:
+    """One note on stderr counting the files of a class tree that were not read as images (not
+    an image extension, or hidden) and naming the first SKIPPED_LISTED of them."""
+    if not skipped:
+        return
+    shown = ", ".join(f"'{os.path.relpath(path, root)}'" for path in skipped[:SKIPPED_LISTED])
+    more = f" and {len(skipped) - SKIPPED_LISTED} more" if len(skipped) > SKIPPED_LISTED else ""
+    print(f"note: skipped {len(skipped)} file(s) under '{root}' that are not images (extensions "
+          f"read: {' '.join(IMAGE_EXTENSIONS)}) or are hidden: {shown}{more}", file=sys.stderr,
+          flush=True)
 
 
 def image_problem(path: str) -> Optional[str]:
@@ -94,9 +116,13 @@ def image_problem(path: str) -> Optional[str]:
     return None
 
 
-def class_images(folder: str) -> List[str]:
-    """Image files directly inside a class folder, sorted by name; each must be readable."""
-    paths = [e.path for e in visible_entries(folder) if is_image_name(e.name) and not e.is_dir()]
+def class_images(folder: str, skipped: Optional[List[str]] = None) -> List[str]:
+    """Image files directly inside a class folder, sorted by name; each must be readable.
+    Other files (and hidden ones) are appended to ``skipped`` when given."""
+    entries = visible_entries(folder, skipped)
+    paths = [e.path for e in entries if is_image_name(e.name) and not e.is_dir()]
+    if skipped is not None:
+        skipped += [e.path for e in entries if not e.is_dir() and not is_image_name(e.name)]
     if not paths:
         raise DataError(f"class folder '{folder}' holds no images; expected image files "
                         f"({', '.join(IMAGE_EXTENSIONS)}) directly inside it")
@@ -109,7 +135,10 @@ def class_images(folder: str) -> List[str]:
 
 def flat_class_folders(images_dir: str) -> List[ClassImages]:
     """Classes = the subfolders of ``images_dir`` (CUB, CARS layout), sorted by folder name."""
-    classes = [(e.name, class_images(e.path)) for e in visible_entries(images_dir) if e.is_dir()]
+    skipped: List[str] = []
+    classes = [(e.name, class_images(e.path, skipped))
+               for e in visible_entries(images_dir, skipped) if e.is_dir()]
+    report_skipped(skipped, images_dir)
     if not classes:
         raise DataError(f"folder '{images_dir}' holds no class folders; expected one subfolder "
                         f"of images per class")
@@ -120,13 +149,16 @@ def leaf_class_folders(tree: str) -> List[ClassImages]:
     """Classes = the leaf folders of ``tree`` (nested too, e.g. alphabet/character), named by their
     path relative to ``tree`` with '/' and sorted component by component."""
     classes: List[ClassImages] = []
+    skipped: List[str] = []
 
     def visit(folder: str, parts: Tuple[str, ...], ancestors: Tuple[str, ...]) -> None:
         entries = visible_entries(folder)
         subfolders = [e for e in entries if e.is_dir()]
         if not subfolders:
-            classes.append(("/".join(parts) or ".", class_images(folder)))
+            classes.append(("/".join(parts) or ".", class_images(folder, skipped)))
             return
+        visible_entries(folder, skipped)  # again, recording its hidden files this time
+        skipped.extend(e.path for e in entries if not e.is_dir() and not is_image_name(e.name))
         stray = [e.name for e in entries if not e.is_dir() and is_image_name(e.name)]
         if stray:
             raise DataError(f"folder '{folder}' holds both images (e.g. '{stray[0]}') and "
@@ -139,6 +171,7 @@ def leaf_class_folders(tree: str) -> List[ClassImages]:
             visit(entry.path, parts + (entry.name,), ancestors + (real,))
 
     visit(tree, (), (os.path.realpath(tree),))
+    report_skipped(skipped, tree)
     return classes
 
 

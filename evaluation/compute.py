@@ -22,7 +22,8 @@ from metrics import (CLASS_DIRECTIONS, CLUSTERS, COSINE, EUCLIDEAN, NEIGHBOURS, 
                      BaseMetric, ClassDirections, ClusterMetric, NeighbourMetric)
 
 from .embeddings import compute_embeddings
-from .faiss_ops import NeighbourIndex, chunk_size, kmeans_cluster_ids
+from .backend import EvaluationBackend, select_backend
+from .faiss_ops import chunk_size
 
 # Neighbours searched for every query before the deeper search that only queries without a hit
 # need (Recall@K with large K); see search_depths.
@@ -83,7 +84,8 @@ def search_depths(neighbour_metrics: Sequence[NeighbourMetric], num_relevant: np
 
 def retrieval_scores(neighbour_metrics: Sequence[NeighbourMetric], references: np.ndarray,
                      reference_labels: np.ndarray, queries: Optional[np.ndarray] = None,
-                     query_labels: Optional[np.ndarray] = None) -> Dict[str, float]:
+                     query_labels: Optional[np.ndarray] = None,
+                     backend: Optional[EvaluationBackend] = None) -> Dict[str, float]:
     """Average each metric over the queries that have at least one relevant reference.
 
     One faiss index serves every metric; queries are searched in chunks (bounded memory), first
@@ -100,7 +102,8 @@ def retrieval_scores(neighbour_metrics: Sequence[NeighbourMetric], references: n
         return {metric.name: 0.0 for metric in neighbour_metrics}
     k_first, k_deep = search_depths(neighbour_metrics, num_relevant,
                                     len(references) - int(self_retrieval))
-    index = NeighbourIndex(references, k_deep + int(self_retrieval))
+    backend = backend or select_backend()
+    index = backend.neighbour_index(references, k_deep + int(self_retrieval))
     totals = {metric.name: 0.0 for metric in neighbour_metrics}
 
     def relevance_of(rows: np.ndarray, k: int) -> np.ndarray:
@@ -130,12 +133,14 @@ def retrieval_scores(neighbour_metrics: Sequence[NeighbourMetric], references: n
 
 def clustering_scores(cluster_metrics: Sequence[ClusterMetric], embeddings: np.ndarray,
                       labels: np.ndarray, kmeans_iterations: int, seed: int,
-                      cosine: bool = False) -> Dict[str, float]:
+                      cosine: bool = False,
+                      backend: Optional[EvaluationBackend] = None) -> Dict[str, float]:
     """Score one k-means clustering with as many clusters as there are classes (``cosine``:
     rows assigned to the normalized centroid of highest cosine similarity)."""
     num_classes = len(np.unique(labels))
-    cluster_ids = kmeans_cluster_ids(embeddings, num_classes, kmeans_iterations, seed,
-                                     cosine=cosine)
+    backend = backend or select_backend()
+    cluster_ids = backend.kmeans_cluster_ids(embeddings, num_classes, kmeans_iterations, seed,
+                                             cosine=cosine)
     return {metric.name: metric.score(labels, cluster_ids) for metric in cluster_metrics}
 
 
@@ -194,14 +199,16 @@ def class_directions(embeddings: np.ndarray, labels: np.ndarray) -> ClassDirecti
 def compute_metrics(metric_names: Sequence[str], embeddings: np.ndarray, labels: np.ndarray,
                     query_embeddings: Optional[np.ndarray] = None,
                     query_labels: Optional[np.ndarray] = None, kmeans_iterations: int = 20,
-                    seed: int = 0) -> Dict[str, MetricValue]:
+                    seed: int = 0,
+                    backend: Optional[EvaluationBackend] = None) -> Dict[str, MetricValue]:
     """Metrics named ``metric_names`` (keys as given) of numpy embeddings: floats, except the
     arrays of non-scalar metrics (``rho_spectrum@0``, whose ``scalar`` is False).
 
     Without queries, each row is a query against all other rows. With ``query_embeddings`` and
     ``query_labels`` (In-Shop), each query is searched among ``embeddings``/``labels`` (the
     gallery) only, and the clustering, spectrum and distance metrics use queries and gallery
-    together.
+    together. ``backend``: faiss or torch for the kNN search and k-means (default:
+    ``select_backend()``).
     """
     selected = metric_registry.select_all(metric_names)
     references, reference_labels = _checked(embeddings, labels, "embeddings")
@@ -230,11 +237,11 @@ def compute_metrics(metric_names: Sequence[str], embeddings: np.ndarray, labels:
         euclidean, cosine = euclidean + cosine, []  # same ranking: one search serves both
     if euclidean:
         results.update(retrieval_scores(euclidean, references, reference_labels, queries,
-                                        query_labels))
+                                        query_labels, backend))
     if cosine:
         results.update(retrieval_scores(cosine, unit_rows(references), reference_labels,
                                         None if queries is None else unit_rows(queries),
-                                        query_labels))
+                                        query_labels, backend))
     for space in (EUCLIDEAN, COSINE):
         cluster_metrics = asking(CLUSTERS, space)
         if cluster_metrics:
@@ -242,7 +249,8 @@ def compute_metrics(metric_names: Sequence[str], embeddings: np.ndarray, labels:
             if space == COSINE:
                 points = unit_rows(points)
             results.update(clustering_scores(cluster_metrics, points, point_labels,
-                                             kmeans_iterations, seed, cosine=space == COSINE))
+                                             kmeans_iterations, seed, cosine=space == COSINE,
+                                             backend=backend))
     if asking(SPECTRUM):
         spectrum = singular_values(everything()[0])
         results.update({m.name: m.score(spectrum) for m in asking(SPECTRUM)})
@@ -257,7 +265,8 @@ EvalSet = Union[torch.utils.data.Dataset, Tuple[torch.utils.data.Dataset, torch.
 
 def evaluate(model: torch.nn.Module, eval_set: EvalSet, metric_names: Sequence[str],
              device: Union[str, torch.device], batch_size: int, num_workers: int,
-             kmeans_iterations: int = 20, seed: int = 0) -> Dict[str, MetricValue]:
+             kmeans_iterations: int = 20, seed: int = 0,
+             backend: Optional[EvaluationBackend] = None) -> Dict[str, MetricValue]:
     """Embed ``eval_set`` with ``model`` and compute ``metric_names`` on it.
 
     ``eval_set`` is one dataset (each image a query against all the others) or a
@@ -275,10 +284,10 @@ def evaluate(model: torch.nn.Module, eval_set: EvalSet, metric_names: Sequence[s
         gallery, gallery_labels = compute_embeddings(model, gallery_set, device, batch_size,
                                                      num_workers)
         return compute_metrics(metric_names, gallery, gallery_labels, queries, query_labels,
-                               kmeans_iterations=kmeans_iterations, seed=seed)
+                               kmeans_iterations=kmeans_iterations, seed=seed, backend=backend)
     embeddings, labels = compute_embeddings(model, eval_set, device, batch_size, num_workers)
     return compute_metrics(metric_names, embeddings, labels, kmeans_iterations=kmeans_iterations,
-                           seed=seed)
+                           seed=seed, backend=backend)
 
 
 __all__: List[str] = ["compute_metrics", "evaluate", "retrieval_scores", "clustering_scores",

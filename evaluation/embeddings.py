@@ -19,15 +19,21 @@ def compute_embeddings(model: torch.nn.Module, dataset: torch.utils.data.Dataset
     ``model.train()`` would also wake BatchNorm layers that a frozen backbone keeps in eval mode).
     """
     device = torch.device(device)
+    # A dataset of encoded images (datasets' --decode gpu path) is decoded batch-wise on the
+    # device; a Subset (torchrun shards) forwards to the dataset it wraps.
+    inner = getattr(dataset, "dataset", dataset)
+    decoder = inner.batch_decoder(device) if hasattr(inner, "batch_decoder") else None
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
                                          num_workers=num_workers,
-                                         pin_memory=device.type == "cuda")
+                                         collate_fn=getattr(inner, "collate_fn", None),
+                                         pin_memory=device.type == "cuda" and decoder is None)
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     outputs, labels = [], []
     try:
         with torch.no_grad():
             for images, batch_labels, *_ in tqdm(loader, desc="Embedding", leave=False):
+                images = decoder(images) if decoder is not None else images
                 embedded = model(images.to(device, non_blocking=True))
                 if not isinstance(embedded, torch.Tensor) or embedded.ndim != 2:
                     raise TypeError(f"{type(model).__name__}.forward must return a (batch, dim) "

@@ -10,7 +10,10 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from datasets import DataError, DatasetSplits, ImageDataset, Split, TransformConfig, build_transform
+from torchvision.transforms import v2
+
+from datasets import (DataError, DatasetSplits, ImageDataset, InputNormalizer, Split,
+                      TransformConfig, build_pil_transform, build_transform)
 from datasets._base import BGR_255_MEAN, IMAGENET_MEAN, IMAGENET_STD, load_image
 from datasets._split import split_train_validation
 
@@ -88,7 +91,7 @@ def test_every_colour_mode_yields_three_channels(tmp_path):
                            build_transform(PLAIN, train=True))
     for index in range(len(paths)):
         image, label, _ = dataset[index]
-        assert image.shape == (3, 8, 8) and image.dtype == torch.float32, paths[index]
+        assert image.shape == (3, 8, 8) and image.dtype == torch.uint8, paths[index]
     assert load_image(paths[0]).getpixel((0, 0)) == (90, 90, 90)
     assert load_image(paths[1]).getpixel((0, 0)) == (255, 255, 255)
     # Fully transparent pixels become white, not the black their colour values hold.
@@ -114,23 +117,35 @@ def test_big_augmentation_crops_256_and_test_resizes_by_256_over_224():
     image = Image.new("RGB", (300, 280))
     assert build_transform(TransformConfig(224, "big"), train=True)(image).shape == (3, 256, 256)
     steps = build_transform(TransformConfig(224), train=False).transforms
-    assert isinstance(steps[0], transforms.Resize) and steps[0].size == 256
-    assert isinstance(steps[1], transforms.CenterCrop) and list(steps[1].size) == [224, 224]
-    assert build_transform(TransformConfig(112), train=False).transforms[0].size == 128
+    assert isinstance(steps[0], v2.Resize) and list(steps[0].size) == [256]
+    assert isinstance(steps[1], v2.CenterCrop) and list(steps[1].size) == [224, 224]
+    assert list(build_transform(TransformConfig(112), train=False).transforms[0].size) == [128]
     train_steps = build_transform(TransformConfig(224), train=True).transforms
-    assert isinstance(train_steps[0], transforms.RandomResizedCrop)
-    assert isinstance(train_steps[1], transforms.RandomHorizontalFlip)
+    assert isinstance(train_steps[0], v2.RandomResizedCrop)
+    assert (train_steps[0].scale, train_steps[0].ratio) == ((0.08, 1.0), (3 / 4, 4 / 3))
+    assert train_steps[0].antialias and str(getattr(train_steps[0].interpolation, "value", train_steps[0].interpolation)) == "bilinear"
+    assert isinstance(train_steps[1], v2.RandomHorizontalFlip) and train_steps[1].p == 0.5
+    # the PIL reference pipeline keeps the same choices
+    reference = build_pil_transform(TransformConfig(224), train=True).transforms
+    assert isinstance(reference[0], transforms.RandomResizedCrop)
+    assert (reference[0].scale, reference[0].ratio) == (train_steps[0].scale, train_steps[0].ratio)
 
 
 def test_imagenet_normalization_versus_bninception_bgr_255():
     rgb = (200, 100, 50)
     image = Image.new("RGB", (30, 30), rgb)
-    imagenet = build_transform(TransformConfig(crop_size=16), train=False)(image)
+    as_tensor = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+    config = TransformConfig(crop_size=16)
+    crop = build_transform(config, train=False)(as_tensor)
+    assert crop.dtype == torch.uint8 and crop.shape == (3, 16, 16)
+    imagenet = InputNormalizer(config.mean, config.std)(crop[None])[0]
+    assert torch.allclose(imagenet, build_pil_transform(config, train=False)(image), atol=1e-5)
     expected = [(value / 255 - m) / s for value, m, s in zip(rgb, IMAGENET_MEAN, IMAGENET_STD)]
     assert torch.allclose(imagenet[:, 0, 0], torch.tensor(expected), atol=1e-5)
 
     # BN-Inception: channels reversed to BGR, 0-255 scale, mean subtraction only.
-    bgr = build_transform(TransformConfig(crop_size=16, bgr_255=True), train=False)(image)
+    bgr_config = TransformConfig(crop_size=16, bgr_255=True)
+    bgr = InputNormalizer(bgr_config.mean, bgr_config.std, bgr_255=True)(crop[None])[0]
     assert bgr.shape == (3, 16, 16)
     assert torch.allclose(bgr[:, 0, 0], torch.tensor([50 - 104.0, 100 - 117.0, 200 - 128.0]),
                           atol=1e-3)
