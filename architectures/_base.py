@@ -31,14 +31,17 @@ class Backbone:
 class EmbeddingNetwork(nn.Module):
     """Backbone features, global pooling, a linear embedding layer, optional L2 normalization.
 
-    ``double_pool`` adds global max pooling to global average pooling (the "double" arch word of
-    the paper's scripts). ``frozen_bn`` keeps every BatchNorm layer in eval mode with fixed running
-    statistics and affine terms, which the DML literature uses because class-balanced batches of
-    2 images per class give poor batch statistics.
+    ``double_pool`` adds global max pooling to global average pooling, summed (the "double" arch
+    word of the paper's scripts). ``frozen_bn`` keeps every BatchNorm layer in eval mode, so its
+    running statistics stay those of ImageNet (class-balanced batches of 2 images per class give
+    poor batch statistics); as in the published code, the affine weight and bias still train
+    (with weight decay). ``freeze_bn_affine`` also fixes those and leaves them out of
+    :meth:`backbone_parameters` (``--frozen_bn_affine``; see docs/PARITY.md).
     """
 
     def __init__(self, backbone: Backbone, embed_dim: int, normalize: bool = True,
-                 double_pool: bool = False, frozen_bn: bool = False, name: str = "") -> None:
+                 double_pool: bool = False, frozen_bn: bool = False, name: str = "",
+                 freeze_bn_affine: bool = False) -> None:
         super().__init__()
         self.name = name
         self.features = backbone.features
@@ -47,9 +50,10 @@ class EmbeddingNetwork(nn.Module):
         self.normalize = normalize
         self.double_pool = double_pool
         self.frozen_bn = frozen_bn
+        self.freeze_bn_affine = frozen_bn and freeze_bn_affine
         self.input_convention = dict(mean=tuple(backbone.mean), std=tuple(backbone.std),
                                      bgr_255=backbone.bgr_255)
-        if frozen_bn:
+        if self.freeze_bn_affine:
             for module in self.batchnorm_layers():
                 for parameter in module.parameters():
                     parameter.requires_grad_(False)

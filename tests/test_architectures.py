@@ -39,8 +39,10 @@ def test_every_backbone_gives_unit_norm_embeddings_of_the_asked_size(name, size)
 
 
 def test_frozen_batchnorm_keeps_statistics_and_affine_terms_fixed():
+    """--frozen_bn_affine; the published default (affine terms train) is in test_parity_training."""
     torch.manual_seed(0)
-    model = architectures.select("resnet18_frozen_normalize", 16, pretrained=False)
+    model = architectures.select("resnet18_frozen_normalize", 16, pretrained=False,
+                                 freeze_bn_affine=True)
     model.train()
     batchnorms = list(model.batchnorm_layers())
     assert batchnorms and all(not bn.training for bn in batchnorms)
