@@ -109,6 +109,15 @@ def summary_table(results: List[Dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def write_csv(path: str, results: List[Dict[str, object]]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for result in results:
+            writer.writerow({k: (v if k != "run_folder" else os.path.basename(str(v)))
+                             for k, v in result.items()})
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -139,12 +148,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                 print(f"{config} seed {seed}: R@1 last {result['recall@1_last']:.4f} max "
                       f"{result['recall@1_max']:.4f} MAP@R {result['map@r_last']:.4f} "
                       f"({result['seconds']} s)", flush=True)
-    with open(args.csv, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for result in results:
-            writer.writerow({k: (v if k != "run_folder" else os.path.basename(str(v)))
-                             for k, v in result.items()})
+                write_csv(args.csv, results)  # after every run: a stopped bench keeps its runs
     print(f"\nOmniglot 68/68 classes, tinycnn_normalize, crop 48, bs 112 (2 per class), lr 1e-3, "
           f"{args.epochs} epochs, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(summary_table(results))

@@ -124,6 +124,23 @@ def test_frozen_bn_affine_does_nothing_without_frozen():
     assert all(bn.training for bn in model.train().batchnorm_layers())
 
 
+def test_bninception_input_is_normalized_as_published():
+    """Published (dataset/basic_dataset_scaffold.py): RGB in 0-1, Normalize(mean (0.502, 0.4588,
+    0.4078), std 0.0039), then channels reversed to BGR."""
+    from PIL import Image
+
+    from datasets import build_transform
+
+    rgb = (200, 90, 30)
+    image = Image.new("RGB", (300, 300), rgb)
+    model = architectures.select("bninception_normalize", 8, pretrained=False)
+    tensor = build_transform(model.transform_config(224, "base"), train=False)(image)
+    mean, std = (0.502, 0.4588, 0.4078), 0.0039
+    published = [(value / 255 - m) / std for value, m in zip(rgb, mean)][::-1]  # BGR
+    assert tensor.shape == (3, 224, 224)
+    assert tensor[:, 100, 100].tolist() == pytest.approx(published, rel=1e-5, abs=1e-3)
+
+
 # ----------------------------------------------------------------------------- 7: precision
 def test_float32_by_default_bf16_only_with_amp_and_no_amp_a_no_op():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")  # a device object needs no GPU
