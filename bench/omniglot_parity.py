@@ -54,7 +54,7 @@ CSV_FIELDS = ["config", "seed", "epochs", "recall@1_last", "recall@1_max", "map@
 
 
 def find_zip(explicit: Optional[str]) -> Path:
-    """The zip from --zip, $OMNIGLOT_ZIP, or shared/ beside or inside the checkout (as the tests)."""
+    """The zip from --zip, $OMNIGLOT_ZIP, or shared/ beside or inside the checkout (as tests do)."""
     candidates = [Path(explicit)] if explicit else []
     if os.environ.get("OMNIGLOT_ZIP"):
         candidates.append(Path(os.environ["OMNIGLOT_ZIP"]))
@@ -98,8 +98,8 @@ def mean_std(values: List[float]) -> str:
 
 
 def summary_table(results: List[Dict[str, object]]) -> str:
-    lines = ["| config | R@1 last epoch (mean +- std) | R@1 max over epochs | per seed (last / max) |",
-             "|---|---|---|---|"]
+    lines = ["| config | R@1 last epoch (mean +- std) | R@1 max over epochs "
+             "| per seed (last / max) |", "|---|---|---|---|"]
     for config in dict.fromkeys(r["config"] for r in results):
         runs = [r for r in results if r["config"] == config]
         per_seed = ", ".join(f"s{r['seed']}: {r['recall@1_last']:.4f} / {r['recall@1_max']:.4f}"
