@@ -168,19 +168,26 @@ def choose_device(opt: argparse.Namespace) -> torch.device:
 
 def make_optimizer(opt: argparse.Namespace, model: architectures.EmbeddingNetwork,
                    criterion: criteria.BaseCriterion) -> torch.optim.Optimizer:
-    """Backbone at --lr, embedding layer at --fc_lr, learnable loss parameters at their own lr."""
+    """Parameter groups as the published code builds them (scripts/standard.py): the network
+    (backbone at --lr, embedding layer at --fc_lr) with weight decay --decay; the criterion's
+    learnable parameters at their own lr with the weight decay their loss defines (proxyanchor:
+    --loss_proxyanchor_decay) and otherwise none of ours, so the optimizer's own default applies
+    (0 for Adam and SGD, torch's 0.01 for AdamW). No global weight decay: decaying e.g. the margin
+    loss's beta would pull it to 0 on every step its class is absent (docs/PARITY.md)."""
     fc_lr = opt.fc_lr if opt.fc_lr > 0 else opt.lr
     groups = [
-        {"params": list(model.backbone_parameters()), "lr": opt.lr, "name": "backbone"},
-        {"params": list(model.embedding_parameters()), "lr": fc_lr, "name": "embedding"},
+        {"params": list(model.backbone_parameters()), "lr": opt.lr, "weight_decay": opt.decay,
+         "name": "backbone"},
+        {"params": list(model.embedding_parameters()), "lr": fc_lr, "weight_decay": opt.decay,
+         "name": "embedding"},
     ]
     groups += [dict(group, name=group.get("name", f"criterion_{i}"))
                for i, group in enumerate(criterion.param_groups())]
     if opt.optim == "adam":
-        return torch.optim.Adam(groups, lr=opt.lr, weight_decay=opt.decay)
+        return torch.optim.Adam(groups, lr=opt.lr)
     if opt.optim == "adamw":
-        return torch.optim.AdamW(groups, lr=opt.lr, weight_decay=opt.decay)
-    return torch.optim.SGD(groups, lr=opt.lr, momentum=0.9, weight_decay=opt.decay)
+        return torch.optim.AdamW(groups, lr=opt.lr)
+    return torch.optim.SGD(groups, lr=opt.lr, momentum=0.9)
 
 
 def build_criterion(opt: argparse.Namespace, num_classes: int) -> criteria.BaseCriterion:
@@ -268,6 +275,13 @@ class EpochStats:
 
 
 # ----------------------------------------------------------------------------- train / evaluate
+def bf16_autocast(opt: argparse.Namespace, device: torch.device) -> bool:
+    """Whether the forward pass runs under bf16 autocast: only with --amp, only on CUDA; the
+    default is float32 as published (docs/PARITY.md). A run folder saved before --amp existed
+    has no 'amp' in its config and ran bf16 unless --no_amp: resuming it keeps that."""
+    return device.type == "cuda" and bool(getattr(opt, "amp", not getattr(opt, "no_amp", False)))
+
+
 def training_step(model, criterion, das, optimizer, images: torch.Tensor, labels: torch.Tensor,
                   device: torch.device, use_amp: bool, sec=None) -> torch.Tensor:
     """Forward, (gather across ranks), dense anchors, mining + loss (+ SEC), backward, update.
@@ -279,6 +293,7 @@ def training_step(model, criterion, das, optimizer, images: torch.Tensor, labels
     labels = labels.to(device, non_blocking=True)
     if device.type == "cuda":
         images = images.contiguous(memory_format=torch.channels_last)
+    # use_amp (--amp): bf16 forward; otherwise float32 (TF32 matmuls on CUDA), as published.
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
         if sec is not None:  # SEC needs the norms before the L2 normalization
             embeddings, norms = model(images, return_norms=True)
@@ -304,7 +319,12 @@ def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int
                     global_step: int, sec=None) -> Tuple[int, bool]:
     """One pass over the training batches. Returns the global step and whether it was stopped."""
     model.train()
-    use_amp = device.type == "cuda" and not opt.no_amp
+    use_amp = bf16_autocast(opt, device)
+    if device.type == "cuda":
+        # float32 with TF32 matmuls/convolutions, as the published code ran (torch < 1.12 allowed
+        # TF32 matmuls by default); --no_amp is an accepted no-op.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     batches = loader.batch_sampler.batch_sampler  # the BaseBatchSampler (resume position)
     first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
     bad_weights_step = torch.full((), -1, dtype=torch.long, device=device)
@@ -463,7 +483,10 @@ def train(argv: Optional[List[str]] = None) -> str:
         rf.check_same_training_data(vars(opt), data_record,
                                     os.path.join(opt.resume, rf.CONFIG_FILE))
     model = architectures.select(opt.arch, opt.embed_dim, pretrained=opt.pretrained,
-                                 pretrained_path=opt.pretrained_path, dropout=opt.drop)
+                                 pretrained_path=opt.pretrained_path, dropout=opt.drop,
+                                 # a config saved before the option existed froze the affine
+                                 # terms: resuming it keeps them frozen (its optimizer state fits)
+                                 freeze_bn_affine=getattr(opt, "frozen_bn_affine", True))
     transform_config = model.transform_config(opt.crop_size, opt.augmentation)
     decode = datasets.resolve_decode(getattr(opt, "decode", "auto"), device, transform_config)
     # --no_random_augmentation: training images get the deterministic test transform

@@ -141,6 +141,9 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
     group.add_argument("--pretrained_path", "--ckpt_path", dest="pretrained_path", default=None,
                        type=str, help="Local backbone state dict to start from.")
     group.add_argument("--compile", action="store_true", help="torch.compile the backbone (CUDA).")
+    group.add_argument("--frozen_bn_affine", action="store_true",
+                       help="With a 'frozen' arch, also fix the BatchNorm affine weights (left "
+                            "out of the optimizer). Published: they train, with weight decay.")
 
     group = parser.add_argument_group("optimisation")
     group.add_argument("--optim", default="adam", choices=["adam", "sgd", "adamw"])
@@ -164,7 +167,12 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
     group.add_argument("--loss", default="multisimilarity", type=str, help="Criterion (see criteria/).")
     group.add_argument("--batch_mining", default="distance", type=str,
                        help="Batch miner for tuple-based criteria (see batchminer/).")
-    group.add_argument("--no_amp", action="store_true", help="Disable bf16 autocast on CUDA.")
+    group.add_argument("--amp", action="store_true",
+                       help="bf16 autocast of the network's forward pass on CUDA. Off: float32 "
+                            "with TF32 matmuls, the published code's precision (docs/PARITY.md).")
+    group.add_argument("--no_amp", action="store_true",
+                       help="Does nothing; accepted so that old command lines run (float32 is "
+                            "the default now, bf16 is --amp).")
 
     group = parser.add_argument_group("evaluation")
     group.add_argument("--evaluation_metrics", nargs="+", default=None, type=str,
@@ -176,10 +184,13 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
     group.add_argument("--storage_metric", "--storage_metrics", dest="storage_metric",
                        default="recall@1", type=str, nargs="?",
                        help="Metric that selects checkpoint_best.pth.")
-    group.add_argument("--train_metrics", action="store_true",
-                       help="Also evaluate on the training split every epoch.")
     group.add_argument("--no_train_metrics", action="store_true",
-                       help="Accepted for the paper's scripts; train metrics are off unless asked.")
+                       help="Do not evaluate on the training split every epoch (on by default, "
+                            "as in the published code; it costs time only, test figures are "
+                            "unchanged).")
+    group.add_argument("--train_metrics", action="store_true",
+                       help="Does nothing; accepted so that old command lines run (train-split "
+                            "metrics are on unless --no_train_metrics).")
     group.add_argument("--evaluate_on_gpu", action="store_true",
                        help="Accepted for compatibility: faiss-gpu is used whenever available.")
     group.add_argument("--eval_initial", action="store_true", default=None,
@@ -373,6 +384,9 @@ def resolve_dataset_defaults(opt: argparse.Namespace) -> argparse.Namespace:
         opt.evaluation_metrics = [f"recall@{k}" for k in ks] + ["nmi", "f1", "map@r", "r_precision"]
     if opt.eval_bs is None:
         opt.eval_bs = opt.bs
+    # Train-split metrics are on unless --no_train_metrics (published default); --train_metrics
+    # is an accepted no-op, and opt.train_metrics records what the run does.
+    opt.train_metrics = not opt.no_train_metrics
     if opt.miner_semihard_margin is None:
         opt.miner_semihard_margin = getattr(opt, f"loss_{opt.loss}_margin",
                                             opt.loss_triplet_margin)

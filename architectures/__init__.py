@@ -1,9 +1,10 @@
 """Backbones, selected with ``--arch``.
 
 An arch name is a registered backbone followed by option words joined with ``_``:
-``frozen`` (frozen BatchNorm), ``normalize`` (L2-normalized embedding), ``double`` (average plus
-max pooling), ``he`` (He initialisation of the embedding layer), ``bn_norm`` (BatchNorm1d after
-the embedding layer). Any other word is a run label, so the paper's names such as
+``frozen`` (BatchNorm in eval mode; its affine weights still train, as published), ``normalize``
+(L2-normalized embedding), ``double`` (average plus max pooling, summed), ``he`` (He
+initialisation of the embedding layer), ``bn_norm`` (BatchNorm1d after the embedding layer). Any
+other word is a run label, so the paper's names such as
 ``bninception_double_frozen_normalize_multiSim_300epoch_200_250_embeddingProducer_DAS_numScale8``
 are accepted as they are. A new backbone is one file registering a builder
 ``(pretrained, pretrained_path) -> Backbone``.
@@ -65,13 +66,17 @@ def parse_arch(name: str) -> ArchSpec:
 
 
 def select(name: str, embed_dim: int, pretrained: bool = True,
-           pretrained_path: Optional[str] = None, dropout: float = -1.0) -> EmbeddingNetwork:
-    """Build the embedding network described by arch ``name`` (``dropout``: ``--drop``)."""
+           pretrained_path: Optional[str] = None, dropout: float = -1.0,
+           freeze_bn_affine: bool = False) -> EmbeddingNetwork:
+    """Build the embedding network described by arch ``name`` (``dropout``: ``--drop``;
+    ``freeze_bn_affine``, with ``frozen``, also fixes the BatchNorm affine weights, which the
+    published code trains)."""
     spec = parse_arch(name)
     backbone = REGISTRY.get(spec.backbone)(pretrained, pretrained_path)
     return EmbeddingNetwork(backbone, embed_dim, normalize=spec.normalize, double_pool=spec.double,
                             frozen_bn=spec.frozen, name=name, dropout=dropout,
-                            he_init=spec.he, bn_norm=spec.bn_norm)
+                            he_init=spec.he, bn_norm=spec.bn_norm,
+                            freeze_bn_affine=freeze_bn_affine)
 
 
 __all__ = ["select", "parse_arch", "EmbeddingNetwork", "PretrainedWeightsError", "REGISTRY"]

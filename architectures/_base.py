@@ -32,10 +32,12 @@ class Backbone:
 class EmbeddingNetwork(nn.Module):
     """Backbone features, global pooling, a linear embedding layer, optional L2 normalization.
 
-    ``double_pool`` adds global max pooling to global average pooling (the "double" arch word of
-    the paper's scripts). ``frozen_bn`` keeps every BatchNorm layer in eval mode with fixed running
-    statistics and affine terms, which the DML literature uses because class-balanced batches of
-    2 images per class give poor batch statistics.
+    ``double_pool`` adds global max pooling to global average pooling, summed (the "double" arch
+    word of the paper's scripts). ``frozen_bn`` keeps every BatchNorm layer in eval mode, so its
+    running statistics stay those of ImageNet (class-balanced batches of 2 images per class give
+    poor batch statistics); as in the published code, the affine weight and bias still train
+    (with weight decay). ``freeze_bn_affine`` also fixes those and leaves them out of
+    :meth:`backbone_parameters` (``--frozen_bn_affine``; see docs/PARITY.md).
 
     Options of the published DAS code: ``dropout`` (``--drop``; applied to the pooled features
     in training when > 0), ``he_init`` (arch word ``he``: Kaiming-normal fan-out initialisation
@@ -48,7 +50,8 @@ class EmbeddingNetwork(nn.Module):
 
     def __init__(self, backbone: Backbone, embed_dim: int, normalize: bool = True,
                  double_pool: bool = False, frozen_bn: bool = False, name: str = "",
-                 dropout: float = -1.0, he_init: bool = False, bn_norm: bool = False) -> None:
+                 dropout: float = -1.0, he_init: bool = False, bn_norm: bool = False,
+                 freeze_bn_affine: bool = False) -> None:
         super().__init__()
         if not dropout < 1.0:
             raise ValueError(f"--drop {dropout} must be below 1 (a dropout probability; <= 0 is "
@@ -66,11 +69,12 @@ class EmbeddingNetwork(nn.Module):
         self.normalize = normalize
         self.double_pool = double_pool
         self.frozen_bn = frozen_bn
+        self.freeze_bn_affine = frozen_bn and freeze_bn_affine
         self.input_convention = dict(mean=tuple(backbone.mean), std=tuple(backbone.std),
                                      bgr_255=backbone.bgr_255)
         # uint8 images from the loader are normalized here, on the network's device
         self.input_normalizer = InputNormalizer(**self.input_convention)
-        if frozen_bn:
+        if self.freeze_bn_affine:
             for module in self.batchnorm_layers():
                 for parameter in module.parameters():
                     parameter.requires_grad_(False)

@@ -32,6 +32,13 @@ def bninception(pretrained: bool, pretrained_path: Optional[str] = None) -> Back
     elif pretrained:
         load_into(network, load_imagenet_state_dict(settings["url"], "bninception"),
                   settings["url"], "bninception")
-    # The ImageNet settings give mean in 0-255 BGR and std 1: mean subtraction only.
     return Backbone(features=BNInceptionFeatures(network), feature_dim=1024,
-                    mean=tuple(settings["mean"]), std=tuple(settings["std"]), bgr_255=True)
+                    mean=PUBLISHED_BGR_255_MEAN, std=PUBLISHED_BGR_255_STD, bgr_255=True)
+
+
+# The published DAS code normalizes 0-1 RGB input with mean (0.502, 0.4588, 0.4078) and std
+# 0.0039, then flips to BGR: on the BGR 0-255 scale that is the mean below and std 0.0039 x 255,
+# i.e. pretrainedmodels' mean subtraction (std 1) with the input scaled by 1/0.9945
+# (docs/PARITY.md).
+PUBLISHED_BGR_255_MEAN = (0.4078 * 255, 0.4588 * 255, 0.502 * 255)
+PUBLISHED_BGR_255_STD = (0.0039 * 255,) * 3

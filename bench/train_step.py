@@ -2,8 +2,8 @@
 
 Every step runs through ``main.train_one_epoch`` with the objects ``main.main`` builds
 (``architectures.select``, ``batchminer.select``, ``criteria.select``, ``build_producer``,
-``main.make_optimizer``; channels_last and bf16 autocast on CUDA; ``--compile``), so the figures are
-those of the code users run. Modes (``--modes``, any of):
+``main.make_optimizer``; channels_last on CUDA, bf16 autocast with ``--amp``; ``--compile``), so
+the figures are those of the code users run. Modes (``--modes``, any of):
 
 * ``step``: batches generated once and kept on the device, fed to ``train_one_epoch`` by a stand-in
   loader: data loading excluded.
@@ -806,7 +806,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Report:
 
     mining = (f" with --batch_mining {opt.batch_mining}"
               if criteria.REGISTRY.get(opt.loss).requires_miner else "")
-    precision = ("bf16 autocast, channels_last" if device.type == "cuda" and not opt.no_amp
+    precision = ("bf16 autocast (--amp), channels_last" if device.type == "cuda" and opt.amp
+                 else "float32 (TF32 matmuls on CUDA), channels_last" if device.type == "cuda"
                  else "float32")
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{os.cpu_count()} CPU core(s), {torch.get_num_threads()} torch threads"

@@ -45,9 +45,9 @@ def epoch_row(epoch: int, recall1: float, f1: float = 0.3, nmi: float = 0.6, **e
             "test/nmi": nmi, **extra}
 
 
-def build(tmp_path: Path):
+def build(tmp_path: Path, best: str = pt.DEFAULT_BEST):
     out = tmp_path / "tables"
-    written, runs = pt.build_tables(str(tmp_path / "runs"), str(out))
+    written, runs = pt.build_tables(str(tmp_path / "runs"), str(out), best=best)
     return out, written, runs
 
 
@@ -93,7 +93,7 @@ def test_last_and_best_epoch_are_reported_separately(tmp_path):
     rows = [epoch_row(0, 0.99), epoch_row(1, 0.40), epoch_row(2, 0.70, nmi=0.72),
             epoch_row(3, 0.65, nmi=0.66)]
     make_run(tmp_path / "runs", "margin", TABLE2_MARGIN, rows)
-    out, _, _ = build(tmp_path)
+    out, _, _ = build(tmp_path, best="storage_metric")
     key = ("margin+distance", "resnet50_128", "yes", "ours")
     last, best = read_table(out / "table2_last.csv")[key], read_table(out / "table2_best.csv")[key]
     assert float(last["cub200/recall@1"]) == pytest.approx(65.0) and last["cub200/epoch"] == "3"
@@ -110,7 +110,7 @@ def test_best_epoch_is_selected_on_the_validation_split_when_there_is_one(tmp_pa
             epoch_row(2, 0.60, **{"val/recall@1": 0.50}),
             epoch_row(3, 0.70, **{"val/recall@1": 0.40})]
     make_run(tmp_path / "runs", "margin", TABLE2_MARGIN, rows)
-    out, _, runs = build(tmp_path)
+    out, _, runs = build(tmp_path, best="storage_metric")
     best = read_table(out / "table2_best.csv")[("margin+distance", "resnet50_128", "yes", "ours")]
     assert best["cub200/epoch"] == "2" and float(best["cub200/recall@1"]) == pytest.approx(60.0)
     assert best["cub200/selected_by"] == "val/recall@1"

@@ -17,10 +17,17 @@ CSV) and ``runs.csv`` (every run folder found, the cell it fills, its epochs, or
 Each cell shows our figure, the paper's and the difference (ours - paper) in percentage points.
 A cell without a run is shown as missing (``-`` in markdown, empty in CSV), never as zero.
 
-"Best" is the epoch with the highest selection metric, the rule ``main.py`` uses for
-``checkpoint_best.pth``: ``<split>/<--storage_metric>`` with split ``val`` when the run has a
-validation split (``--use_tv_split``) and ``test`` otherwise; the headings name it. Selecting on
-the test split, as the paper's code does, flatters the figures; the last epoch's do not.
+"Best" has two conventions (``--best``; the headings and the CSV's ``selected_by`` say which):
+
+* ``per_metric`` (default, the published code's: its summary, utilities/logger.py, reports every
+  metric's own maximum over the epochs): each test figure is its own maximum over trained epochs,
+  so R@1 and NMI of one row may come from different epochs;
+* ``storage_metric``: every figure of the one epoch with the highest selection metric, the rule
+  ``main.py`` uses for ``checkpoint_best.pth``: ``<split>/<--storage_metric>`` with split ``val``
+  when the run has a validation split (``--use_tv_split``) and ``test`` otherwise.
+
+Both select on the test split unless a run has a validation split, which flatters the figures;
+the last epoch's do not.
 """
 from __future__ import annotations
 
@@ -53,6 +60,8 @@ MINERLESS_LOSSES = ("multisimilarity",)  # criteria of Table 2 with their own pa
 METRIC_TITLES = {"f1": "F1", "nmi": "NMI"}
 MISSING = "-"
 MODES = ("last", "best")
+BEST_CHOICES = ("per_metric", "storage_metric")
+DEFAULT_BEST = "per_metric"  # the published convention (utilities/logger.py of the DAS code)
 
 
 class TablesError(ValueError):
@@ -118,6 +127,12 @@ class Run:
             return None
         best = max(r[key] for r in scored)
         return min((r for r in scored if r[key] == best), key=lambda r: r["epoch"])  # first max
+
+    def max_per_metric(self, column: str) -> Optional[float]:
+        """``column``'s own maximum over trained epochs (the published summary), None if absent."""
+        values = [r[column] for r in self.trained_rows
+                  if r.get(column) is not None and not math.isnan(r[column])]
+        return max(values) if values else None
 
 
 def arch_words(arch: str) -> Tuple[str, frozenset]:
@@ -323,19 +338,26 @@ class Figures:
 
 
 def collect(layout: TableLayout, mode: str, cells: Dict[Tuple[RowKey, str], Run],
-            paper: Dict[Tuple[RowKey, str, str], float]) -> List[Tuple[RowKey, str, Figures]]:
+            paper: Dict[Tuple[RowKey, str, str], float],
+            best: str = DEFAULT_BEST) -> List[Tuple[RowKey, str, Figures]]:
+    """One table's figures: the last epoch's, or the best by ``best`` (see the module doc).
+    With ``per_metric`` the epoch column holds the last epoch searched."""
+    per_metric = mode == "best" and best == "per_metric"
     table = []
     for row_key, label in layout.rows:
         figures = Figures()
         for dataset, metrics in layout.metrics.items():
             run = cells.get((row_key, dataset))
-            picked = run.pick(mode) if run is not None else None
+            picked = run.pick("last" if per_metric else mode) if run is not None else None
             figures.epochs[dataset] = int(picked["epoch"]) if picked else None
             figures.unfinished[dataset] = bool(picked) and not run.finished
             if picked and mode == "best":
-                figures.selected_by[dataset] = run.selection_key
+                figures.selected_by[dataset] = "per_metric" if per_metric else run.selection_key
             for metric in metrics:
-                value = picked.get(f"test/{metric}") if picked else None
+                if per_metric:
+                    value = run.max_per_metric(f"test/{metric}") if picked else None
+                else:
+                    value = picked.get(f"test/{metric}") if picked else None
                 figures.ours[(dataset, metric)] = None if value is None else 100.0 * value
                 figures.paper[(dataset, metric)] = paper.get((row_key, dataset, metric))
         table.append((row_key, label, figures))
@@ -359,13 +381,21 @@ def selection_summary(table: List[Tuple[RowKey, str, Figures]]) -> str:
                      for key, n in sorted(counts.items()))
 
 
-def markdown(layout: TableLayout, mode: str, table: List[Tuple[RowKey, str, Figures]]) -> str:
+def markdown(layout: TableLayout, mode: str, table: List[Tuple[RowKey, str, Figures]],
+             best: str = DEFAULT_BEST) -> str:
     columns = [(d, m) for d, metrics in layout.metrics.items() for m in metrics]
     lines = []
     if mode == "last":
         lines.append(f"### Table {layout.number}, last epoch")
+    elif best == "per_metric":
+        lines.append(f"### Table {layout.number}, best per metric (--best per_metric)")
+        lines.append("")
+        lines.append("Each figure is that metric's own maximum over the trained epochs on the test "
+                     "split, the published code's convention: figures of one row may come from "
+                     "different epochs. An optimistic figure; compare with the last epoch's.")
     else:
-        lines.append(f"### Table {layout.number}, best epoch")
+        lines.append(f"### Table {layout.number}, best epoch by the storage metric "
+                     f"(--best storage_metric)")
         lines.append("")
         lines.append(f"Best epoch selected by {selection_summary(table)}.")
         if any(k.startswith("test/") for _, _, f in table for k in f.selected_by.values()):
@@ -439,9 +469,12 @@ def write_runs(path: str, runs: Sequence[Run]) -> None:
                              run.selection_key if run.rows else "", run.reason])
 
 
-def build_tables(runs_root: str, out: str,
-                 paper_path: str = PAPER_RESULTS) -> Tuple[Dict[str, str], List[Run]]:
-    """Read the runs, write every output file; returns (output name -> path, the runs read)."""
+def build_tables(runs_root: str, out: str, paper_path: str = PAPER_RESULTS,
+                 best: str = DEFAULT_BEST) -> Tuple[Dict[str, str], List[Run]]:
+    """Read the runs, write every output file; returns (output name -> path, the runs read).
+    ``best``: ``per_metric`` or ``storage_metric``, how the "best" figures are chosen."""
+    if best not in BEST_CHOICES:
+        raise TablesError(f"--best '{best}' is not one of {', '.join(BEST_CHOICES)}")
     paper = read_paper(paper_path)
     runs = [read_run(folder) for folder in find_run_folders(runs_root)]
     cells = assign_cells(runs)
@@ -455,8 +488,8 @@ def build_tables(runs_root: str, out: str,
             sections.append("The paper's baseline figures (MS\u2020 there) come from its own "
                             "re-implementation of multi-similarity.\n")
         for mode in MODES:
-            table = collect(layout, mode, cells, paper)
-            sections.append(markdown(layout, mode, table))
+            table = collect(layout, mode, cells, paper, best)
+            sections.append(markdown(layout, mode, table, best))
             name = f"table{layout.number}_{mode}.csv"
             write_csv(os.path.join(out, name), layout, mode, table)
             written[name] = os.path.join(out, name)
@@ -489,9 +522,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="Folder searched (any depth) for run folders.")
     parser.add_argument("--out", required=True, help="Folder for the markdown and CSV tables.")
     parser.add_argument("--paper", default=PAPER_RESULTS, help="The paper's figures (CSV).")
+    parser.add_argument("--best", default=DEFAULT_BEST, choices=BEST_CHOICES,
+                        help="The 'best' figures: per_metric = each metric's own maximum over "
+                             "epochs (the published convention); storage_metric = every figure "
+                             "of the epoch with the best --storage_metric (main.py's "
+                             "checkpoint_best.pth).")
     args = parser.parse_args(argv)
     try:
-        written, runs = build_tables(args.runs, args.out, args.paper)
+        written, runs = build_tables(args.runs, args.out, args.paper, args.best)
     except (TablesError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -55,7 +55,8 @@ SMOKE_BACKBONE = "tinycnn"
 # Options that may differ between a run folder and its row without making it another experiment.
 VOLATILE_OPTIONS = {"n_epochs", "kernels", "gpu", "device", "log_every", "save_path", "savename",
                     "resume", "source", "evaluate_on_gpu", "no_train_metrics", "eval_bs",
-                    "world_size", "train_classes", "train_images", "compile", "no_amp"}
+                    "world_size", "train_classes", "train_images", "compile", "no_amp",
+                    "train_metrics"}  # train-split metrics change time only (docs/PARITY.md)
 
 
 class SweepError(ValueError):
