@@ -380,9 +380,10 @@ def mark_non_finite_weights(weights: List[torch.Tensor], flag: torch.Tensor,
 
 def raise_if_non_finite(bad_loss_step: torch.Tensor, bad_weights_step: torch.Tensor,
                         epoch: int) -> None:
-    """One host sync: stop naming the first step with a non-finite loss, or the check that found
-    non-finite weights, before anything is evaluated or saved."""
-    bad_loss, bad_weights = torch.stack([bad_loss_step, bad_weights_step]).tolist()
+    """Stop naming the first step with a non-finite loss, or the check that found non-finite
+    weights, before anything is evaluated or saved. Called only at logging points and at the end
+    of an epoch: the first ``.item()`` waits for the device, the second finds it done."""
+    bad_loss, bad_weights = bad_loss_step.item(), bad_weights_step.item()
     if bad_loss >= 0:
         raise TrainingError(f"non-finite loss at epoch {epoch}, step {bad_loss + 1}; the last good "
                             f"checkpoint is kept")

@@ -43,7 +43,9 @@ def generated_data_run(tmp_path: Path, options: List[str]) -> List[str]:
 
 
 def test_main_with_das_on_generated_data_and_resume(tmp_path):
-    common = generated_data_run(tmp_path, ["--loss", "multisimilarity"])
+    # distinct classes per batch: every class meets a pair of its own in the first epoch
+    common = generated_data_run(tmp_path, ["--loss", "multisimilarity",
+                                           "--data_sampler", "class_random_distinct"])
     run_main(common + ["--n_epochs", "1"])
     folder = tmp_path / "runs" / "das"
     row = last_row(folder)

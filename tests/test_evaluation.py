@@ -10,6 +10,7 @@ from torchvision import transforms
 
 import evaluation
 import evaluation.compute as compute_module
+import evaluation.faiss_ops as faiss_module
 from datasets._base import ImageDataset, Split
 from evaluation import compute_embeddings, compute_metrics, evaluate
 from utilities.registry import UnknownNameError
@@ -113,9 +114,9 @@ def test_evaluate_checks_metric_names_before_embedding(model):
 def call_log(monkeypatch):
     """Record the kNN indexes built, their searches' k, and the k-means runs of compute_metrics."""
     log = {"indexes": 0, "knn_k": [], "kmeans": 0}
-    real_kmeans = compute_module.kmeans_cluster_ids
+    real_kmeans = faiss_module.kmeans_cluster_ids
 
-    class CountingIndex(compute_module.NeighbourIndex):
+    class CountingIndex(faiss_module.NeighbourIndex):
         def __init__(self, *args, **kwargs):
             log["indexes"] += 1
             super().__init__(*args, **kwargs)
@@ -128,8 +129,8 @@ def call_log(monkeypatch):
         log["kmeans"] += 1
         return real_kmeans(*args, **kwargs)
 
-    monkeypatch.setattr(compute_module, "NeighbourIndex", CountingIndex)
-    monkeypatch.setattr(compute_module, "kmeans_cluster_ids", kmeans)
+    monkeypatch.setattr(faiss_module, "NeighbourIndex", CountingIndex)
+    monkeypatch.setattr(faiss_module, "kmeans_cluster_ids", kmeans)
     return log
 
 

@@ -268,13 +268,13 @@ def test_cosine_variants_of_normalized_embeddings_equal_the_euclidean_ones_in_on
     x, y = random_set(200, 10, 6)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     searches = []
-    real_search = compute_module.NeighbourIndex.search
+    real_search = evaluation.faiss_ops.NeighbourIndex.search
 
     def counting_search(self, queries, k, own_ids=None):
         searches.append(k)
         return real_search(self, queries, k, own_ids)
 
-    monkeypatch.setattr(compute_module.NeighbourIndex, "search", counting_search)
+    monkeypatch.setattr(evaluation.faiss_ops.NeighbourIndex, "search", counting_search)
     scores = compute_metrics(["e_recall@1", "c_recall@1", "mAP_c", "c_mAP_c", "mAP_1000",
                               "c_mAP_1000"], x, y)
     assert len(searches) == 1

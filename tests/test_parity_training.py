@@ -134,7 +134,8 @@ def test_bninception_input_is_normalized_as_published():
     rgb = (200, 90, 30)
     image = Image.new("RGB", (300, 300), rgb)
     model = architectures.select("bninception_normalize", 8, pretrained=False)
-    tensor = build_transform(model.transform_config(224, "base"), train=False)(image)
+    uint8 = build_transform(model.transform_config(224, "base"), train=False)(image)
+    tensor = model.input_normalizer(uint8.unsqueeze(0))[0]  # normalized on the device
     mean, std = (0.502, 0.4588, 0.4078), 0.0039
     published = [(value / 255 - m) / std for value, m in zip(rgb, mean)][::-1]  # BGR
     assert tensor.shape == (3, 224, 224)

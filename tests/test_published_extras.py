@@ -209,14 +209,16 @@ def test_sec_run_saves_its_state_and_resumes_exactly(tmp_path, single_thread):
 
 
 def test_no_random_augmentation_trains_with_the_test_transform(tmp_path, monkeypatch):
+    import datasets
+
     calls = []
-    original = main.build_transform
+    original = datasets.build_transform
 
     def recording(config, train):
         calls.append(train)
         return original(config, train=train)
 
-    monkeypatch.setattr(main, "build_transform", recording)
+    monkeypatch.setattr(datasets, "build_transform", recording)
     main.main(["--n_epochs", "0", "--kernels", "0", "--save_path", str(tmp_path),
                "--no_random_augmentation"])
     assert calls and not any(calls)

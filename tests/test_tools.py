@@ -278,6 +278,8 @@ def test_export_matches_pytorch(run, test_tree, tmp_path, capsys, fmt):
 
     images = torch.stack([trained.transform(load_image(str(test_tree / "class_04" / f"{i}.png")))
                           for i in range(5)])
+    # the transform gives uint8; the exported network takes the normalized float input
+    images = trained.model.input_normalizer(images)
     with torch.no_grad():
         expected = trained.model(images).numpy()
     np.testing.assert_allclose(export_tool.run_export(fmt, str(out), images), expected, atol=1e-4)

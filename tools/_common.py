@@ -134,7 +134,7 @@ class TolerantImages(torch.utils.data.Dataset):
         try:
             return self.transform(load_image(self.paths[index])), label, index
         except Exception:  # any decoding failure (PIL raises many types): skip, listed later
-            return torch.zeros(self.blank_shape), -1, index
+            return torch.zeros(self.blank_shape, dtype=torch.uint8), -1, index  # as the transform
 
 
 def unreadable_reason(path: str) -> str:
