@@ -98,8 +98,9 @@ def test_folder_dataset_reads_gifs_and_lists_skipped_files_with_a_count(tmp_path
         for name in names:
             folder = tmp_path / "tree" / split / name
             folder.mkdir(parents=True)
-            Image.new("RGB", (8, 8), (9, 9, 9)).save(folder / "one.png")
-            Image.new("RGB", (8, 8), (9, 9, 9)).save(folder / "two.gif")
+            shade = ord(name)  # distinct files: train/ and test/ must not share an image
+            Image.new("RGB", (8, 8), (9, 9, shade)).save(folder / "one.png")
+            Image.new("RGB", (8, 8), (9, shade, 9)).save(folder / "two.gif")
             (folder / "notes.txt").write_text("not an image")
             (folder / ".DS_Store").write_bytes(b"\0")
     splits = datasets.load("folder", str(tmp_path / "tree"))
