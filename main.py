@@ -40,6 +40,7 @@ from utilities import run_folder as rf
 from utilities.data import SeededBatches, SeededDataset
 from utilities.grad_stats import gradient_norms
 from utilities.registry import UnknownNameError
+from utilities.sampler_storage import StorageFeed
 from utilities.schedulers import make_scheduler
 from utilities.seeding import rng_state, seed_everything, set_rng_state
 
@@ -154,6 +155,14 @@ def make_train_loader(train_set: ImageDataset, sampler: datasampler.BaseBatchSam
                       generator=torch.Generator().manual_seed(opt.seed))
 
 
+def sampler_options(opt: argparse.Namespace) -> Dict:
+    """The --data_* options of the storage samplers, under their constructor names."""
+    return dict(bigbs=opt.data_batchmatch_bigbs, ncomps=opt.data_batchmatch_ncomps,
+                lowproj_dim=opt.data_sampler_lowproj_dim, mb_mom=opt.data_mb_mom,
+                mb_lr=opt.data_mb_lr, d2_lambda=opt.data_d2_coreset_lambda,
+                softened=opt.data_gc_softened)
+
+
 def resume_options(argv: Optional[List[str]]) -> argparse.Namespace:
     """For --resume: the saved configuration, with a few options taken from the command line."""
     cli = build_parser().parse_args(argv)  # as typed: dataset defaults not filled in
@@ -230,7 +239,7 @@ def training_step(model, criterion, das, optimizer, images: torch.Tensor, labels
 
 def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int,
                     stats: EpochStats, writer, opt, stop: StopRequest,
-                    global_step: int, sec=None) -> Tuple[int, bool]:
+                    global_step: int, sec=None, storage=None) -> Tuple[int, bool]:
     """One pass over the training batches. Returns the global step and whether it was stopped."""
     model.train()
     use_amp = device.type == "cuda" and not opt.no_amp
@@ -238,9 +247,11 @@ def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int
     first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
     progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
                     disable=not distributed.is_main_process())
-    for step, (images, labels, _) in enumerate(progress, start=batches.start_batch):
+    for step, (images, labels, indices) in enumerate(progress, start=batches.start_batch):
         loss = training_step(model, criterion, das, optimizer, images, labels, device, use_amp,
                              sec=sec)
+        if storage is not None:  # samplers that choose batches from training-set embeddings
+            storage.after_step(indices, global_step + 1)
 
         step_scalars = {"loss": loss.detach()}
         step_scalars.update({f"criterion/{k}": v for k, v in criterion.stats.items()})
@@ -350,7 +361,7 @@ def main(argv: Optional[List[str]] = None) -> str:
                                  opt.samples_per_class, seed=opt.seed, rank=rank,
                                  world_size=world_size, class_names=splits.train.class_names,
                                  super_labels=splits.train.super_labels,
-                                 num_super=opt.data_num_super)
+                                 num_super=opt.data_num_super, **sampler_options(opt))
     loader = make_train_loader(train_set, sampler, opt, device)
 
     # Miner, criterion and dense anchors.
@@ -366,6 +377,8 @@ def main(argv: Optional[List[str]] = None) -> str:
         das.to(device)
     if sec is not None:
         sec.to(device)
+    storage = StorageFeed.for_sampler(sampler, model, ImageDataset(splits.train, test_transform),
+                                      device, opt)
     optimizer = make_optimizer(opt, model, criterion)
     scheduler = make_scheduler(opt.scheduler, optimizer, opt.tau, opt.step_tau, opt.gamma)
     # --n_warm leaves the backbone without gradients for a while: DDP must allow that
@@ -437,10 +450,12 @@ def main(argv: Optional[List[str]] = None) -> str:
     for epoch in range(start_epoch, opt.n_epochs):
         started = time.time()
         sampler.set_epoch(epoch)
+        if storage is not None:  # fill / refresh the sampler's embedding storage (timed here)
+            storage.epoch_start(epoch)
         model.warmup = epoch < opt.n_warm  # --n_warm: only the embedding layer trains
         global_step, stopped = train_one_epoch(train_model, criterion, das, optimizer, loader,
                                                device, epoch + 1, epoch_stats, writer, opt, stop,
-                                               global_step, sec=sec)
+                                               global_step, sec=sec, storage=storage)
         if stopped:
             if is_main:
                 ckpt.save_checkpoint(checkpoint_state(epoch), os.path.join(folder, rf.LAST_CHECKPOINT))
