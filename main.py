@@ -42,6 +42,7 @@ from utilities.data import SeededBatches, SeededDataset, device_decoding, image_
 from utilities.grad_stats import gradient_norms
 from utilities.options import ConfigError, check_saved_options, option_name
 from utilities.registry import UnknownNameError
+from utilities.sampler_storage import StorageFeed
 from utilities.schedulers import make_scheduler
 from utilities.seeding import rng_state, seed_everything, set_rng_state
 
@@ -211,6 +212,14 @@ def make_train_loader(train_set: ImageDataset, sampler: datasampler.BaseBatchSam
     return device_decoding(loader, train_set, device)
 
 
+def sampler_options(opt: argparse.Namespace) -> Dict:
+    """The --data_* options of the storage samplers, under their constructor names."""
+    return dict(bigbs=opt.data_batchmatch_bigbs, ncomps=opt.data_batchmatch_ncomps,
+                lowproj_dim=opt.data_sampler_lowproj_dim, mb_mom=opt.data_mb_mom,
+                mb_lr=opt.data_mb_lr, d2_lambda=opt.data_d2_coreset_lambda,
+                softened=opt.data_gc_softened)
+
+
 def command_line_options(argv: Optional[List[str]]) -> Tuple[argparse.Namespace, Dict]:
     """The run's options and the ones typed: parsed once; for --resume, the saved ones."""
     cli, given = parse_command_line(argv)
@@ -316,7 +325,7 @@ def training_step(model, criterion, das, optimizer, images: torch.Tensor, labels
 
 def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int,
                     stats: EpochStats, writer, opt, stop: StopRequest,
-                    global_step: int, sec=None) -> Tuple[int, bool]:
+                    global_step: int, sec=None, storage=None) -> Tuple[int, bool]:
     """One pass over the training batches. Returns the global step and whether it was stopped."""
     model.train()
     use_amp = bf16_autocast(opt, device)
@@ -333,9 +342,11 @@ def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int
     step = batches.start_batch - 1
     progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
                     disable=not distributed.is_main_process())
-    for step, (images, labels, _) in enumerate(progress, start=batches.start_batch):
+    for step, (images, labels, indices) in enumerate(progress, start=batches.start_batch):
         loss = training_step(model, criterion, das, optimizer, images, labels, device, use_amp,
                              sec=sec)
+        if storage is not None:  # samplers that choose batches from training-set embeddings
+            storage.after_step(indices, global_step + 1)
 
         step_scalars = {"loss": loss.detach()}
         step_scalars.update({f"criterion/{k}": v for k, v in criterion.stats.items()})
@@ -509,7 +520,7 @@ def train(argv: Optional[List[str]] = None) -> str:
                                  opt.samples_per_class, seed=opt.seed, rank=rank,
                                  world_size=world_size, class_names=splits.train.class_names,
                                  super_labels=splits.train.super_labels,
-                                 num_super=opt.data_num_super)
+                                 num_super=opt.data_num_super, **sampler_options(opt))
     loader = make_train_loader(train_set, sampler, opt, device)
 
     # Miner, criterion and dense anchors.
@@ -525,6 +536,8 @@ def train(argv: Optional[List[str]] = None) -> str:
         das.to(device)
     if sec is not None:
         sec.to(device)
+    storage = StorageFeed.for_sampler(sampler, model, ImageDataset(splits.train, test_transform),
+                                      device, opt)
     optimizer = make_optimizer(opt, model, criterion)
     scheduler = make_scheduler(opt.scheduler, optimizer, opt.tau, opt.step_tau, opt.gamma)
     # --n_warm leaves the backbone without gradients for a while: DDP must allow that
@@ -598,11 +611,13 @@ def train(argv: Optional[List[str]] = None) -> str:
     for epoch in range(start_epoch, opt.n_epochs):
         started = time.time()
         sampler.set_epoch(epoch)
+        if storage is not None:  # fill / refresh the sampler's embedding storage (timed here)
+            storage.epoch_start(epoch)
         model.warmup = epoch < opt.n_warm  # --n_warm: only the embedding layer trains
         with loader_worker_guard(folder, opt):
             global_step, stopped = train_one_epoch(train_model, criterion, das, optimizer, loader,
                                                    device, epoch + 1, epoch_stats, writer, opt,
-                                                   stop, global_step, sec=sec)
+                                                   stop, global_step, sec=sec, storage=storage)
         if stopped:
             if is_main:
                 with stop.saving():

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Dict, Iterator, List
 
 import numpy as np
+import torch
 from torch.utils.data import Sampler
 
 
@@ -16,6 +17,9 @@ class BaseBatchSampler(Sampler[List[int]]):
     """
 
     registry_name = ""
+    # Samplers that choose batches from embeddings of the training set (datasampler/_storage.py)
+    # set this; main.py then feeds them through refresh_storage / update_storage.
+    needs_embeddings = False
 
     def __init__(self, labels: np.ndarray, batch_size: int, samples_per_class: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1) -> None:
@@ -46,6 +50,15 @@ class BaseBatchSampler(Sampler[List[int]]):
 
     def load_state_dict(self, state: Dict[str, int]) -> None:
         self.epoch, self.start_batch = int(state["epoch"]), int(state["start_batch"])
+
+    def refresh_storage(self, embeddings: torch.Tensor) -> None:
+        """Replace the whole storage with fresh ``(N, D)`` embeddings of the training set
+        (in dataset order). Only for ``needs_embeddings`` samplers."""
+        raise TypeError(f"--data_sampler {self.registry_name} keeps no embedding storage")
+
+    def update_storage(self, indices: torch.Tensor, embeddings: torch.Tensor) -> None:
+        """Write one training step's embeddings (rows of ``indices``) into the storage."""
+        raise TypeError(f"--data_sampler {self.registry_name} keeps no embedding storage")
 
     def global_batches(self, rng: np.random.Generator) -> List[np.ndarray]:
         """All batches of one epoch, as index arrays of length batch_size."""

@@ -92,5 +92,6 @@ def test_class_random_with_replacement_accepts_small_classes_and_few_classes():
 
 
 def test_unknown_sampler_lists_valid_names():
-    with pytest.raises(UnknownNameError, match="class_random, class_random_distinct, random"):
+    with pytest.raises(UnknownNameError, match="class_random, class_random_distinct, d2_coreset, "
+                       "disthist_batchmatch, fid_batchmatch, greedy_coreset, random"):
         datasampler.select("balanced", np.zeros(4, dtype=int), 2, 1)

@@ -127,7 +127,7 @@ def test_without_runs_every_cell_of_ours_is_missing_not_zero(tmp_path):
     for name in ("table1_last.csv", "table2_best.csv"):
         for (_, _, _, figure), row in read_table(out / name).items():
             metric_cells = [v for k, v in row.items() if "@" in k or k.endswith(("/f1", "/nmi"))]
-            if figure in ("ours", "diff"):
+            if figure in ("ours", "diff", "std"):
                 assert all(v == "" for v in metric_cells)
             else:
                 assert all(v != "" for v in metric_cells)  # the paper has every figure
@@ -225,3 +225,29 @@ def test_command_line_writes_tables_and_refuses_a_missing_runs_folder(tmp_path, 
     assert pt.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "o3"),
                     "--paper", str(bad)]) == 2
     assert "expected" in capsys.readouterr().err
+
+
+def test_runs_differing_only_in_seed_are_averaged_with_std_and_seed_count(tmp_path):
+    """Three seeds of one setting (plus a duplicate of seed 1 with fewer epochs, and a setting
+    with another lr that has fewer seeds): the cell is mean +- sample std over the three."""
+    runs_root = tmp_path / "runs"
+    for seed, recall in ((0, 0.60), (1, 0.62), (2, 0.67)):
+        make_run(runs_root, f"seed{seed}", dict(TABLE2_MARGIN, seed=seed, savename=f"s{seed}"),
+                 [epoch_row(1, 0.1), epoch_row(2, 0.2), epoch_row(3, recall)])
+    make_run(runs_root, "seed1_again", dict(TABLE2_MARGIN, seed=1, n_epochs=3),
+             [epoch_row(1, 0.99)])
+    make_run(runs_root, "other_lr", dict(TABLE2_MARGIN, seed=0, lr=1e-4),
+             [epoch_row(1, 0.1), epoch_row(2, 0.2), epoch_row(3, 0.9)])
+    out, _, runs = build(tmp_path)
+    table = read_table(out / "table2_last.csv")
+    key = ("margin+distance", "resnet50_128", "yes")
+    values = [60.0, 62.0, 67.0]
+    mean = sum(values) / 3
+    std = (sum((v - mean) ** 2 for v in values) / 2) ** 0.5  # sample std: n - 1
+    assert float(table[key + ("ours",)]["cub200/recall@1"]) == pytest.approx(mean, abs=1e-4)
+    assert float(table[key + ("std",)]["cub200/recall@1"]) == pytest.approx(std, abs=1e-4)
+    assert table[key + ("ours",)]["cub200/seeds"] == "3"
+    assert f"{mean:.2f} \u00b1 {std:.2f} (3)" in (out / "table2.md").read_text()
+    unused = {os.path.basename(r.folder): r.reason for r in runs if not r.used}
+    assert set(unused) == {"seed1_again", "other_lr"}
+    assert all("another run fills this cell" in reason for reason in unused.values())

@@ -26,10 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from utilities import run_folder as rf
 from utilities.paper_tables import MODES, Run, _number, find_run_folders
-
-# Options that name, place or pace a run without changing its figures.
-NOT_SETTINGS = frozenset({"seed", "savename", "save_path", "source", "resume", "device", "gpu",
-                          "kernels", "log_every", "eval_bs", "evaluate_on_gpu"})
+from utilities.seed_groups import NOT_SETTINGS, group_by_settings, mean_std, settings_of  # noqa: F401
 RAW_METRICS = ("dists@", "rho_spectrum@")  # not in [0, 1]: shown as they are, not in percent
 
 
@@ -49,11 +46,6 @@ class Group:
         return sorted(run.config.get("seed") for run in self.runs)
 
 
-def settings_of(config: Dict) -> str:
-    """The configuration without the seed and bookkeeping options, as a comparable key."""
-    return json.dumps({k: v for k, v in config.items() if k not in NOT_SETTINGS}, sort_keys=True)
-
-
 def read_runs(root: str) -> List[Run]:
     runs = []
     for folder in find_run_folders(root):
@@ -69,12 +61,8 @@ def read_runs(root: str) -> List[Run]:
 
 
 def group_runs(runs: Sequence[Run]) -> List[Group]:
-    groups: Dict[str, Group] = {}
-    for run in runs:
-        key = settings_of(run.config)
-        groups.setdefault(key, Group({k: v for k, v in run.config.items()
-                                      if k not in NOT_SETTINGS})).runs.append(run)
-    return list(groups.values())
+    return [Group({k: v for k, v in members[0].config.items() if k not in NOT_SETTINGS},
+                  list(members)) for members in group_by_settings(runs).values()]
 
 
 def labels(groups: Sequence[Group]) -> List[str]:
@@ -83,14 +71,6 @@ def labels(groups: Sequence[Group]) -> List[str]:
     varying = [k for k in keys if len({json.dumps(g.settings.get(k), sort_keys=True)
                                        for g in groups}) > 1]
     return [" ".join(f"{k}={g.settings.get(k)}" for k in varying) or "all runs" for g in groups]
-
-
-def mean_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
-    mean = math.fsum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    variance = math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, math.sqrt(variance)
 
 
 def metric_columns(runs: Sequence[Run]) -> List[str]:

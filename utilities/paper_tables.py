@@ -16,6 +16,10 @@ epoch's figures and one with the best epoch's), ``table{1,2}_{last,best}.csv`` (
 CSV) and ``runs.csv`` (every run folder found, the cell it fills, its epochs, or why it fits none).
 Each cell shows our figure, the paper's and the difference (ours - paper) in percentage points.
 A cell without a run is shown as missing (``-`` in markdown, empty in CSV), never as zero.
+Runs of a cell that differ only in ``--seed`` (``utilities.seed_groups``, the grouping of
+``tools.summarize``) are averaged: ``mean +- std (n seeds)`` in markdown; in CSV the ``ours`` row
+holds the mean, a ``std`` row the sample standard deviation and ``<dataset>/seeds`` the number
+of seeds.
 
 "Best" has two conventions (``--best``; the headings and the CSV's ``selected_by`` say which):
 
@@ -39,6 +43,8 @@ import os
 import sys
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from utilities.seed_groups import group_by_settings, mean_std
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_RESULTS = os.path.join(REPO_ROOT, "data", "das_paper_results.csv")
@@ -283,19 +289,35 @@ def read_run(folder: str) -> Run:
     return run
 
 
-def assign_cells(runs: Sequence[Run]) -> Dict[Tuple[RowKey, str], Run]:
-    """One run per (row, dataset): finished before unfinished, then more epochs, then newer."""
+def assign_cells(runs: Sequence[Run]) -> Dict[Tuple[RowKey, str], List[Run]]:
+    """The runs of each (row, dataset): those of one group of runs that differ only in
+    ``--seed`` (utilities.seed_groups), one run per seed. Between duplicates of a seed and between
+    groups: finished before unfinished, then more seeds, more epochs, newer."""
     candidates: Dict[Tuple[RowKey, str], List[Run]] = {}
     for run in runs:
         if run.row_key is not None:
             candidates.setdefault((run.row_key, run.dataset), []).append(run)
+
+    def preference(run: Run):
+        return run.finished, run.epochs_done, run.mtime
+
     chosen = {}
-    for cell, group in candidates.items():
-        best = max(group, key=lambda r: (r.finished, r.epochs_done, r.mtime))
-        best.used = True
-        for other in group:
-            if other is not best:
-                other.reason = f"another run fills this cell: {best.folder}"
+    for cell, members in candidates.items():
+        groups = []
+        for group in group_by_settings(members).values():
+            per_seed: Dict[str, Run] = {}
+            for run in group:
+                key = json.dumps(run.config.get("seed"))
+                if key not in per_seed or preference(run) > preference(per_seed[key]):
+                    per_seed[key] = run
+            groups.append(sorted(per_seed.values(), key=lambda r: json.dumps(r.config.get("seed"))))
+        best = max(groups, key=lambda g: (sum(r.finished for r in g), len(g),
+                                          max(r.epochs_done for r in g), max(r.mtime for r in g)))
+        for run in members:
+            if any(run is kept for kept in best):
+                run.used = True
+            else:
+                run.reason = f"another run fills this cell: {best[0].folder}"
         chosen[cell] = best
     return chosen
 
@@ -326,9 +348,12 @@ def metric_title(metric: str) -> str:
 class Figures:
     """One table row's three figure lines; values in percent, None when missing."""
 
-    ours: Dict[Tuple[str, str], Optional[float]] = field(default_factory=dict)
+    ours: Dict[Tuple[str, str], Optional[float]] = field(default_factory=dict)  # mean over seeds
+    std: Dict[Tuple[str, str], Optional[float]] = field(default_factory=dict)  # None: one seed
+    seeds: Dict[Tuple[str, str], int] = field(default_factory=dict)  # runs averaged
+    runs: Dict[str, int] = field(default_factory=dict)  # runs (seeds) of each dataset's cell
     paper: Dict[Tuple[str, str], Optional[float]] = field(default_factory=dict)
-    epochs: Dict[str, Optional[int]] = field(default_factory=dict)
+    epochs: Dict[str, str] = field(default_factory=dict)  # "3", or "3/4" across seeds
     unfinished: Dict[str, bool] = field(default_factory=dict)
     selected_by: Dict[str, str] = field(default_factory=dict)
 
@@ -337,28 +362,37 @@ class Figures:
         return None if ours is None or paper is None else ours - paper
 
 
-def collect(layout: TableLayout, mode: str, cells: Dict[Tuple[RowKey, str], Run],
+def collect(layout: TableLayout, mode: str, cells: Dict[Tuple[RowKey, str], List[Run]],
             paper: Dict[Tuple[RowKey, str, str], float],
             best: str = DEFAULT_BEST) -> List[Tuple[RowKey, str, Figures]]:
-    """One table's figures: the last epoch's, or the best by ``best`` (see the module doc).
-    With ``per_metric`` the epoch column holds the last epoch searched."""
+    """One table's figures: the last epoch's, or the best by ``best`` (see the module doc), each
+    the mean over the cell's seeds. With ``per_metric`` the epoch column holds the last epoch
+    searched."""
     per_metric = mode == "best" and best == "per_metric"
     table = []
     for row_key, label in layout.rows:
         figures = Figures()
         for dataset, metrics in layout.metrics.items():
-            run = cells.get((row_key, dataset))
-            picked = run.pick("last" if per_metric else mode) if run is not None else None
-            figures.epochs[dataset] = int(picked["epoch"]) if picked else None
-            figures.unfinished[dataset] = bool(picked) and not run.finished
+            runs = cells.get((row_key, dataset), [])
+            picked = [(run, run.pick("last" if per_metric else mode)) for run in runs]
+            picked = [(run, row) for run, row in picked if row is not None]
+            epochs = sorted({int(row["epoch"]) for _, row in picked})
+            figures.epochs[dataset] = "/".join(str(e) for e in epochs)
+            figures.runs[dataset] = len(picked)
+            figures.unfinished[dataset] = any(not run.finished for run, _ in picked)
             if picked and mode == "best":
-                figures.selected_by[dataset] = "per_metric" if per_metric else run.selection_key
+                figures.selected_by[dataset] = ("per_metric" if per_metric
+                                                else picked[0][0].selection_key)
             for metric in metrics:
                 if per_metric:
-                    value = run.max_per_metric(f"test/{metric}") if picked else None
+                    raw = [run.max_per_metric(f"test/{metric}") for run, _ in picked]
                 else:
-                    value = picked.get(f"test/{metric}") if picked else None
-                figures.ours[(dataset, metric)] = None if value is None else 100.0 * value
+                    raw = [row.get(f"test/{metric}") for _, row in picked]
+                values = [100.0 * value for value in raw
+                          if value is not None and not math.isnan(value)]
+                mean, std = mean_std(values) if values else (None, None)
+                figures.ours[(dataset, metric)], figures.std[(dataset, metric)] = mean, std
+                figures.seeds[(dataset, metric)] = len(values)
                 figures.paper[(dataset, metric)] = paper.get((row_key, dataset, metric))
         table.append((row_key, label, figures))
     return table
@@ -405,11 +439,15 @@ def markdown(layout: TableLayout, mode: str, table: List[Tuple[RowKey, str, Figu
     header = ["Method", ""] + [f"{DATASET_TITLES[d]} {metric_title(m)}" for d, m in columns]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---", "---"] + ["---:"] * len(columns)) + "|")
-    any_unfinished = False
+    any_unfinished = any_seeds = False
     for _, label, figures in table:
         ours = []
         for dataset, metric in columns:
             text = _fmt(figures.ours[(dataset, metric)]) or MISSING
+            if figures.std.get((dataset, metric)) is not None:  # several seeds
+                text += f" \u00b1 {_fmt(figures.std[(dataset, metric)])} " \
+                        f"({figures.seeds[(dataset, metric)]})"
+                any_seeds = True
             if figures.unfinished.get(dataset) and text != MISSING:
                 text += "*"
                 any_unfinished = True
@@ -421,6 +459,9 @@ def markdown(layout: TableLayout, mode: str, table: List[Tuple[RowKey, str, Figu
                                                         for c in columns]) + " |")
     lines.append("")
     notes = [f"Percent; diff = ours - paper in points; {MISSING} = no run (or no figure)."]
+    if any_seeds:
+        notes.append("mean \u00b1 std (number of seeds): runs that differ only in --seed, "
+                     "sample standard deviation.")
     if any_unfinished:
         notes.append("* from a run that has not reached its last epoch (see runs.csv).")
     lines += notes
@@ -432,6 +473,7 @@ def write_csv(path: str, layout: TableLayout, mode: str,
     columns = [(d, m) for d, metrics in layout.metrics.items() for m in metrics]
     header = ["table", "method", "backbone", "das", "figure"] + [f"{d}/{m}" for d, m in columns]
     header += [f"{d}/epoch" for d in layout.metrics]
+    header += [f"{d}/seeds" for d in layout.metrics]
     if mode == "best":
         header += [f"{d}/selected_by" for d in layout.metrics]
     with open(path, "w", newline="") as handle:
@@ -440,6 +482,7 @@ def write_csv(path: str, layout: TableLayout, mode: str,
         for row_key, _, figures in table:
             base = [row_key.table, row_key.method, row_key.backbone, "yes" if row_key.das else "no"]
             extra_ours = [figures.epochs.get(d) or "" for d in layout.metrics]
+            extra_ours += [figures.runs.get(d) or "" for d in layout.metrics]
             if mode == "best":
                 extra_ours += [figures.selected_by.get(d, "") for d in layout.metrics]
             blank = [""] * (len(header) - 5 - len(columns))
@@ -448,6 +491,8 @@ def write_csv(path: str, layout: TableLayout, mode: str,
             writer.writerow(base + ["paper"] + [_fmt(figures.paper[c]) for c in columns] + blank)
             writer.writerow(base + ["diff"] + [_fmt(figures.diff(c), signed=True, digits=4)
                                                for c in columns] + blank)
+            writer.writerow(base + ["std"] + [_fmt(figures.std.get(c), digits=4)
+                                              for c in columns] + blank)
 
 
 def write_runs(path: str, runs: Sequence[Run]) -> None:
