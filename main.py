@@ -536,7 +536,8 @@ def train(argv: Optional[List[str]] = None) -> str:
         das.to(device)
     if sec is not None:
         sec.to(device)
-    storage = StorageFeed.for_sampler(sampler, model, ImageDataset(splits.train, test_transform),
+    storage = StorageFeed.for_sampler(sampler, model,
+                                      image_dataset(splits.train, transform_config, False, decode),
                                       device, opt)
     optimizer = make_optimizer(opt, model, criterion)
     scheduler = make_scheduler(opt.scheduler, optimizer, opt.tau, opt.step_tau, opt.gamma)

@@ -54,12 +54,11 @@ CSV_FIELDS = ["config", "seed", "epochs", "recall@1_last", "recall@1_max", "map@
 
 
 def find_zip(explicit: Optional[str]) -> Path:
-    """The zip from --zip, $OMNIGLOT_ZIP, or shared/ beside or inside the checkout (as tests do)."""
+    """The zip from --zip, $OMNIGLOT_ZIP, or the copy bundled in data/omniglot/."""
     candidates = [Path(explicit)] if explicit else []
     if os.environ.get("OMNIGLOT_ZIP"):
         candidates.append(Path(os.environ["OMNIGLOT_ZIP"]))
-    for shared in (REPO_ROOT.parent / "shared", REPO_ROOT / "shared"):
-        candidates.append(shared / "data" / "omniglot" / ZIP_NAME)
+    candidates.append(REPO_ROOT / "data" / "omniglot" / ZIP_NAME)
     for path in candidates:
         if path.is_file():
             return path
@@ -125,7 +124,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--kernels", type=int, default=0, help="DataLoader workers (0 or 1).")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
-    parser.add_argument("--zip", default=None, help="The Omniglot zip (default: as the tests).")
+    parser.add_argument("--zip", default=None, help="The Omniglot zip (default: the bundled data/omniglot copy).")
     parser.add_argument("--csv", default="omniglot_parity.csv", help="Per-run results.")
     parser.add_argument("--verbose", action="store_true", help="Show main.py's output.")
     args = parser.parse_args(argv)
