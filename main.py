@@ -27,13 +27,12 @@ from tqdm import tqdm
 import architectures
 import batchminer
 import criteria
+import das as dense_anchors
 import datasampler
 import datasets
 import evaluation
 import metrics
-from batchminer.das import build_producer, save_frequency_if_due
 from datasets import DataError, ImageDataset
-from modules.sec import SphericalEmbeddingConstraint
 from parameters import FILLED_IN, build_parser, parse_command_line, resolve_dataset_defaults
 from utilities import checkpoint as ckpt
 from utilities import distributed
@@ -51,8 +50,6 @@ SETUP = {"finished": False, "folder": ""}  # see run(): ValueErrors before this 
 # none of them changes what is trained (--no_amp and --compile only on CUDA, in rounding).
 RESUME_OVERRIDABLE = ("n_epochs", "kernels", "gpu", "device", "log_every", "source", "eval_bs",
                       "evaluate_on_gpu", "no_train_metrics", "compile", "no_amp")
-# The switch that turns DAS on; the other options of its group, given without it, are refused.
-DAS_SWITCH = "embedding_producer_used"
 
 
 class TrainingError(RuntimeError):
@@ -115,21 +112,7 @@ def validate_options(opt: argparse.Namespace, given: Optional[Dict] = None) -> N
     if not metrics.select(opt.storage_metric).scalar:
         raise ValueError(f"--storage_metric {opt.storage_metric} is an array (logged as a "
                          f"histogram), not a figure that can select checkpoint_best.pth")
-    if opt.embedding_producer_used:
-        build_producer(opt, num_classes=1)  # refuses an unknown --produce_type, impossible settings
-    else:
-        das_only = [name for dest, name in das_option_names().items() if dest in given]
-        if das_only:
-            raise ValueError(f"{', '.join(das_only)} {'acts' if len(das_only) == 1 else 'act'} "
-                             f"only with --embedding_producer_used, which is not given; add it "
-                             f"to use DAS, or drop {'it' if len(das_only) == 1 else 'them'}")
-
-
-def das_option_names() -> Dict[str, str]:
-    """dest -> option name of the DAS group's options, the switch itself aside."""
-    parser = build_parser()
-    group = next(g for g in parser._action_groups if g.title and g.title.startswith("DAS"))
-    return {a.dest: option_name(a) for a in group._group_actions if a.dest != DAS_SWITCH}
+    dense_anchors.check_options(opt, given)
 
 
 def validate_data(opt: argparse.Namespace, splits: datasets.DatasetSplits) -> None:
@@ -513,8 +496,8 @@ def train(argv: Optional[List[str]] = None) -> str:
 
     # Miner, criterion and dense anchors.
     criterion = build_criterion(opt, splits.train.num_classes)
-    das = build_producer(opt, num_classes=splits.train.num_classes)
-    sec = SphericalEmbeddingConstraint.from_options(opt)
+    das = dense_anchors.build_producer(opt, num_classes=splits.train.num_classes)
+    sec = criteria.SphericalEmbeddingConstraint.from_options(opt)
 
     model.to(device)
     if device.type == "cuda":
@@ -630,7 +613,7 @@ def train(argv: Optional[List[str]] = None) -> str:
             for key, value in row.items():
                 if key != "epoch":
                     writer.add_scalar(f"epoch/{key}", value, epoch + 1)
-            save_frequency_if_due(das, epoch + 1, opt.das_save_frequency_epochs, folder)
+            dense_anchors.save_frequency_if_due(das, epoch + 1, opt.das_save_frequency_epochs, folder)
             print(f"epoch {epoch + 1}/{opt.n_epochs} loss={row['loss']:.4f}  "
                   f"{format_results(results)}", flush=True)
             current = results.get(selection_key)
@@ -651,32 +634,36 @@ def train(argv: Optional[List[str]] = None) -> str:
 
     if is_main:
         writer.close()
-        write_training_summary(folder, metrics_table, best, opt)
+        write_training_summary(folder, opt)
         print(open(os.path.join(folder, rf.SUMMARY_FILE)).read(), end="")
         print(f"run folder: {folder}", flush=True)
     distributed.cleanup()
     return folder
 
 
-def write_training_summary(folder: str, table: rf.MetricsTable, best: Dict, opt) -> None:
-    rows = [r for r in table.rows() if int(float(r["epoch"])) > 0]
+def write_training_summary(folder: str, opt: argparse.Namespace) -> None:
+    """training_summary.txt: the last epoch's figures and the best epoch's by the run's own
+    selection metric, read back through the shared run-folder reader."""
+    run = rf.read_run(folder)
     lines = [f"dataset: {opt.dataset}   arch: {opt.arch}   loss: {opt.loss}   "
              f"DAS: {'on' if opt.embedding_producer_used else 'off'}   seed: {opt.seed}"]
-    if not rows:
+    last = run.pick("last")
+    if last is None:
         lines.append("no epoch finished")
         rf.write_summary(folder, lines)
         return
-    metric_columns = [c for c in rows[-1] if "/" in c and not c.startswith("stats/")]
-    last = rows[-1]
-    lines.append(f"last epoch ({last['epoch']}): " +
-                 "  ".join(f"{c}={float(last[c]):.4f}" for c in metric_columns if last[c]))
-    best_row = next((r for r in rows if int(float(r["epoch"])) == best["epoch"]), None)
-    if best_row is not None:
-        lines.append(f"best epoch ({best['epoch']}) selected by {best['key']} "
-                     f"(split '{best['key'].split('/')[0]}'): " +
-                     "  ".join(f"{c}={float(best_row[c]):.4f}" for c in metric_columns if best_row[c]))
+    metric_columns = [c for c in last if "/" in c and not c.startswith("stats/")]
+
+    def figures(row: Dict) -> str:
+        return "  ".join(f"{c}={row[c]:.4f}" for c in metric_columns if row.get(c) is not None)
+
+    lines.append(f"last epoch ({int(last['epoch'])}): {figures(last)}")
+    key, best = run.selection_key, run.pick("best")
+    if best is not None:
+        lines.append(f"best epoch ({int(best['epoch'])}) selected by {key} "
+                     f"(split '{key.split('/')[0]}'): {figures(best)}")
     else:
-        lines.append(f"best: no epoch reported {best['key']}")
+        lines.append(f"best: no epoch reported {key}")
     rf.write_summary(folder, lines)
 
 

@@ -152,7 +152,7 @@ def build_training(opt: argparse.Namespace, num_classes: int, device: torch.devi
     """Network, miner, criterion, DAS and optimizer as main.main() builds them (random weights)."""
     main = import_main()
     import architectures
-    from batchminer.das import build_producer
+    from das import build_producer
 
     model = architectures.select(opt.arch, opt.embed_dim, pretrained=False)
     criterion = main.build_criterion(opt, num_classes)
@@ -404,7 +404,7 @@ class SyncEvent:
 
 # Sites that sync only on CPU, by design: on CUDA the same code takes another branch.
 CPU_ONLY_SITES = {
-    ("batchminer/das.py", "_check_inputs"):
+    ("das/sampling.py", "_check_inputs"):
         "label range check; on CUDA torch._assert_async, no sync",
 }
 

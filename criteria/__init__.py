@@ -6,6 +6,7 @@ import argparse
 from utilities.registry import Registry
 
 from ._base import BaseCriterion
+from ._sec import SphericalEmbeddingConstraint
 
 REGISTRY: Registry = Registry("criterion", "--loss")
 REGISTRY.import_members(__name__, __path__)

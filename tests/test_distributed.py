@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 import architectures
 import criteria
 import main
-from batchminer.das import build_producer
+from das import build_producer
 from parameters import parse_options
 from utilities import distributed
 

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from utilities import run_folder as rf
-from utilities.paper_tables import MODES, Run, _number, find_run_folders
+from utilities.run_folder import RunRecord as Run
+
+MODES = ("last", "best")
 
 # Options that name, place or pace a run without changing its figures.
 NOT_SETTINGS = frozenset({"seed", "savename", "save_path", "source", "resume", "device", "gpu",
@@ -56,15 +58,11 @@ def settings_of(config: Dict) -> str:
 
 def read_runs(root: str) -> List[Run]:
     runs = []
-    for folder in find_run_folders(root):
+    for folder in rf.find_run_folders(root):
         try:
-            config = rf.read_config(folder)
-            rows = [{key: _number(value) for key, value in row.items() if key is not None}
-                    for row in rf.MetricsTable(folder).rows()]
+            runs.append(rf.read_run(folder, strict=False))
         except (OSError, ValueError) as error:
             print(f"skipped {folder}: unreadable ({error})", file=sys.stderr)
-            continue
-        runs.append(Run(folder, config, rows))
     return runs
 
 
