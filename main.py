@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -233,6 +234,94 @@ def resume_options(folder: str, given: Dict) -> argparse.Namespace:
     return saved
 
 
+@dataclass
+class Training:
+    """What one training run trains with, built by :func:`build_training` (main, resume, the
+    bench and the tools share it); :func:`train_one_epoch` takes it whole."""
+
+    opt: argparse.Namespace
+    device: torch.device
+    num_classes: int
+    model: architectures.EmbeddingNetwork  # the network (state dict, evaluation)
+    train_model: torch.nn.Module  # what a step calls: DDP-wrapped, torch.compile'd
+    criterion: criteria.BaseCriterion  # with its --batch_mining miner
+    das: Optional[torch.nn.Module]  # dense anchors (--embedding_producer_used), else None
+    sec: Optional[torch.nn.Module]  # spherical embedding constraint (--sec), else None
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    splits: Optional[datasets.DatasetSplits] = None
+    sampler: Optional[datasampler.BaseBatchSampler] = None  # its start_batch: the resume position
+    loader: Optional[object] = None
+    eval_sets: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def selection_key(self) -> str:
+        """``<split>/<--storage_metric>`` that selects checkpoint_best.pth (val when present)."""
+        return f"{'val' if 'val' in self.eval_sets else 'test'}/{self.opt.storage_metric}"
+
+
+def build_learner(opt: argparse.Namespace, num_classes: int, device: torch.device,
+                  pretrained: Optional[bool] = None) -> Training:
+    """Network, miner + criterion, DAS, SEC, optimizer and scheduler on ``device`` (no data)."""
+    model = architectures.select(opt.arch, opt.embed_dim,
+                                 pretrained=opt.pretrained if pretrained is None else pretrained,
+                                 pretrained_path=opt.pretrained_path, dropout=opt.drop,
+                                 # a config saved before the option existed froze the affine
+                                 # terms: resuming it keeps them frozen (its optimizer state fits)
+                                 freeze_bn_affine=getattr(opt, "frozen_bn_affine", True))
+    criterion = build_criterion(opt, num_classes)
+    das = dense_anchors.build_producer(opt, num_classes=num_classes)
+    sec = criteria.SphericalEmbeddingConstraint.from_options(opt)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    for module in (criterion, das, sec):
+        if module is not None:
+            module.to(device)
+    optimizer = make_optimizer(opt, model, criterion)
+    scheduler = make_scheduler(opt.scheduler, optimizer, opt.tau, opt.step_tau, opt.gamma)
+    # --n_warm leaves the backbone without gradients for a while: DDP must allow that
+    train_model = distributed.wrap_model(model, device, find_unused_parameters=opt.n_warm > 0)
+    if opt.compile:
+        train_model = torch.compile(train_model)
+    return Training(opt, device, num_classes, model, train_model, criterion, das, sec, optimizer,
+                    scheduler)
+
+
+def build_training(opt: argparse.Namespace, device: torch.device) -> Training:
+    """Data (splits, sampler, training loader, evaluation sets) and :func:`build_learner`.
+    The network decides the input convention (BN-Inception: BGR, 0-255)."""
+    splits = datasets.load(opt.dataset, opt.source, use_tv_split=opt.use_tv_split,
+                           tv_split_perc=opt.tv_split_perc,
+                           tv_split_by_samples=opt.tv_split_by_samples, seed=opt.seed,
+                           folder_name=opt.folder_name, data_split=opt.data_split,
+                           data_split_path=opt.data_split_path, data_split_id=opt.data_split_id)
+    validate_data(opt, splits)
+    training = build_learner(opt, splits.train.num_classes, device)
+    transform_config = training.model.transform_config(opt.crop_size, opt.augmentation)
+    decode = datasets.resolve_decode(getattr(opt, "decode", "auto"), device, transform_config)
+    # --no_random_augmentation: training images get the deterministic test transform
+    train_set = image_dataset(splits.train, transform_config, not opt.no_random_augmentation,
+                              decode)
+
+    def eval_dataset(split):
+        if isinstance(split, tuple):  # In-Shop: (query, gallery)
+            return tuple(image_dataset(s, transform_config, False, decode) for s in split)
+        return image_dataset(split, transform_config, False, decode)
+
+    eval_sets = {name: eval_dataset(split) for name, split in splits.evaluation.items()}
+    if opt.train_metrics:
+        eval_sets["train"] = eval_dataset(splits.train)
+    sampler = datasampler.select(opt.data_sampler, splits.train.labels, opt.bs,
+                                 opt.samples_per_class, seed=opt.seed, rank=distributed.rank(),
+                                 world_size=distributed.world_size(),
+                                 class_names=splits.train.class_names,
+                                 super_labels=splits.train.super_labels,
+                                 num_super=opt.data_num_super)
+    loader = make_train_loader(train_set, sampler, opt, device)
+    return replace(training, splits=splits, sampler=sampler, loader=loader, eval_sets=eval_sets)
+
+
 class EpochStats:
     """Sums of per-step scalars kept as device tensors: no host sync until they are read."""
 
@@ -297,10 +386,11 @@ def training_step(model, criterion, das, optimizer, images: torch.Tensor, labels
     return loss
 
 
-def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int,
-                    stats: EpochStats, writer, opt, stop: StopRequest,
-                    global_step: int, sec=None) -> Tuple[int, bool]:
-    """One pass over the training batches. Returns the global step and whether it was stopped."""
+def train_one_epoch(training: Training, epoch: int, stats: EpochStats, writer,
+                    stop: StopRequest, global_step: int) -> Tuple[int, bool]:
+    """One pass over ``training.loader``. Returns the global step and whether it was stopped."""
+    opt, device, model = training.opt, training.device, training.train_model
+    criterion, das, sec, optimizer = training.criterion, training.das, training.sec, training.optimizer
     model.train()
     use_amp = bf16_autocast(opt, device)
     if device.type == "cuda":
@@ -308,13 +398,13 @@ def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int
         # TF32 matmuls by default); --no_amp is an accepted no-op.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    batches = loader.batch_sampler.batch_sampler  # the BaseBatchSampler (resume position)
+    batches = training.sampler  # its start_batch: the position in the epoch (resume)
     first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
     bad_weights_step = torch.full((), -1, dtype=torch.long, device=device)
     weights = [p for p in list(model.parameters()) + list(criterion.parameters())
                if p.requires_grad]
     step = batches.start_batch - 1
-    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
+    progress = tqdm(training.loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
                     disable=not distributed.is_main_process())
     for step, (images, labels, _) in enumerate(progress, start=batches.start_batch):
         loss = training_step(model, criterion, das, optimizer, images, labels, device, use_amp,
@@ -451,68 +541,17 @@ def train(argv: Optional[List[str]] = None) -> str:
         print(f"using {opt.torch_threads} torch threads, as the run did", flush=True)
         torch.set_num_threads(opt.torch_threads)
     seed_everything(opt.seed)
-    rank, world_size = distributed.rank(), distributed.world_size()
+    world_size = distributed.world_size()
     is_main = distributed.is_main_process()
 
-    # Data and network. The network decides the input convention (BN-Inception: BGR, 0-255).
-    splits = datasets.load(opt.dataset, opt.source, use_tv_split=opt.use_tv_split,
-                           tv_split_perc=opt.tv_split_perc,
-                           tv_split_by_samples=opt.tv_split_by_samples, seed=opt.seed,
-                           folder_name=opt.folder_name, data_split=opt.data_split,
-                           data_split_path=opt.data_split_path, data_split_id=opt.data_split_id)
-    validate_data(opt, splits)
+    training = build_training(opt, device)
+    model, criterion, das, sec = training.model, training.criterion, training.das, training.sec
+    optimizer, scheduler, sampler = training.optimizer, training.scheduler, training.sampler
+    splits, eval_sets, selection_key = training.splits, training.eval_sets, training.selection_key
     data_record = rf.training_data_record(splits.train.class_names, len(splits.train))
     if opt.resume:  # before any state is loaded: the checkpoint belongs to the data it saw
         rf.check_same_training_data(vars(opt), data_record,
                                     os.path.join(opt.resume, rf.CONFIG_FILE))
-    model = architectures.select(opt.arch, opt.embed_dim, pretrained=opt.pretrained,
-                                 pretrained_path=opt.pretrained_path, dropout=opt.drop,
-                                 # a config saved before the option existed froze the affine
-                                 # terms: resuming it keeps them frozen (its optimizer state fits)
-                                 freeze_bn_affine=getattr(opt, "frozen_bn_affine", True))
-    transform_config = model.transform_config(opt.crop_size, opt.augmentation)
-    decode = datasets.resolve_decode(getattr(opt, "decode", "auto"), device, transform_config)
-    # --no_random_augmentation: training images get the deterministic test transform
-    train_set = image_dataset(splits.train, transform_config, not opt.no_random_augmentation,
-                              decode)
-
-    def eval_dataset(split):
-        if isinstance(split, tuple):  # In-Shop: (query, gallery)
-            return tuple(image_dataset(s, transform_config, False, decode) for s in split)
-        return image_dataset(split, transform_config, False, decode)
-
-    eval_sets = {name: eval_dataset(split) for name, split in splits.evaluation.items()}
-    if opt.train_metrics:
-        eval_sets["train"] = eval_dataset(splits.train)
-    selection_split = "val" if "val" in eval_sets else "test"
-    selection_key = f"{selection_split}/{opt.storage_metric}"
-
-    sampler = datasampler.select(opt.data_sampler, splits.train.labels, opt.bs,
-                                 opt.samples_per_class, seed=opt.seed, rank=rank,
-                                 world_size=world_size, class_names=splits.train.class_names,
-                                 super_labels=splits.train.super_labels,
-                                 num_super=opt.data_num_super)
-    loader = make_train_loader(train_set, sampler, opt, device)
-
-    # Miner, criterion and dense anchors.
-    criterion = build_criterion(opt, splits.train.num_classes)
-    das = dense_anchors.build_producer(opt, num_classes=splits.train.num_classes)
-    sec = criteria.SphericalEmbeddingConstraint.from_options(opt)
-
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    criterion.to(device)
-    if das is not None:
-        das.to(device)
-    if sec is not None:
-        sec.to(device)
-    optimizer = make_optimizer(opt, model, criterion)
-    scheduler = make_scheduler(opt.scheduler, optimizer, opt.tau, opt.step_tau, opt.gamma)
-    # --n_warm leaves the backbone without gradients for a while: DDP must allow that
-    train_model = distributed.wrap_model(model, device, find_unused_parameters=opt.n_warm > 0)
-    if opt.compile:
-        train_model = torch.compile(train_model)
 
     # Run folder (rank 0 writes everything).
     start_epoch, global_step, best = 0, 0, {"key": selection_key, "value": -math.inf, "epoch": -1}
@@ -582,9 +621,8 @@ def train(argv: Optional[List[str]] = None) -> str:
         sampler.set_epoch(epoch)
         model.warmup = epoch < opt.n_warm  # --n_warm: only the embedding layer trains
         with loader_worker_guard(folder, opt):
-            global_step, stopped = train_one_epoch(train_model, criterion, das, optimizer, loader,
-                                                   device, epoch + 1, epoch_stats, writer, opt,
-                                                   stop, global_step, sec=sec)
+            global_step, stopped = train_one_epoch(training, epoch + 1, epoch_stats, writer, stop,
+                                                   global_step)
         if stopped:
             if is_main:
                 with stop.saving():
