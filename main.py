@@ -108,8 +108,8 @@ def validate_options(opt: argparse.Namespace, given: Optional[Dict] = None) -> N
                          f"{', '.join(criterion_class.accepted_miners)}")
     metrics.select_all(opt.evaluation_metrics)  # unknown names stop here, listing the valid ones
     if opt.storage_metric not in opt.evaluation_metrics:
-        raise ValueError(f"--storage_metric {opt.storage_metric} selects checkpoint_best.pth but is "
-                         f"not among --evaluation_metrics ({' '.join(opt.evaluation_metrics)})")
+        raise ValueError(f"--storage_metric {opt.storage_metric} selects checkpoint_best.pth but "
+                         f"is not among --evaluation_metrics ({' '.join(opt.evaluation_metrics)})")
     if not metrics.select(opt.storage_metric).scalar:
         raise ValueError(f"--storage_metric {opt.storage_metric} is an array (logged as a "
                          f"histogram), not a figure that can select checkpoint_best.pth")
@@ -134,7 +134,8 @@ def choose_device(opt: argparse.Namespace) -> torch.device:
     if opt.device:
         device = torch.device(opt.device)  # cpu or cuda[:N], checked by the option's type
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {opt.device} asked for CUDA, but no CUDA device is available")
+            raise ValueError(f"--device {opt.device} asked for CUDA, but no CUDA device is "
+                             f"available")
         if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
             raise ValueError(f"--device {opt.device} does not exist; {torch.cuda.device_count()} "
                              f"CUDA device(s) are visible")
@@ -390,7 +391,8 @@ def train_one_epoch(training: Training, epoch: int, stats: EpochStats, writer,
                     stop: StopRequest, global_step: int) -> Tuple[int, bool]:
     """One pass over ``training.loader``. Returns the global step and whether it was stopped."""
     opt, device, model = training.opt, training.device, training.train_model
-    criterion, das, sec, optimizer = training.criterion, training.das, training.sec, training.optimizer
+    criterion, das, sec = training.criterion, training.das, training.sec
+    optimizer = training.optimizer
     model.train()
     use_amp = bf16_autocast(opt, device)
     if device.type == "cuda":
@@ -476,7 +478,8 @@ def evaluate_all(model, eval_sets, opt, device, writer=None, epoch: int = 0) -> 
     results = {}
     for split_name, eval_set in eval_sets.items():
         if isinstance(eval_set, tuple):  # In-Shop: queries searched among the gallery only
-            (queries, query_labels), (gallery, gallery_labels) = embed(eval_set[0]), embed(eval_set[1])
+            (queries, query_labels) = embed(eval_set[0])
+            (gallery, gallery_labels) = embed(eval_set[1])
         else:
             (gallery, gallery_labels), queries, query_labels = embed(eval_set), None, None
         if not distributed.is_main_process():
@@ -560,7 +563,8 @@ def train(argv: Optional[List[str]] = None) -> str:
         folder = opt.resume
         state = ckpt.load_checkpoint(os.path.join(folder, rf.LAST_CHECKPOINT),
                                      required=ckpt.RUN_STATE_KEYS)
-        ckpt.check_compatible(state, opt.arch, opt.embed_dim, os.path.join(folder, rf.LAST_CHECKPOINT))
+        ckpt.check_compatible(state, opt.arch, opt.embed_dim,
+                              os.path.join(folder, rf.LAST_CHECKPOINT))
         model.load_state_dict(state["network"]["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -644,14 +648,16 @@ def train(argv: Optional[List[str]] = None) -> str:
                    "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": time.time() - started}
             if "criterion/tuples_with_generated" in train_means:
                 train_means["criterion/tuples_real_only"] = (
-                    train_means["criterion/tuples"] - train_means["criterion/tuples_with_generated"])
+                    train_means["criterion/tuples"]
+                    - train_means["criterion/tuples_with_generated"])
             row.update({f"stats/{k}": v for k, v in train_means.items()})
             row.update(results)
             metrics_table.append(row)
             for key, value in row.items():
                 if key != "epoch":
                     writer.add_scalar(f"epoch/{key}", value, epoch + 1)
-            dense_anchors.save_frequency_if_due(das, epoch + 1, opt.das_save_frequency_epochs, folder)
+            dense_anchors.save_frequency_if_due(das, epoch + 1, opt.das_save_frequency_epochs,
+                                                folder)
             print(f"epoch {epoch + 1}/{opt.n_epochs} loss={row['loss']:.4f}  "
                   f"{format_results(results)}", flush=True)
             current = results.get(selection_key)

@@ -54,9 +54,11 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                        help="Folder holding <dataset>/ in its published layout (for `folder`: the "
                             "class tree itself, or its parent when named by --folder_name).")
     group.add_argument("--folder_name", default=None, type=str,
-                       help="For --dataset folder: subfolder of --source that holds the class tree.")
+                       help="For --dataset folder: subfolder of --source that holds the class "
+                            "tree.")
     group.add_argument("--use_tv_split", action="store_true",
-                       help="Split the training classes into train and validation (class-disjoint).")
+                       help="Split the training classes into train and validation "
+                            "(class-disjoint).")
     group.add_argument("--tv_split_by_samples", action="store_true",
                        help="Split per class by samples instead of by classes.")
     group.add_argument("--tv_split_perc", default=0.8,
@@ -125,7 +127,8 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
     group.add_argument("--data_sim_measure", default="euclidean", choices=["euclidean"],
                        help="Distance of the coreset / batch-match samplers (published: only "
                             "euclidean).")
-    group.add_argument("--data_mb_mom", default=-1, type=Range(float, low=0.0, high=1.0, also=(-1,)),
+    group.add_argument("--data_mb_mom", default=-1,
+                       type=Range(float, low=0.0, high=1.0, also=(-1,)),
                        help="Storage samplers: momentum of full storage updates (-1: replace).")
     group.add_argument("--data_mb_lr", default=1, type=positive_float,
                        help="Storage samplers: step on the momentum term of --data_mb_mom.")
@@ -166,7 +169,8 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                        help="Epochs at which the learning rate is multiplied by --gamma.")
     group.add_argument("--gamma", default=0.3, type=positive_float,
                        help="Learning-rate decay factor.")
-    group.add_argument("--loss", default="multisimilarity", type=str, help="Criterion (see criteria/).")
+    group.add_argument("--loss", default="multisimilarity", type=str,
+                       help="Criterion (see criteria/).")
     group.add_argument("--batch_mining", default="distance", type=str,
                        help="Batch miner for tuple-based criteria (see batchminer/).")
     group.add_argument("--amp", action="store_true",

@@ -176,6 +176,7 @@ def load_into(module: nn.Module, state: Dict[str, torch.Tensor], source: str, ar
     if missing or mismatched:
         detail = (f"missing {len(missing)} tensor(s), e.g. {missing[:3]}" if missing else
                   f"shape mismatch for {mismatched[:3]}")
-        raise PretrainedWeightsError(f"weights from {source} do not fit backbone '{arch}': {detail}")
+        raise PretrainedWeightsError(f"weights from {source} do not fit backbone '{arch}': "
+                                     f"{detail}")
     module.load_state_dict(state, strict=False)
 

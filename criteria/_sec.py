@@ -1,6 +1,6 @@
 """Spherical Embedding Constraint (SEC; Zhang et al., "Deep Metric Learning with Spherical
-Embedding", NeurIPS 2020), as the published DAS code uses it (``--sec``): a term added to the criterion's loss, on the
-embedding norms before the L2 normalization.
+Embedding", NeurIPS 2020), as the published DAS code uses it (``--sec``): a term added to the
+criterion's loss, on the embedding norms before the L2 normalization.
 
 With n_i the L2 norm of row i's embedding *before* normalization and mu a running mean of the
 norms, the penalty is

@@ -23,8 +23,8 @@ FREQUENCY_FILE = FREQUENCY_PATTERN + "{}.npy"
 def save_frequency_if_due(das: Optional[DenselyAnchoredSampling], epoch: int,
                           epochs: Sequence[int], folder: str) -> Optional[str]:
     """After epoch ``epoch`` (1-based), save ``das.normalized_frequency()`` as
-    ``<folder>/das_frequency_epoch<epoch>.npy`` when ``epoch`` is in ``--das_save_frequency_epochs``;
-    returns the path written, or None."""
+    ``<folder>/das_frequency_epoch<epoch>.npy`` when ``epoch`` is in
+    ``--das_save_frequency_epochs``; returns the path written, or None."""
     if das is None or epoch not in epochs:
         return None
     path = os.path.join(folder, FREQUENCY_FILE.format(epoch))

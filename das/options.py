@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Dict, List, Optional
 
-from utilities.options import between, non_negative_float, option_name, positive_float, positive_int
+from utilities.options import non_negative_float, option_name, positive_float, positive_int
 
 from .sampling import DenselyAnchoredSampling, check_settings
 

@@ -199,7 +199,7 @@ def metrics_rows(folder):
 
 def test_sec_run_saves_its_state_and_resumes_exactly(tmp_path, single_thread):
     full = main.main(DIGITS + ["--save_path", str(tmp_path), "--savename", "full"])
-    main.main(DIGITS[:1] + ["1"] + DIGITS[2:] + ["--save_path", str(tmp_path), "--savename", "part"])
+    main.main(DIGITS[:1] + ["1"] + DIGITS[2:] + ["--save_path", str(tmp_path), "--savename", "part"])  # noqa: E501
     part = str(tmp_path / "part")
     main.main(["--resume", part, "--n_epochs", "2"])
     state = ckpt.load_checkpoint(os.path.join(full, rf.LAST_CHECKPOINT))

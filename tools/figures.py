@@ -509,8 +509,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 out = plot_curves(args.runs, args.out or _default_out(args.runs, "curves"),
                                   args.labels, args.split)
             else:
-                out = das_figure.plot_frequency(args.runs[0], args.out or _default_out(args.runs, "frequency"),
-                                     args.max_classes)
+                out = das_figure.plot_frequency(
+                    args.runs[0], args.out or _default_out(args.runs, "frequency"),
+                    args.max_classes)
         except (FigureError, ConfigError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
