@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -27,13 +28,12 @@ from tqdm import tqdm
 import architectures
 import batchminer
 import criteria
+import das as dense_anchors
 import datasampler
 import datasets
 import evaluation
 import metrics
-from batchminer.das import build_producer, save_frequency_if_due
 from datasets import DataError, ImageDataset
-from modules.sec import SphericalEmbeddingConstraint
 from parameters import FILLED_IN, build_parser, parse_command_line, resolve_dataset_defaults
 from utilities import checkpoint as ckpt
 from utilities import distributed
@@ -52,8 +52,6 @@ SETUP = {"finished": False, "folder": ""}  # see run(): ValueErrors before this 
 # none of them changes what is trained (--no_amp and --compile only on CUDA, in rounding).
 RESUME_OVERRIDABLE = ("n_epochs", "kernels", "gpu", "device", "log_every", "source", "eval_bs",
                       "evaluate_on_gpu", "no_train_metrics", "compile", "no_amp")
-# The switch that turns DAS on; the other options of its group, given without it, are refused.
-DAS_SWITCH = "embedding_producer_used"
 
 
 class TrainingError(RuntimeError):
@@ -111,26 +109,12 @@ def validate_options(opt: argparse.Namespace, given: Optional[Dict] = None) -> N
                          f"{', '.join(criterion_class.accepted_miners)}")
     metrics.select_all(opt.evaluation_metrics)  # unknown names stop here, listing the valid ones
     if opt.storage_metric not in opt.evaluation_metrics:
-        raise ValueError(f"--storage_metric {opt.storage_metric} selects checkpoint_best.pth but is "
-                         f"not among --evaluation_metrics ({' '.join(opt.evaluation_metrics)})")
+        raise ValueError(f"--storage_metric {opt.storage_metric} selects checkpoint_best.pth but "
+                         f"is not among --evaluation_metrics ({' '.join(opt.evaluation_metrics)})")
     if not metrics.select(opt.storage_metric).scalar:
         raise ValueError(f"--storage_metric {opt.storage_metric} is an array (logged as a "
                          f"histogram), not a figure that can select checkpoint_best.pth")
-    if opt.embedding_producer_used:
-        build_producer(opt, num_classes=1)  # refuses an unknown --produce_type, impossible settings
-    else:
-        das_only = [name for dest, name in das_option_names().items() if dest in given]
-        if das_only:
-            raise ValueError(f"{', '.join(das_only)} {'acts' if len(das_only) == 1 else 'act'} "
-                             f"only with --embedding_producer_used, which is not given; add it "
-                             f"to use DAS, or drop {'it' if len(das_only) == 1 else 'them'}")
-
-
-def das_option_names() -> Dict[str, str]:
-    """dest -> option name of the DAS group's options, the switch itself aside."""
-    parser = build_parser()
-    group = next(g for g in parser._action_groups if g.title and g.title.startswith("DAS"))
-    return {a.dest: option_name(a) for a in group._group_actions if a.dest != DAS_SWITCH}
+    dense_anchors.check_options(opt, given)
 
 
 def validate_data(opt: argparse.Namespace, splits: datasets.DatasetSplits) -> None:
@@ -151,7 +135,8 @@ def choose_device(opt: argparse.Namespace) -> torch.device:
     if opt.device:
         device = torch.device(opt.device)  # cpu or cuda[:N], checked by the option's type
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {opt.device} asked for CUDA, but no CUDA device is available")
+            raise ValueError(f"--device {opt.device} asked for CUDA, but no CUDA device is "
+                             f"available")
         if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
             raise ValueError(f"--device {opt.device} does not exist; {torch.cuda.device_count()} "
                              f"CUDA device(s) are visible")
@@ -259,6 +244,99 @@ def resume_options(folder: str, given: Dict) -> argparse.Namespace:
     return saved
 
 
+@dataclass
+class Training:
+    """What one training run trains with, built by :func:`build_training` (main, resume, the
+    bench and the tools share it); :func:`train_one_epoch` takes it whole."""
+
+    opt: argparse.Namespace
+    device: torch.device
+    num_classes: int
+    model: architectures.EmbeddingNetwork  # the network (state dict, evaluation)
+    train_model: torch.nn.Module  # what a step calls: DDP-wrapped, torch.compile'd
+    criterion: criteria.BaseCriterion  # with its --batch_mining miner
+    das: Optional[torch.nn.Module]  # dense anchors (--embedding_producer_used), else None
+    sec: Optional[torch.nn.Module]  # spherical embedding constraint (--sec), else None
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    splits: Optional[datasets.DatasetSplits] = None
+    sampler: Optional[datasampler.BaseBatchSampler] = None  # its start_batch: the resume position
+    loader: Optional[object] = None
+    eval_sets: Dict[str, object] = field(default_factory=dict)
+    storage: Optional[StorageFeed] = None  # training-set embeddings of a storage sampler
+
+    @property
+    def selection_key(self) -> str:
+        """``<split>/<--storage_metric>`` that selects checkpoint_best.pth (val when present)."""
+        return f"{'val' if 'val' in self.eval_sets else 'test'}/{self.opt.storage_metric}"
+
+
+def build_learner(opt: argparse.Namespace, num_classes: int, device: torch.device,
+                  pretrained: Optional[bool] = None) -> Training:
+    """Network, miner + criterion, DAS, SEC, optimizer and scheduler on ``device`` (no data)."""
+    model = architectures.select(opt.arch, opt.embed_dim,
+                                 pretrained=opt.pretrained if pretrained is None else pretrained,
+                                 pretrained_path=opt.pretrained_path, dropout=opt.drop,
+                                 # a config saved before the option existed froze the affine
+                                 # terms: resuming it keeps them frozen (its optimizer state fits)
+                                 freeze_bn_affine=getattr(opt, "frozen_bn_affine", True))
+    criterion = build_criterion(opt, num_classes)
+    das = dense_anchors.build_producer(opt, num_classes=num_classes)
+    sec = criteria.SphericalEmbeddingConstraint.from_options(opt)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    for module in (criterion, das, sec):
+        if module is not None:
+            module.to(device)
+    optimizer = make_optimizer(opt, model, criterion)
+    scheduler = make_scheduler(opt.scheduler, optimizer, opt.tau, opt.step_tau, opt.gamma)
+    # --n_warm leaves the backbone without gradients for a while: DDP must allow that
+    train_model = distributed.wrap_model(model, device, find_unused_parameters=opt.n_warm > 0)
+    if opt.compile:
+        train_model = torch.compile(train_model)
+    return Training(opt, device, num_classes, model, train_model, criterion, das, sec, optimizer,
+                    scheduler)
+
+
+def build_training(opt: argparse.Namespace, device: torch.device) -> Training:
+    """Data (splits, sampler, training loader, evaluation sets) and :func:`build_learner`.
+    The network decides the input convention (BN-Inception: BGR, 0-255)."""
+    splits = datasets.load(opt.dataset, opt.source, use_tv_split=opt.use_tv_split,
+                           tv_split_perc=opt.tv_split_perc,
+                           tv_split_by_samples=opt.tv_split_by_samples, seed=opt.seed,
+                           folder_name=opt.folder_name, data_split=opt.data_split,
+                           data_split_path=opt.data_split_path, data_split_id=opt.data_split_id)
+    validate_data(opt, splits)
+    training = build_learner(opt, splits.train.num_classes, device)
+    transform_config = training.model.transform_config(opt.crop_size, opt.augmentation)
+    decode = datasets.resolve_decode(getattr(opt, "decode", "auto"), device, transform_config)
+    # --no_random_augmentation: training images get the deterministic test transform
+    train_set = image_dataset(splits.train, transform_config, not opt.no_random_augmentation,
+                              decode)
+
+    def eval_dataset(split):
+        if isinstance(split, tuple):  # In-Shop: (query, gallery)
+            return tuple(image_dataset(s, transform_config, False, decode) for s in split)
+        return image_dataset(split, transform_config, False, decode)
+
+    eval_sets = {name: eval_dataset(split) for name, split in splits.evaluation.items()}
+    if opt.train_metrics:
+        eval_sets["train"] = eval_dataset(splits.train)
+    sampler = datasampler.select(opt.data_sampler, splits.train.labels, opt.bs,
+                                 opt.samples_per_class, seed=opt.seed, rank=distributed.rank(),
+                                 world_size=distributed.world_size(),
+                                 class_names=splits.train.class_names,
+                                 super_labels=splits.train.super_labels,
+                                 num_super=opt.data_num_super, **sampler_options(opt))
+    loader = make_train_loader(train_set, sampler, opt, device)
+    storage = StorageFeed.for_sampler(sampler, training.model,
+                                      image_dataset(splits.train, transform_config, False, decode),
+                                      device, opt)
+    return replace(training, splits=splits, sampler=sampler, loader=loader, eval_sets=eval_sets,
+                   storage=storage)
+
+
 class EpochStats:
     """Sums of per-step scalars kept as device tensors: no host sync until they are read."""
 
@@ -323,10 +401,13 @@ def training_step(model, criterion, das, optimizer, images: torch.Tensor, labels
     return loss
 
 
-def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int,
-                    stats: EpochStats, writer, opt, stop: StopRequest,
-                    global_step: int, sec=None, storage=None) -> Tuple[int, bool]:
-    """One pass over the training batches. Returns the global step and whether it was stopped."""
+def train_one_epoch(training: Training, epoch: int, stats: EpochStats, writer,
+                    stop: StopRequest, global_step: int) -> Tuple[int, bool]:
+    """One pass over ``training.loader``. Returns the global step and whether it was stopped."""
+    opt, device, model = training.opt, training.device, training.train_model
+    criterion, das, sec = training.criterion, training.das, training.sec
+    optimizer = training.optimizer
+    storage = training.storage
     model.train()
     use_amp = bf16_autocast(opt, device)
     if device.type == "cuda":
@@ -334,13 +415,13 @@ def train_one_epoch(model, criterion, das, optimizer, loader, device, epoch: int
         # TF32 matmuls by default); --no_amp is an accepted no-op.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    batches = loader.batch_sampler.batch_sampler  # the BaseBatchSampler (resume position)
+    batches = training.sampler  # its start_batch: the position in the epoch (resume)
     first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
     bad_weights_step = torch.full((), -1, dtype=torch.long, device=device)
     weights = [p for p in list(model.parameters()) + list(criterion.parameters())
                if p.requires_grad]
     step = batches.start_batch - 1
-    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
+    progress = tqdm(training.loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True,
                     disable=not distributed.is_main_process())
     for step, (images, labels, indices) in enumerate(progress, start=batches.start_batch):
         loss = training_step(model, criterion, das, optimizer, images, labels, device, use_amp,
@@ -415,7 +496,8 @@ def evaluate_all(model, eval_sets, opt, device, writer=None, epoch: int = 0) -> 
     results = {}
     for split_name, eval_set in eval_sets.items():
         if isinstance(eval_set, tuple):  # In-Shop: queries searched among the gallery only
-            (queries, query_labels), (gallery, gallery_labels) = embed(eval_set[0]), embed(eval_set[1])
+            (queries, query_labels) = embed(eval_set[0])
+            (gallery, gallery_labels) = embed(eval_set[1])
         else:
             (gallery, gallery_labels), queries, query_labels = embed(eval_set), None, None
         if not distributed.is_main_process():
@@ -480,71 +562,17 @@ def train(argv: Optional[List[str]] = None) -> str:
         print(f"using {opt.torch_threads} torch threads, as the run did", flush=True)
         torch.set_num_threads(opt.torch_threads)
     seed_everything(opt.seed)
-    rank, world_size = distributed.rank(), distributed.world_size()
+    world_size = distributed.world_size()
     is_main = distributed.is_main_process()
 
-    # Data and network. The network decides the input convention (BN-Inception: BGR, 0-255).
-    splits = datasets.load(opt.dataset, opt.source, use_tv_split=opt.use_tv_split,
-                           tv_split_perc=opt.tv_split_perc,
-                           tv_split_by_samples=opt.tv_split_by_samples, seed=opt.seed,
-                           folder_name=opt.folder_name, data_split=opt.data_split,
-                           data_split_path=opt.data_split_path, data_split_id=opt.data_split_id)
-    validate_data(opt, splits)
+    training = build_training(opt, device)
+    model, criterion, das, sec = training.model, training.criterion, training.das, training.sec
+    optimizer, scheduler, sampler = training.optimizer, training.scheduler, training.sampler
+    splits, eval_sets, selection_key = training.splits, training.eval_sets, training.selection_key
     data_record = rf.training_data_record(splits.train.class_names, len(splits.train))
     if opt.resume:  # before any state is loaded: the checkpoint belongs to the data it saw
         rf.check_same_training_data(vars(opt), data_record,
                                     os.path.join(opt.resume, rf.CONFIG_FILE))
-    model = architectures.select(opt.arch, opt.embed_dim, pretrained=opt.pretrained,
-                                 pretrained_path=opt.pretrained_path, dropout=opt.drop,
-                                 # a config saved before the option existed froze the affine
-                                 # terms: resuming it keeps them frozen (its optimizer state fits)
-                                 freeze_bn_affine=getattr(opt, "frozen_bn_affine", True))
-    transform_config = model.transform_config(opt.crop_size, opt.augmentation)
-    decode = datasets.resolve_decode(getattr(opt, "decode", "auto"), device, transform_config)
-    # --no_random_augmentation: training images get the deterministic test transform
-    train_set = image_dataset(splits.train, transform_config, not opt.no_random_augmentation,
-                              decode)
-
-    def eval_dataset(split):
-        if isinstance(split, tuple):  # In-Shop: (query, gallery)
-            return tuple(image_dataset(s, transform_config, False, decode) for s in split)
-        return image_dataset(split, transform_config, False, decode)
-
-    eval_sets = {name: eval_dataset(split) for name, split in splits.evaluation.items()}
-    if opt.train_metrics:
-        eval_sets["train"] = eval_dataset(splits.train)
-    selection_split = "val" if "val" in eval_sets else "test"
-    selection_key = f"{selection_split}/{opt.storage_metric}"
-
-    sampler = datasampler.select(opt.data_sampler, splits.train.labels, opt.bs,
-                                 opt.samples_per_class, seed=opt.seed, rank=rank,
-                                 world_size=world_size, class_names=splits.train.class_names,
-                                 super_labels=splits.train.super_labels,
-                                 num_super=opt.data_num_super, **sampler_options(opt))
-    loader = make_train_loader(train_set, sampler, opt, device)
-
-    # Miner, criterion and dense anchors.
-    criterion = build_criterion(opt, splits.train.num_classes)
-    das = build_producer(opt, num_classes=splits.train.num_classes)
-    sec = SphericalEmbeddingConstraint.from_options(opt)
-
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    criterion.to(device)
-    if das is not None:
-        das.to(device)
-    if sec is not None:
-        sec.to(device)
-    storage = StorageFeed.for_sampler(sampler, model,
-                                      image_dataset(splits.train, transform_config, False, decode),
-                                      device, opt)
-    optimizer = make_optimizer(opt, model, criterion)
-    scheduler = make_scheduler(opt.scheduler, optimizer, opt.tau, opt.step_tau, opt.gamma)
-    # --n_warm leaves the backbone without gradients for a while: DDP must allow that
-    train_model = distributed.wrap_model(model, device, find_unused_parameters=opt.n_warm > 0)
-    if opt.compile:
-        train_model = torch.compile(train_model)
 
     # Run folder (rank 0 writes everything).
     start_epoch, global_step, best = 0, 0, {"key": selection_key, "value": -math.inf, "epoch": -1}
@@ -553,7 +581,8 @@ def train(argv: Optional[List[str]] = None) -> str:
         folder = opt.resume
         state = ckpt.load_checkpoint(os.path.join(folder, rf.LAST_CHECKPOINT),
                                      required=ckpt.RUN_STATE_KEYS)
-        ckpt.check_compatible(state, opt.arch, opt.embed_dim, os.path.join(folder, rf.LAST_CHECKPOINT))
+        ckpt.check_compatible(state, opt.arch, opt.embed_dim,
+                              os.path.join(folder, rf.LAST_CHECKPOINT))
         model.load_state_dict(state["network"]["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -612,13 +641,12 @@ def train(argv: Optional[List[str]] = None) -> str:
     for epoch in range(start_epoch, opt.n_epochs):
         started = time.time()
         sampler.set_epoch(epoch)
-        if storage is not None:  # fill / refresh the sampler's embedding storage (timed here)
-            storage.epoch_start(epoch)
+        if training.storage is not None:  # fill / refresh the sampler's storage (timed here)
+            training.storage.epoch_start(epoch)
         model.warmup = epoch < opt.n_warm  # --n_warm: only the embedding layer trains
         with loader_worker_guard(folder, opt):
-            global_step, stopped = train_one_epoch(train_model, criterion, das, optimizer, loader,
-                                                   device, epoch + 1, epoch_stats, writer, opt,
-                                                   stop, global_step, sec=sec, storage=storage)
+            global_step, stopped = train_one_epoch(training, epoch + 1, epoch_stats, writer, stop,
+                                                   global_step)
         if stopped:
             if is_main:
                 with stop.saving():
@@ -640,14 +668,16 @@ def train(argv: Optional[List[str]] = None) -> str:
                    "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": time.time() - started}
             if "criterion/tuples_with_generated" in train_means:
                 train_means["criterion/tuples_real_only"] = (
-                    train_means["criterion/tuples"] - train_means["criterion/tuples_with_generated"])
+                    train_means["criterion/tuples"]
+                    - train_means["criterion/tuples_with_generated"])
             row.update({f"stats/{k}": v for k, v in train_means.items()})
             row.update(results)
             metrics_table.append(row)
             for key, value in row.items():
                 if key != "epoch":
                     writer.add_scalar(f"epoch/{key}", value, epoch + 1)
-            save_frequency_if_due(das, epoch + 1, opt.das_save_frequency_epochs, folder)
+            dense_anchors.save_frequency_if_due(das, epoch + 1, opt.das_save_frequency_epochs,
+                                                folder)
             print(f"epoch {epoch + 1}/{opt.n_epochs} loss={row['loss']:.4f}  "
                   f"{format_results(results)}", flush=True)
             current = results.get(selection_key)
@@ -668,32 +698,36 @@ def train(argv: Optional[List[str]] = None) -> str:
 
     if is_main:
         writer.close()
-        write_training_summary(folder, metrics_table, best, opt)
+        write_training_summary(folder, opt)
         print(open(os.path.join(folder, rf.SUMMARY_FILE)).read(), end="")
         print(f"run folder: {folder}", flush=True)
     distributed.cleanup()
     return folder
 
 
-def write_training_summary(folder: str, table: rf.MetricsTable, best: Dict, opt) -> None:
-    rows = [r for r in table.rows() if int(float(r["epoch"])) > 0]
+def write_training_summary(folder: str, opt: argparse.Namespace) -> None:
+    """training_summary.txt: the last epoch's figures and the best epoch's by the run's own
+    selection metric, read back through the shared run-folder reader."""
+    run = rf.read_run(folder)
     lines = [f"dataset: {opt.dataset}   arch: {opt.arch}   loss: {opt.loss}   "
              f"DAS: {'on' if opt.embedding_producer_used else 'off'}   seed: {opt.seed}"]
-    if not rows:
+    last = run.pick("last")
+    if last is None:
         lines.append("no epoch finished")
         rf.write_summary(folder, lines)
         return
-    metric_columns = [c for c in rows[-1] if "/" in c and not c.startswith("stats/")]
-    last = rows[-1]
-    lines.append(f"last epoch ({last['epoch']}): " +
-                 "  ".join(f"{c}={float(last[c]):.4f}" for c in metric_columns if last[c]))
-    best_row = next((r for r in rows if int(float(r["epoch"])) == best["epoch"]), None)
-    if best_row is not None:
-        lines.append(f"best epoch ({best['epoch']}) selected by {best['key']} "
-                     f"(split '{best['key'].split('/')[0]}'): " +
-                     "  ".join(f"{c}={float(best_row[c]):.4f}" for c in metric_columns if best_row[c]))
+    metric_columns = [c for c in last if "/" in c and not c.startswith("stats/")]
+
+    def figures(row: Dict) -> str:
+        return "  ".join(f"{c}={row[c]:.4f}" for c in metric_columns if row.get(c) is not None)
+
+    lines.append(f"last epoch ({int(last['epoch'])}): {figures(last)}")
+    key, best = run.selection_key, run.pick("best")
+    if best is not None:
+        lines.append(f"best epoch ({int(best['epoch'])}) selected by {key} "
+                     f"(split '{key.split('/')[0]}'): {figures(best)}")
     else:
-        lines.append(f"best: no epoch reported {best['key']}")
+        lines.append(f"best: no epoch reported {key}")
     rf.write_summary(folder, lines)
 
 

@@ -11,6 +11,8 @@ import argparse
 import os
 from typing import Dict, List, Optional, Tuple
 
+import das
+from criteria import _sec as criteria_sec
 from utilities.options import (OptionParser, Range, at_least, between, document_ranges,
                                given_options, greater_than, non_negative_float, non_negative_int,
                                positive_float, positive_int, torch_device)
@@ -52,9 +54,11 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                        help="Folder holding <dataset>/ in its published layout (for `folder`: the "
                             "class tree itself, or its parent when named by --folder_name).")
     group.add_argument("--folder_name", default=None, type=str,
-                       help="For --dataset folder: subfolder of --source that holds the class tree.")
+                       help="For --dataset folder: subfolder of --source that holds the class "
+                            "tree.")
     group.add_argument("--use_tv_split", action="store_true",
-                       help="Split the training classes into train and validation (class-disjoint).")
+                       help="Split the training classes into train and validation "
+                            "(class-disjoint).")
     group.add_argument("--tv_split_by_samples", action="store_true",
                        help="Split per class by samples instead of by classes.")
     group.add_argument("--tv_split_perc", default=0.8,
@@ -123,7 +127,8 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
     group.add_argument("--data_sim_measure", default="euclidean", choices=["euclidean"],
                        help="Distance of the coreset / batch-match samplers (published: only "
                             "euclidean).")
-    group.add_argument("--data_mb_mom", default=-1, type=Range(float, low=0.0, high=1.0, also=(-1,)),
+    group.add_argument("--data_mb_mom", default=-1,
+                       type=Range(float, low=0.0, high=1.0, also=(-1,)),
                        help="Storage samplers: momentum of full storage updates (-1: replace).")
     group.add_argument("--data_mb_lr", default=1, type=positive_float,
                        help="Storage samplers: step on the momentum term of --data_mb_mom.")
@@ -164,7 +169,8 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                        help="Epochs at which the learning rate is multiplied by --gamma.")
     group.add_argument("--gamma", default=0.3, type=positive_float,
                        help="Learning-rate decay factor.")
-    group.add_argument("--loss", default="multisimilarity", type=str, help="Criterion (see criteria/).")
+    group.add_argument("--loss", default="multisimilarity", type=str,
+                       help="Criterion (see criteria/).")
     group.add_argument("--batch_mining", default="distance", type=str,
                        help="Batch miner for tuple-based criteria (see batchminer/).")
     group.add_argument("--amp", action="store_true",
@@ -315,40 +321,6 @@ def batchmining_specific_parameters(parser: argparse.ArgumentParser) -> argparse
     return parser
 
 
-def das_parameters(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    group = parser.add_argument_group("DAS (densely-anchored sampling)")
-    add = group.add_argument
-    add("--embedding_producer_used", action="store_true",
-        help="Add generated embeddings (dense anchors) to every batch.")
-    add("--produce_type", default="DAS", type=str, help="Embedding producer; only DAS exists.")
-    add("--das_num_produce", default=3, type=positive_int,
-        help="Generated copies of the batch per step.")
-    add("--das_not_normalize", action="store_true", help="Do not L2-normalize generated rows.")
-    add("--das_dfs_num_scale", default=4, type=positive_int, help="K: dimensions scaled by DFS.")
-    add("--das_dfs_scale_left", default=0.5, type=positive_float,
-        help="DFS scale factors from [left, right).")
-    add("--das_dfs_scale_right", default=2.0, type=positive_float)
-    add("--das_mts_num_transformation_bank", default=10, type=positive_int,
-        help="Q: differences kept per class by MTS.")
-    add("--das_mts_scale", default=0.01, type=non_negative_float, help="Scale of the MTS shift.")
-    add("--detach", action="store_true", help="Generated rows carry no gradient.")
-    add("--aux_loss", action="store_true", help="Loss = L(real) + w * L(real + generated).")
-    add("--aux_loss_weight", default=1.0, type=non_negative_float)
-    add("--das_save_frequency_epochs", default=[], nargs="*", type=positive_int,
-        help="Epochs (1-based) after which DFS's class-by-dimension counter, each row divided "
-             "by its maximum, is saved as das_frequency_epoch<N>.npy in the run folder (for "
-             "`python -m utilities.figures frequency`).")
-
-    group = parser.add_argument_group("SEC (spherical embedding constraint)")
-    add = group.add_argument
-    add("--sec", action="store_true",
-        help="Add the spherical embedding constraint to the loss (modules/sec.py).")
-    add("--sec_wei", default=0.01, type=non_negative_float, help="Weight of the SEC penalty.")
-    add("--sec_momentum", default=0.999, type=between(0.0, 1.0),
-        help="Momentum of SEC's running mean of the embedding norms.")
-    return parser
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OptionParser(
         prog="main.py",
@@ -358,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     basic_training_parameters(parser)
     loss_specific_parameters(parser)
     batchmining_specific_parameters(parser)
-    das_parameters(parser)
+    das.add_options(parser)
+    criteria_sec.add_options(parser)
     document_ranges(parser)
     return parser
 

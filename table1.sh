@@ -17,8 +17,8 @@ TABLE=table1
 TABLE_TITLE="Table 1 of the DAS paper: multi-similarity, 512-d, BN-Inception / ResNet50, baseline and + DAS"
 ROW_HELP="Datasets: cub200 cars196 online_products (cub cars sop); backbones: bninception resnet50; variants: baseline das. Example: cub200 resnet50 das"
 
-# shellcheck source=utilities/sweep.sh
-source "$(dirname "$0")/utilities/sweep.sh"
+# shellcheck source=tools/sweep.sh
+source "$(dirname "$0")/tools/sweep.sh"
 
 table_rows() {
   # 300 epochs, lr x0.3 at epochs 200 and 250, Adam (lr 1e-5, weight decay 4e-4), 112 images a

@@ -16,8 +16,8 @@ TABLE=table2
 TABLE_TITLE="Table 2 of the DAS paper: seven losses, ResNet50 128-d, baseline and + DAS"
 ROW_HELP="Datasets: cub200 cars196 online_products (cub cars sop); methods: triplet_semihard triplet_distance contrastive margin lifted npair multisimilarity (or a part: triplet, semihard, distance); variants: baseline das. Example: cub200 margin das"
 
-# shellcheck source=utilities/sweep.sh
-source "$(dirname "$0")/utilities/sweep.sh"
+# shellcheck source=tools/sweep.sh
+source "$(dirname "$0")/tools/sweep.sh"
 
 METHODS=(triplet_semihard triplet_distance contrastive margin lifted npair multisimilarity)
 

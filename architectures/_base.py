@@ -45,7 +45,7 @@ class EmbeddingNetwork(nn.Module):
     embedding layer, part of the embedding head, never frozen). ``warmup`` (set per epoch for
     ``--n_warm``) stops gradients at the pooled features, so only the embedding head learns.
     ``forward(images, return_norms=True)`` also returns the L2 norm of every row before the
-    normalization, which the spherical embedding constraint (``modules/sec.py``) needs.
+    normalization, which the spherical embedding constraint (``criteria/_sec.py``) needs.
     """
 
     def __init__(self, backbone: Backbone, embed_dim: int, normalize: bool = True,
@@ -176,6 +176,7 @@ def load_into(module: nn.Module, state: Dict[str, torch.Tensor], source: str, ar
     if missing or mismatched:
         detail = (f"missing {len(missing)} tensor(s), e.g. {missing[:3]}" if missing else
                   f"shape mismatch for {mismatched[:3]}")
-        raise PretrainedWeightsError(f"weights from {source} do not fit backbone '{arch}': {detail}")
+        raise PretrainedWeightsError(f"weights from {source} do not fit backbone '{arch}': "
+                                     f"{detail}")
     module.load_state_dict(state, strict=False)
 

@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import torch
 import torch.nn.functional as F
 
-from batchminer.das import DenselyAnchoredSampling
+from das import DenselyAnchoredSampling
 
 
 def synchronize(device: torch.device) -> None:

@@ -5,7 +5,7 @@ Each line: the metric group, seconds, the ratio to the reference group (recall@1
 search R deep) and the peak of Python-tracked memory during the group (tracemalloc: numpy
 arrays, the kNN outputs included).
 
-    python bench/eval_published.py                          # CARS196 test size: 8,131 x 512, 98 classes
+    python bench/eval_published.py              # CARS196 test size: 8,131 x 512, 98 classes
     python bench/eval_published.py --samples 60502 --classes 11316 --skip mAP   # SOP size
 """
 from __future__ import annotations

@@ -124,7 +124,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--kernels", type=int, default=0, help="DataLoader workers (0 or 1).")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads.")
-    parser.add_argument("--zip", default=None, help="The Omniglot zip (default: the bundled data/omniglot copy).")
+    parser.add_argument("--zip", default=None,
+                        help="The Omniglot zip (default: the bundled data/omniglot copy).")
     parser.add_argument("--csv", default="omniglot_parity.csv", help="Per-run results.")
     parser.add_argument("--verbose", action="store_true", help="Show main.py's output.")
     args = parser.parse_args(argv)

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import statistics
@@ -59,7 +60,7 @@ import types
 import warnings
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:  # run as a script: make the repository importable
@@ -67,6 +68,9 @@ if REPO_ROOT not in sys.path:  # run as a script: make the repository importable
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+if TYPE_CHECKING:  # main is imported by import_main (see there)
+    from main import Training
 from torch.overrides import TorchFunctionMode  # noqa: E402
 
 # Defaults of the bench, given to main.py's parser before the user's options (which win).
@@ -124,20 +128,6 @@ def quiet_progress(enabled: bool = True):
 
 
 # ----------------------------------------------------------------------------- set-up as main.py
-@dataclass
-class Training:
-    """What main.main() builds for a training run, on ``device``."""
-
-    opt: argparse.Namespace
-    device: torch.device
-    model: torch.nn.Module  # the network (hooks and memory format)
-    train_model: torch.nn.Module  # what train_one_epoch calls (torch.compile'd with --compile)
-    criterion: torch.nn.Module
-    das: torch.nn.Module  # always built; a DAS-off step passes None instead
-    optimizer: torch.optim.Optimizer
-    num_classes: int
-
-
 def bench_options(argv: Sequence[str]) -> argparse.Namespace:
     """main.py's options with the bench's defaults; refuses what main.py refuses."""
     main = import_main()
@@ -148,24 +138,14 @@ def bench_options(argv: Sequence[str]) -> argparse.Namespace:
     return opt
 
 
-def build_training(opt: argparse.Namespace, num_classes: int, device: torch.device) -> Training:
-    """Network, miner, criterion, DAS and optimizer as main.main() builds them (random weights)."""
+def build_training(opt: argparse.Namespace, num_classes: int, device: torch.device):
+    """main.build_learner (network, miner, criterion, DAS, SEC, optimizer; random weights), DAS
+    always built (a DAS-off step runs without it), and a stand-in sampler position."""
     main = import_main()
-    import architectures
-    from batchminer.das import build_producer
-
-    model = architectures.select(opt.arch, opt.embed_dim, pretrained=False)
-    criterion = main.build_criterion(opt, num_classes)
-    das = build_producer(argparse.Namespace(**dict(vars(opt), embedding_producer_used=True)),
-                         num_classes=num_classes)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    criterion.to(device)
-    das.to(device)
-    optimizer = main.make_optimizer(opt, model, criterion)
-    train_model = torch.compile(model) if opt.compile else model
-    return Training(opt, device, model, train_model, criterion, das, optimizer, num_classes)
+    with_das = argparse.Namespace(**dict(vars(opt), embedding_producer_used=True))
+    training = main.build_learner(with_das, num_classes, device, pretrained=False)
+    # what main.train_one_epoch reads and advances as the position in the epoch
+    return dataclasses.replace(training, opt=opt, sampler=SimpleNamespace(start_batch=0))
 
 
 def class_labels(num_images: int, num_classes: int) -> np.ndarray:
@@ -191,8 +171,6 @@ class DeviceBatches:
     def __init__(self, batches: List[Tuple[torch.Tensor, torch.Tensor]], steps: int,
                  on_batch: Optional[Callable] = None) -> None:
         self.batches, self.steps, self.on_batch = batches, steps, on_batch
-        # train_one_epoch reads and advances loader.batch_sampler.batch_sampler.start_batch.
-        self.batch_sampler = SimpleNamespace(batch_sampler=SimpleNamespace(start_batch=0))
 
     def __len__(self) -> int:
         return self.steps
@@ -225,15 +203,14 @@ def device_batches(training: Training, count: int) -> List[Tuple[torch.Tensor, t
 def run_epoch(training: Training, loader, use_das: bool, quiet: bool = True) -> float:
     """One call of main.train_one_epoch; returns its wall time (device work finished)."""
     main = import_main()
-    loader.batch_sampler.batch_sampler.start_batch = 0  # the caller sets a real sampler's epoch
-    opt = training.opt
+    sampler = getattr(getattr(loader, "batch_sampler", None), "batch_sampler", None)
+    epoch = dataclasses.replace(training, loader=loader, das=training.das if use_das else None,
+                                sampler=sampler or training.sampler)
+    epoch.sampler.start_batch = 0  # the caller sets a real sampler's epoch
     synchronize(training.device)
     start = time.perf_counter()
     with quiet_progress(quiet):
-        main.train_one_epoch(training.train_model, training.criterion,
-                             training.das if use_das else None, training.optimizer, loader,
-                             training.device, 1, main.EpochStats(), None, opt, main.StopRequest(),
-                             0)
+        main.train_one_epoch(epoch, 1, main.EpochStats(), None, main.StopRequest(), 0)
     synchronize(training.device)
     return time.perf_counter() - start
 
@@ -404,7 +381,7 @@ class SyncEvent:
 
 # Sites that sync only on CPU, by design: on CUDA the same code takes another branch.
 CPU_ONLY_SITES = {
-    ("batchminer/das.py", "_check_inputs"):
+    ("das/sampling.py", "_check_inputs"):
         "label range check; on CUDA torch._assert_async, no sync",
 }
 

@@ -6,6 +6,7 @@ import argparse
 from utilities.registry import Registry
 
 from ._base import BaseCriterion
+from ._sec import SphericalEmbeddingConstraint  # noqa: F401  (a loss add-on, see there)
 
 REGISTRY: Registry = Registry("criterion", "--loss")
 REGISTRY.import_members(__name__, __path__)

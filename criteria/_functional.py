@@ -60,7 +60,8 @@ def mine_triplets(miner, embeddings: torch.Tensor, labels: torch.Tensor
     return distances, miner(embeddings, labels, distances.detach())
 
 
-def triplet_stats(triplets: torch.Tensor, num_real: Optional[int], miner) -> Dict[str, torch.Tensor]:
+def triplet_stats(triplets: torch.Tensor, num_real: Optional[int],
+                  miner) -> Dict[str, torch.Tensor]:
     """:func:`tuple_stats` of the mined tuples plus the miner's own figures."""
     return {**tuple_stats(triplets, num_real), **miner_stats(miner)}
 

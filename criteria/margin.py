@@ -18,8 +18,8 @@ class MarginCriterion(BaseCriterion):
     """For mined triplets (a, p, n) with beta = beta[y_a]:
     sum (relu(d(a,p) - beta + margin) + relu(beta - d(a,n) + margin)) / #active + nu * sum beta,
     #active the number of non-zero terms (1 when none), the beta regularizer added after the
-    division as published (summed over the triplets' anchors; the constant beta counted once). beta is a learnable per-class parameter
-    (its own learning rate ``--loss_margin_beta_lr``) unless ``--loss_margin_beta_constant``."""
+    division as published (summed over the triplets' anchors; the constant beta counted once).
+    beta is a learnable per-class parameter (its own learning rate ``--loss_margin_beta_lr``) unless ``--loss_margin_beta_constant``."""  # noqa: E501
 
     requires_miner = True
     accepted_miners = TRIPLET_MINERS

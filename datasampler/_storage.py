@@ -110,7 +110,8 @@ class StorageBatchSampler(BaseBatchSampler):
     def load_state_dict(self, state: Dict) -> None:
         super().load_state_dict(state)
         self.storage, self.delta = state.get("storage"), state.get("delta")
-        self._batches, self._batches_epoch = state.get("batches"), int(state.get("batches_epoch", -1))
+        self._batches = state.get("batches")
+        self._batches_epoch = int(state.get("batches_epoch", -1))
 
     def global_batches(self, rng: np.random.Generator) -> List[np.ndarray]:
         if self.storage is None:

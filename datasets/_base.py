@@ -119,7 +119,8 @@ def _to_bgr_255(tensor: torch.Tensor) -> torch.Tensor:
     return tensor[[2, 1, 0]] * 255.0
 
 
-def build_pil_transform(config: TransformConfig, train: bool) -> Callable[[Image.Image], torch.Tensor]:
+def build_pil_transform(config: TransformConfig,
+                        train: bool) -> Callable[[Image.Image], torch.Tensor]:
     """The PIL reference pipeline (before uint8 loading): PIL image in, normalized float out.
 
     Kept as the reference that tests and ``bench/train_step.py --modes loader_compare`` set the

@@ -34,5 +34,6 @@ def load_digits(source: Optional[str] = None, folder_name: Optional[str] = None)
     train_idx = np.flatnonzero(labels < 5)
     test_idx = np.flatnonzero(labels >= 5)
     train = Split([images[i] for i in train_idx], labels[train_idx], [str(c) for c in range(5)])
-    test = Split([images[i] for i in test_idx], labels[test_idx] - 5, [str(c) for c in range(5, 10)])
+    test = Split([images[i] for i in test_idx], labels[test_idx] - 5,
+                 [str(c) for c in range(5, 10)])
     return DatasetSplits(name="digits", train=train, evaluation={"test": test})

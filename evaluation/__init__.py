@@ -8,4 +8,5 @@ from .compute import compute_metrics, evaluate
 from .embeddings import compute_embeddings
 from .faiss_ops import faiss_gpu_available
 
-__all__ = ["EvaluationBackend", "select_backend", "compute_embeddings", "compute_metrics", "evaluate", "faiss_gpu_available"]
+__all__ = ["EvaluationBackend", "select_backend", "compute_embeddings", "compute_metrics",
+           "evaluate", "faiss_gpu_available"]

@@ -6,9 +6,10 @@ Exact L2 search is ``||r||^2 - 2 q.r`` (a matrix product, as faiss's flat index 
 ``BLOCK_BYTES``: nothing of size N x N exists. k-means follows faiss's ``Clustering``: the first
 ``num_clusters`` points of a seeded permutation as initial centroids, at most ``iterations``
 rounds of nearest-centroid assignment and mean update (stopping once the objective, the sum of
-squared distances to the nearest centroid, no longer decreases, as faiss stops), an empty cluster taking half of a large one (a
-donor drawn with probability proportional to its size - 1, faiss's rule), then a final
-assignment to the last centroids. Hand-written because no installed library does both in torch.
+squared distances to the nearest centroid, no longer decreases, as faiss stops), an empty
+cluster taking half of a large one (a donor drawn with probability proportional to its size - 1,
+faiss's rule), then a final assignment to the last centroids. Hand-written because no installed
+library does both in torch.
 """
 from __future__ import annotations
 

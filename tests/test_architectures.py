@@ -8,7 +8,7 @@ import architectures
 from architectures import PretrainedWeightsError, parse_arch
 from utilities.registry import UnknownNameError
 
-PAPER_ARCH = "bninception_double_frozen_normalize_multiSim_300epoch_200_250_embeddingProducer_DAS_numScale8"
+PAPER_ARCH = "bninception_double_frozen_normalize_multiSim_300epoch_200_250_embeddingProducer_DAS_numScale8"  # noqa: E501
 
 
 def test_paper_arch_name_is_parsed_into_backbone_and_option_words():
@@ -80,7 +80,7 @@ def test_bninception_takes_bgr_0_255_input_with_mean_subtraction_only():
     config = model.transform_config(224, "base")
     assert config.bgr_255 and tuple(config.std) == pytest.approx((0.9945,) * 3)
     assert config.mean[0] > 1
-    resnet_config = architectures.select("resnet18", 8, pretrained=False).transform_config(64, "base")
+    resnet_config = architectures.select("resnet18", 8, pretrained=False).transform_config(64, "base")  # noqa: E501
     assert not resnet_config.bgr_255 and resnet_config.std[0] < 1
 
 
@@ -118,4 +118,4 @@ def test_pretrained_path_of_another_backbone_is_refused(tmp_path):
     with pytest.raises(PretrainedWeightsError, match="do not fit backbone 'resnet50'"):
         architectures.select("resnet50", 8, pretrained=False, pretrained_path=str(path))
     with pytest.raises(PretrainedWeightsError, match="is not a file"):
-        architectures.select("resnet18", 8, pretrained=False, pretrained_path=str(tmp_path / "none"))
+        architectures.select("resnet18", 8, pretrained=False, pretrained_path=str(tmp_path / "none"))  # noqa: E501

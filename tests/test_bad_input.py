@@ -18,7 +18,7 @@ import main
 from parameters import build_parser
 from utilities import checkpoint as ckpt
 from utilities import options
-from utilities import paper_tables as pt
+from tools import paper_tables as pt
 from utilities import run_folder as rf
 
 # 4 training classes x 14 images at --bs 16: 3 steps an epoch.

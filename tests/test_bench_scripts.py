@@ -188,3 +188,14 @@ def test_gpu_check_refuses_without_cuda(tmp_path, with_driver):
     assert "CUDA" in done.stderr and "gpu_check.sh" in done.stderr
     assert ("PyTorch" in done.stderr) == with_driver
     assert not out_file.exists()
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO_ROOT / "bench").glob("*.py")
+                                          if p.name != "__init__.py"))
+def test_every_bench_script_runs_as_a_file_outside_the_repository(script, tmp_path):
+    """``python bench/X.py`` works from any folder (``python -m bench.X`` is how the tests and
+    docs run them from the repository root)."""
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / script), "--help"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage" in result.stdout.lower()

@@ -1,4 +1,4 @@
-"""Tests of batchminer/das.py (densely-anchored sampling) against a per-sample loop oracle and
+"""Tests of das/sampling.py (densely-anchored sampling) against a per-sample loop oracle and
 hand-computed cases."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from batchminer.das import DenselyAnchoredSampling, build_producer
+from das import DenselyAnchoredSampling, build_producer
 from parameters import build_parser
 
 

@@ -11,7 +11,7 @@ from typing import Dict, List
 
 import torch
 
-from utilities.smoke_data import make_smoke_datasets
+from tools.smoke_data import make_smoke_datasets
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHORT_RUN = ["--arch", "resnet18_normalize", "--not_pretrained", "--crop_size", "32",

@@ -123,7 +123,7 @@ def test_big_augmentation_crops_256_and_test_resizes_by_256_over_224():
     train_steps = build_transform(TransformConfig(224), train=True).transforms
     assert isinstance(train_steps[0], v2.RandomResizedCrop)
     assert (train_steps[0].scale, train_steps[0].ratio) == ((0.08, 1.0), (3 / 4, 4 / 3))
-    assert train_steps[0].antialias and str(getattr(train_steps[0].interpolation, "value", train_steps[0].interpolation)) == "bilinear"
+    assert train_steps[0].antialias and str(getattr(train_steps[0].interpolation, "value", train_steps[0].interpolation)) == "bilinear"  # noqa: E501
     assert isinstance(train_steps[1], v2.RandomHorizontalFlip) and train_steps[1].p == 0.5
     # the PIL reference pipeline keeps the same choices
     reference = build_pil_transform(TransformConfig(224), train=True).transforms

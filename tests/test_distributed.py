@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 import architectures
 import criteria
 import main
-from batchminer.das import build_producer
+from das import build_producer
 from parameters import parse_options
 from utilities import distributed
 
@@ -47,7 +47,7 @@ def take_step(model_for_step, model, das_on: bool, images, labels):
         with torch.no_grad():  # a warm MTS bank, so that the shift draws matter
             das(model(warm_images), warm_labels)
     optimizer = main.make_optimizer(opt, model, criterion)
-    before = torch.cat([p.detach().flatten().clone() for p in model.parameters() if p.requires_grad])
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters() if p.requires_grad])  # noqa: E501
     torch.manual_seed(7)  # the same DAS draws in every process
     loss = main.training_step(model_for_step, criterion, das, optimizer, images, labels,
                               torch.device("cpu"), use_amp=False)

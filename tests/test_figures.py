@@ -1,4 +1,4 @@
-"""utilities.figures: each command writes a PNG of the expected size from tiny trained runs;
+"""tools.figures: each command writes a PNG of the expected size from tiny trained runs;
 retrieval frames are green exactly for same-class neighbours, which are the true nearest ones."""
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 import main as training
-from utilities import figures
-from utilities.smoke_data import make_smoke_datasets
+from tools import figures
+from tools.smoke_data import make_smoke_datasets
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -177,3 +177,24 @@ def test_thumbnail_is_square_with_a_coloured_frame():
     assert thumb.shape == (32, 32, 3)
     assert tuple(thumb[0, 0]) == figures.RED and tuple(thumb[-1, 16]) == figures.RED
     assert tuple(thumb[16, 16]) == (0, 0, 0)
+
+
+def test_curves_mark_the_best_epoch_by_the_runs_own_storage_metric(tmp_path, monkeypatch):
+    """A run selecting by NMI: the dotted line sits at NMI's best epoch (2), not recall@1's (1)."""
+    from utilities.run_folder import MetricsTable, write_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_config(str(run), {"storage_metric": "nmi", "n_epochs": 3})
+    table = MetricsTable(str(run))
+    for epoch, recall, nmi in [(1, 0.9, 0.2), (2, 0.5, 0.8), (3, 0.6, 0.7)]:
+        table.append({"epoch": epoch, "loss": 1.0, "lr": 1e-3, "test/recall@1": recall,
+                      "test/nmi": nmi})
+    drawn = {}
+    monkeypatch.setattr(figures, "save_figure", lambda fig, out: drawn.setdefault("fig", fig))
+    figures.plot_curves([str(run)], str(tmp_path / "curves.png"))
+    recall_axis = drawn["fig"].axes[0]
+    marked = {line.get_xdata()[0] for line in recall_axis.lines if line.get_linestyle() == ":"
+              and len(set(line.get_xdata())) == 1}
+    assert marked == {2}
+    assert "test/nmi" in recall_axis.get_title()

@@ -33,7 +33,7 @@ def test_main_trains_and_leaves_a_complete_run_folder(generated_folder, tmp_path
     rows = read_metrics(folder)
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     for column in ("loss", "test/recall@1", "test/recall@8", "test/nmi", "test/f1", "test/map@r",
-                   "test/r_precision", "stats/criterion/tuples", "stats/criterion/tuples_real_only"):
+                   "test/r_precision", "stats/criterion/tuples", "stats/criterion/tuples_real_only"):  # noqa: E501
         assert column in rows[0], column
     assert float(rows[-1]["test/recall@1"]) > float(rows[0]["test/recall@1"])
     summary = open(os.path.join(folder, rf.SUMMARY_FILE)).read()
@@ -80,7 +80,7 @@ def test_same_seed_gives_the_same_losses(generated_folder, tmp_path):
 
 @pytest.mark.parametrize("extra,message", [
     (["--loss", "nosuchloss"], "unknown criterion 'nosuchloss' for --loss; valid names: "),
-    (["--bs", "30", "--samples_per_class", "4"], "--bs 30 is not divisible by --samples_per_class 4"),
+    (["--bs", "30", "--samples_per_class", "4"], "--bs 30 is not divisible by --samples_per_class 4"),  # noqa: E501
     (["--samples_per_class", "15", "--bs", "30", "--data_sampler", "class_random_distinct"],
      "larger than training class"),
     (["--arch", "vgg_normalize"], "unknown backbone in --arch 'vgg_normalize'"),
@@ -91,7 +91,7 @@ def test_same_seed_gives_the_same_losses(generated_folder, tmp_path):
      "--das_dfs_scale_left"),
     (["--embedding_producer_used", "--produce_type", "mixup"], "DAS"),
     (["--evaluation_metrics", "recall@1", "precision"], "unknown metric 'precision'"),
-    (["--evaluation_metrics", "nmi", "f1"], "--storage_metric recall@1 selects checkpoint_best.pth"),
+    (["--evaluation_metrics", "nmi", "f1"], "--storage_metric recall@1 selects checkpoint_best.pth"),  # noqa: E501
 ])
 def test_bad_options_stop_at_start_up_with_one_message(generated_folder, tmp_path, capsys, extra,
                                                        message):

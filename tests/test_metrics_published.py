@@ -43,7 +43,7 @@ def random_set(num_samples: int, num_classes: int, seed: int, dim: int = 16, equ
     return x.astype(np.float32), labels
 
 
-# --- a plain loop implementation of the published definitions --------------------------------------
+# --- a plain loop implementation of the published definitions -------------------------------------
 def loop_map(x, y, depth, cosine=False, queries=None, query_labels=None):
     """Revisiting-DML's mAP family, one query at a time: rank every reference (stable order on
     ties), read the first L, sum P(i) at the hits, divide by the class size counting the query."""
@@ -93,7 +93,7 @@ def loop_dists(x, y):
     for label in np.unique(y):
         members = x[y == label].astype(np.float64)
         if len(members) > 1:
-            intra.append(cdist(members, members, "cosine").sum() / (len(members) ** 2 - len(members)))
+            intra.append(cdist(members, members, "cosine").sum() / (len(members) ** 2 - len(members)))  # noqa: E501
         else:
             intra.append(np.nan)
     intra = np.array(intra)
@@ -121,10 +121,10 @@ def published_rho(x, mode):
     return s
 
 
-# --- hand-computed ----------------------------------------------------------------------------------
+# --- hand-computed --------------------------------------------------------------------------------
 # positions 0, 1, 3, 10, 10.5 with labels 0, 1, 0, 1, 1 (class sizes 2 and 3, query included).
-#   0    (n=2): 1 F, 3 T, 10 F, 10.5 F -> hit at rank 2: sum P = 1/2;       mAP 1/4,  mAP_c (L=2) 1/4
-#   1    (n=3): 0 F, 3 F, 10 T, 10.5 T -> hits at 3, 4: 1/3 + 2/4 = 5/6;    mAP 5/18, mAP_c (L=3) 1/9
+#   0    (n=2): 1 F, 3 T, 10 F, 10.5 F -> hit at rank 2: sum P = 1/2;       mAP 1/4,  mAP_c (L=2) 1/4  # noqa: E501
+#   1    (n=3): 0 F, 3 F, 10 T, 10.5 T -> hits at 3, 4: 1/3 + 2/4 = 5/6;    mAP 5/18, mAP_c (L=3) 1/9  # noqa: E501
 #   3    (n=2): 1 F, 0 T, 10 F, 10.5 F -> 1/2;                              mAP 1/4,  mAP_c 1/4
 #   10   (n=3): 10.5 T, 3 F, 1 T, 0 F  -> 1 + 2/3 = 5/3;                    mAP 5/9,  mAP_c 5/9
 #   10.5 (n=3): as 10                                                      mAP 5/9,  mAP_c 5/9
@@ -186,7 +186,7 @@ def test_rho_spectrum_is_infinite_when_a_kept_singular_value_is_zero():
     assert compute_metrics(["rho_spectrum@1"], x, np.array([0, 1]))["rho_spectrum@1"] == math.inf
 
 
-# --- against the plain loop implementation ----------------------------------------------------------
+# --- against the plain loop implementation --------------------------------------------------------
 @pytest.mark.parametrize("seed", [0, 1])
 def test_retrieval_matches_the_loop_implementation(seed):
     x, y = random_set(300, 12, seed)
@@ -262,7 +262,7 @@ def test_cosine_clustering_recovers_separated_directions():
     assert compute_metrics(["c_nmi", "c_f1"], x, y) == pytest.approx({"c_nmi": 1.0, "c_f1": 1.0})
 
 
-# --- cosine variants of normalized embeddings -------------------------------------------------------
+# --- cosine variants of normalized embeddings -----------------------------------------------------
 def test_cosine_variants_of_normalized_embeddings_equal_the_euclidean_ones_in_one_search(
         monkeypatch):
     x, y = random_set(200, 10, 6)
@@ -293,7 +293,7 @@ def test_cosine_variants_equal_the_euclidean_ones_of_the_normalized_embeddings()
     assert 0 < cosine["c_f1"] <= 1
 
 
-# --- against pytorch-metric-learning ----------------------------------------------------------------
+# --- against pytorch-metric-learning --------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["self", "query_gallery"])
 def test_map_family_matches_pytorch_metric_learning_up_to_the_class_size_factor(mode):
     """pytorch-metric-learning's mean_average_precision reads the first k neighbours and divides
@@ -317,7 +317,7 @@ def test_map_family_matches_pytorch_metric_learning_up_to_the_class_size_factor(
     assert 0.1 < ours["mAP"] < 0.9
 
 
-# --- bounded memory: chunks change nothing ----------------------------------------------------------
+# --- bounded memory: chunks change nothing --------------------------------------------------------
 def test_chunked_computation_equals_unchunked(monkeypatch):
     x, y = random_set(700, 9, 9)
     names = ["mAP", "mAP_c", "c_mAP_lim", "dists@intra", "dists@inter", "rho_spectrum@1",
@@ -330,7 +330,7 @@ def test_chunked_computation_equals_unchunked(monkeypatch):
     assert chunked == pytest.approx(whole, rel=1e-9, abs=1e-12)
 
 
-# --- names -----------------------------------------------------------------------------------------
+# --- names ----------------------------------------------------------------------------------------
 def test_every_published_name_is_accepted():
     x, y = random_set(150, 6, 10)
     scores = compute_metrics(PUBLISHED, x, y)
@@ -360,7 +360,7 @@ def test_template_rho_spectrum_asks_for_an_integer():
         metrics.select("rho_spectrum@N")
 
 
-# --- main.py: published names on the command line ---------------------------------------------------
+# --- main.py: published names on the command line -------------------------------------------------
 FAST = ["--arch", "resnet18_normalize", "--not_pretrained", "--crop_size", "32", "--kernels", "0",
         "--lr", "1e-3", "--log_every", "5", "--n_epochs", "1", "--bs", "16",
         "--samples_per_class", "4"]

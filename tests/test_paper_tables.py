@@ -1,4 +1,4 @@
-"""utilities.paper_tables on fabricated run folders: cells, differences, last vs best epoch,
+"""tools.paper_tables on fabricated run folders: cells, differences, last vs best epoch,
 selection split, missing runs, unfinished and duplicate runs, the paper's data file."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Dict, List
 import pytest
 
 from tests.conftest import REPO_ROOT
-from utilities import paper_tables as pt
+from tools import paper_tables as pt
 from utilities.run_folder import MetricsTable, write_config
 
 TABLE2_MARGIN = dict(dataset="cub200", arch="resnet50_frozen_normalize", embed_dim=128,

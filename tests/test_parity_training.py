@@ -18,7 +18,7 @@ import torch
 import architectures
 import main
 from parameters import parse_options
-from utilities import paper_tables as pt
+from tools import paper_tables as pt
 from utilities.run_folder import MetricsTable, write_config
 
 TINY = ["--arch", "tinycnn_frozen_normalize", "--not_pretrained", "--embed_dim", "8"]

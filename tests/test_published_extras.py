@@ -15,13 +15,15 @@ import torch
 import architectures
 import datasets
 import main
-from batchminer.das import DenselyAnchoredSampling, save_frequency_if_due
+from das import DenselyAnchoredSampling, save_frequency_if_due
 from datasets import DataError, DatasetSplits, Split
 from datasets._class_split import apply_class_split
-from modules.sec import SphericalEmbeddingConstraint
+from criteria import SphericalEmbeddingConstraint
 from parameters import build_parser
 from utilities import checkpoint as ckpt
-from utilities import figures
+from utilities import data as data_plumbing
+from das import figure as das_figure
+from tools import figures
 from utilities import run_folder as rf
 from utilities.grad_stats import gradient_norms
 from utilities.schedulers import make_scheduler
@@ -197,7 +199,7 @@ def metrics_rows(folder):
 
 def test_sec_run_saves_its_state_and_resumes_exactly(tmp_path, single_thread):
     full = main.main(DIGITS + ["--save_path", str(tmp_path), "--savename", "full"])
-    main.main(DIGITS[:1] + ["1"] + DIGITS[2:] + ["--save_path", str(tmp_path), "--savename", "part"])
+    main.main(DIGITS[:1] + ["1"] + DIGITS[2:] + ["--save_path", str(tmp_path), "--savename", "part"])  # noqa: E501
     part = str(tmp_path / "part")
     main.main(["--resume", part, "--n_epochs", "2"])
     state = ckpt.load_checkpoint(os.path.join(full, rf.LAST_CHECKPOINT))
@@ -209,16 +211,14 @@ def test_sec_run_saves_its_state_and_resumes_exactly(tmp_path, single_thread):
 
 
 def test_no_random_augmentation_trains_with_the_test_transform(tmp_path, monkeypatch):
-    import datasets
-
     calls = []
-    original = datasets.build_transform
+    original = data_plumbing.build_transform
 
     def recording(config, train):
         calls.append(train)
         return original(config, train=train)
 
-    monkeypatch.setattr(datasets, "build_transform", recording)
+    monkeypatch.setattr(data_plumbing, "build_transform", recording)
     main.main(["--n_epochs", "0", "--kernels", "0", "--save_path", str(tmp_path),
                "--no_random_augmentation"])
     assert calls and not any(calls)
@@ -309,8 +309,8 @@ def test_frequency_figure_orders_dimensions_by_the_last_epoch(tmp_path):
     last = np.array([[0.2, 1.0, 0.1], [0.3, 0.9, 1.0]])  # column totals 0.5, 1.9, 1.1
     np.save(tmp_path / "das_frequency_epoch1.npy", first)
     np.save(tmp_path / "das_frequency_epoch10.npy", last)
-    assert [e for e, _ in figures.frequency_files(str(tmp_path))] == [1, 10]
-    assert figures.dimension_order(last).tolist() == [1, 2, 0]
+    assert [e for e, _ in das_figure.frequency_files(str(tmp_path))] == [1, 10]
+    assert das_figure.dimension_order(last).tolist() == [1, 2, 0]
     assert figures.main(["frequency", str(tmp_path)]) == 0
     from PIL import Image
 

@@ -54,7 +54,7 @@ def figures(folder: str):
 
 @pytest.fixture(scope="module")
 def uninterrupted(generated_folder, tmp_path_factory) -> str:
-    return main.main(run_args(generated_folder) + ["--save_path", str(tmp_path_factory.mktemp("full"))])
+    return main.main(run_args(generated_folder) + ["--save_path", str(tmp_path_factory.mktemp("full"))])  # noqa: E501
 
 
 def test_sigkill_after_epoch_one_then_resume_matches_the_uninterrupted_run(
@@ -134,7 +134,7 @@ def test_resume_continues_tensorboard_and_keeps_earlier_rows(generated_folder, t
     rows_before = figures(str(folder))
     main.main(["--resume", str(folder), "--n_epochs", "4"])
     rows_after = figures(str(folder))
-    assert rows_after[:3] == rows_before and [r["epoch"] for r in rows_after] == ["1", "2", "3", "4"]
+    assert rows_after[:3] == rows_before and [r["epoch"] for r in rows_after] == ["1", "2", "3", "4"]  # noqa: E501
 
 
 def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_the_good_checkpoint(
@@ -149,13 +149,13 @@ def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_the_good_checkpoi
         def forward(*f_args, **f_kwargs):
             calls["n"] += 1
             loss = real_forward(*f_args, **f_kwargs)
-            return loss * float("nan") if calls["n"] == 4 else loss  # epoch 2, step 1 (3 steps/epoch)
+            return loss * float("nan") if calls["n"] == 4 else loss  # epoch 2, step 1 (3 steps/epoch)  # noqa: E501
 
         criterion.forward = forward
         return criterion
 
     monkeypatch.setattr(main.criteria, "select", poisoned_select)
-    args = run_args(generated_folder, das=False) + ["--save_path", str(tmp_path), "--savename", "nan"]
+    args = run_args(generated_folder, das=False) + ["--save_path", str(tmp_path), "--savename", "nan"]  # noqa: E501
     assert main.run(args) == 2
     err = capsys.readouterr().err
     assert "non-finite loss at epoch 2, step 1" in err and "Traceback" not in err

@@ -263,7 +263,8 @@ def test_update_storage_writes_rows_and_the_last_duplicate_wins():
     sampler = make("greedy_coreset")
     sampler.refresh_storage(storage())
     before = sampler.storage.clone()
-    sampler.update_storage(torch.tensor([4, 7, 4]), torch.tensor([[1.] * DIM, [2.] * DIM, [3.] * DIM]))
+    sampler.update_storage(torch.tensor([4, 7, 4]),
+                           torch.tensor([[1.] * DIM, [2.] * DIM, [3.] * DIM]))
     assert torch.equal(sampler.storage[4], torch.full((DIM,), 3.))
     assert torch.equal(sampler.storage[7], torch.full((DIM,), 2.))
     untouched = [i for i in range(len(LABELS)) if i not in (4, 7)]

@@ -17,7 +17,7 @@ import pytest
 
 from parameters import parse_options
 from tests.conftest import REPO_ROOT
-from utilities import paper_tables as pt
+from tools import paper_tables as pt
 
 DAS_KEYS = {"embedding_producer_used", "produce_type", "detach", "aux_loss", "aux_loss_weight"}
 NARROW_DFS = (0.99, 1.01)
@@ -252,7 +252,7 @@ def test_finished_rows_are_skipped_and_killed_ones_continued(data_root, tmp_path
 
 def test_a_row_runs_as_its_own_process_and_is_continued_for_more_epochs(tmp_path):
     """The default (non-SMOKE) path: ``python main.py`` per row, then ``--resume``."""
-    from utilities.smoke_data import make_smoke_datasets
+    from tools.smoke_data import make_smoke_datasets
 
     make_smoke_datasets(str(tmp_path / "data"), ["cub200"])
     tiny = ["--arch", "tinycnn_frozen_normalize", "--not_pretrained", "--kernels", "0",
@@ -275,7 +275,7 @@ def test_a_row_runs_as_its_own_process_and_is_continued_for_more_epochs(tmp_path
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 def test_scripts_are_shellcheck_clean():
-    result = subprocess.run(["shellcheck", "-x", "table1.sh", "table2.sh", "utilities/sweep.sh"],
+    result = subprocess.run(["shellcheck", "-x", "table1.sh", "table2.sh", "tools/sweep.sh"],
                             cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 

@@ -18,7 +18,7 @@ from tools import embed as embed_tool
 from tools import evaluate as evaluate_tool
 from tools import export as export_tool
 from tools import search as search_tool
-from utilities import figures
+from tools import figures
 from utilities import run_folder as rf
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -88,7 +88,7 @@ def test_evaluate_reproduces_the_metrics_csv_of_both_checkpoints(run, capsys):
 
 def test_evaluate_reproduces_an_in_shop_run_query_gallery(tmp_path, capsys):
     """In-Shop evaluates queries against a separate gallery: the same figures as the run's."""
-    from utilities.smoke_data import make_smoke_datasets
+    from tools.smoke_data import make_smoke_datasets
 
     make_smoke_datasets(str(tmp_path / "data"), ["in-shop"])
     folder = Path(training.main([

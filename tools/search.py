@@ -121,8 +121,8 @@ def write_csv(out: str, gallery: EmbeddingFile, queries: EmbeddingFile, ids: np.
 
 def write_figure(out: str, gallery: EmbeddingFile, queries: EmbeddingFile, ids: np.ndarray,
                  matches: Optional[np.ndarray], max_queries: int, thumb: int) -> int:
-    """The retrieval figure of utilities.figures for the first ``max_queries`` queries."""
-    from utilities.figures import compose_grid, draw_grid
+    """The retrieval figure of tools.figures for the first ``max_queries`` queries."""
+    from tools.figures import compose_grid, draw_grid
 
     shown = min(max_queries, len(ids))
     ids = ids[:shown]

@@ -22,11 +22,13 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 from utilities import run_folder as rf
-from utilities.paper_tables import MODES, Run, _number, find_run_folders
+from utilities.run_folder import RunRecord as Run
 from utilities.seed_groups import NOT_SETTINGS, group_by_settings, mean_std, settings_of  # noqa: F401
+
+MODES = ("last", "best")
 RAW_METRICS = ("dists@", "rho_spectrum@")  # not in [0, 1]: shown as they are, not in percent
 
 
@@ -48,15 +50,11 @@ class Group:
 
 def read_runs(root: str) -> List[Run]:
     runs = []
-    for folder in find_run_folders(root):
+    for folder in rf.find_run_folders(root):
         try:
-            config = rf.read_config(folder)
-            rows = [{key: _number(value) for key, value in row.items() if key is not None}
-                    for row in rf.MetricsTable(folder).rows()]
+            runs.append(rf.read_run(folder, strict=False))
         except (OSError, ValueError) as error:
             print(f"skipped {folder}: unreadable ({error})", file=sys.stderr)
-            continue
-        runs.append(Run(folder, config, rows))
     return runs
 
 

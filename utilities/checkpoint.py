@@ -115,4 +115,5 @@ def check_compatible(checkpoint: Dict[str, Any], arch: str, embed_dim: int, path
     if not same:
         differences.append(f"--arch '{saved_arch}' there, '{arch}' here")
     if differences:
-        raise CheckpointError(f"checkpoint '{path}' does not fit this run: " + "; ".join(differences))
+        raise CheckpointError(f"checkpoint '{path}' does not fit this run: "
+                              + "; ".join(differences))

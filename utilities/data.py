@@ -8,6 +8,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from datasampler import BaseBatchSampler
+from datasets import ImageDataset, build_transform
+from datasets._batch import DeviceDecodingLoader, EncodedImageDataset
 
 from .seeding import sample_seeds
 
@@ -49,20 +51,14 @@ class SeededDataset(Dataset):
 def device_decoding(loader, dataset: Dataset, device: torch.device):
     """``loader`` itself, or, for a dataset of encoded images (``--decode gpu``), a wrapper that
     decodes and crops each batch on ``device`` (see datasets._batch)."""
-    from datasets._batch import DeviceDecodingLoader
-
     if not hasattr(dataset, "batch_decoder"):
         return loader
     return DeviceDecodingLoader(loader, dataset.batch_decoder(device))
 
 
-
 def image_dataset(split, config, train: bool, decode: str) -> Dataset:
     """A split's dataset for ``--decode`` resolved to cpu (uint8 transforms in the workers) or
     gpu (encoded bytes plus crop boxes, decoded batch-wise on the device)."""
-    from datasets import ImageDataset, build_transform
-    from datasets._batch import EncodedImageDataset
-
     if decode == "gpu":
         return EncodedImageDataset(split, config, train)
     return ImageDataset(split, build_transform(config, train))

@@ -47,7 +47,8 @@ def local_device() -> torch.device:
     return torch.device("cpu")
 
 
-def gather_with_grad(embeddings: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def gather_with_grad(embeddings: torch.Tensor,
+                     labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Concatenate all ranks' rows in rank order; only the local rows carry gradient here (each
     rank back-propagates through its own rows, DDP then sums the parameter gradients)."""
     if not is_distributed():

@@ -42,7 +42,8 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         if name not in self._members:
             raise UnknownNameError(
-                f"unknown {self.kind} '{name}' for {self.flag}; valid names: {', '.join(self.names())}"
+                f"unknown {self.kind} '{name}' for {self.flag}; valid names: "
+                f"{', '.join(self.names())}"
             )
         return self._members[name]
 

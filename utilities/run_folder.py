@@ -1,13 +1,21 @@
-"""The run folder: config.json, metrics.csv, TensorBoard events, checkpoints, summary."""
+"""The run folder: config.json, metrics.csv, TensorBoard events, checkpoints, summary.
+
+Written by ``main.py``; read back by :func:`read_run` (a :class:`RunRecord`: the config, the
+metric rows, the last epoch and the best one by the run's own ``--storage_metric``), the one
+reader that main's summary, ``tools.sweep``, ``tools.paper_tables``, ``tools.summarize`` and
+``tools.figures`` share.
+"""
 from __future__ import annotations
 
 import csv
 import fcntl
 import hashlib
 import json
+import math
 import os
 import time
-from typing import Dict, List, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
 
 from utilities.options import ConfigError
 
@@ -193,3 +201,136 @@ def _fmt(value) -> str:
 def write_summary(folder: str, lines: List[str]) -> None:
     with open(os.path.join(folder, SUMMARY_FILE), "w") as handle:
         handle.write("\n".join(lines) + "\n")
+
+
+# ----------------------------------------------------------------------------- reading a run
+Row = Dict[str, Optional[float]]
+DEFAULT_STORAGE_METRIC = "recall@1"
+
+
+def number(text: Optional[str]) -> Optional[float]:
+    """A metrics.csv cell as a number; empty or non-numeric cells are None."""
+    if text is None or text.strip() == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def read_metrics(path: str) -> List[Row]:
+    """metrics.csv rows as numbers (empty cells None). A file without an ``epoch`` column, a row
+    with more or fewer cells than the header, a non-integer epoch or a non-numeric cell raises
+    ValueError naming the line: such a file is not trusted (a run could pass for finished)."""
+    rows = []
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if "epoch" not in (reader.fieldnames or []):
+            raise ValueError("metrics.csv has no 'epoch' column")
+        for row in reader:
+            line = reader.line_num
+            if None in row or any(value is None for value in row.values()):
+                raise ValueError(f"metrics.csv line {line} has {'more' if None in row else 'fewer'}"
+                                 f" cells than its header")
+            numbers = {key: number(value) for key, value in row.items()}
+            bad = [key for key, value in row.items() if value.strip() and numbers[key] is None]
+            if bad:
+                raise ValueError(f"metrics.csv line {line}: '{bad[0]}' is not a number")
+            epoch = numbers["epoch"]
+            if epoch is None or epoch != int(epoch) or epoch < 0:
+                raise ValueError(f"metrics.csv line {line}: epoch '{row['epoch']}' is not a whole "
+                                 f"number")
+            rows.append(numbers)
+    return rows
+
+
+def read_metrics_lenient(folder: str) -> List[Row]:
+    """metrics.csv rows as numbers, unreadable cells None (a run still being written)."""
+    return [{key: number(value) for key, value in row.items() if key is not None}
+            for row in MetricsTable(folder).rows()]
+
+
+def find_run_folders(root: str) -> List[str]:
+    """Folders under ``root`` (or ``root`` itself) holding config.json and metrics.csv."""
+    if not os.path.isdir(root):
+        raise NotARunsFolder(f"--runs '{root}' is not a folder; expected a folder of run folders "
+                             f"(e.g. Training_Results)")
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        if CONFIG_FILE in files and METRICS_FILE in files:
+            found.append(folder)
+            subfolders[:] = []  # a run folder holds no further runs
+        subfolders.sort()
+    return sorted(found)
+
+
+class NotARunsFolder(ValueError):
+    """The folder given to search for run folders is not a folder."""
+
+
+@dataclass
+class RunRecord:
+    """One run folder, read: its configuration and metric rows (numbers, None where empty)."""
+
+    folder: str
+    config: Dict
+    rows: List[Row]
+    mtime: float = 0.0
+
+    @property
+    def epochs_done(self) -> int:
+        """The last epoch with a row (0: none, or only the untrained row 0)."""
+        return max((int(r["epoch"]) for r in self.rows if r.get("epoch") is not None), default=0)
+
+    @property
+    def n_epochs(self) -> Optional[int]:
+        value = self.config.get("n_epochs")
+        return int(value) if value is not None else None
+
+    @property
+    def finished(self) -> bool:
+        return self.n_epochs is not None and self.epochs_done >= self.n_epochs
+
+    @property
+    def trained_rows(self) -> List[Row]:
+        """Rows of trained epochs (row 0 is the untrained network of --eval_initial)."""
+        return [r for r in self.rows if r.get("epoch") is not None and r["epoch"] >= 1]
+
+    @property
+    def selection_key(self) -> str:
+        """``<split>/<--storage_metric>``, the column main.py selects checkpoint_best.pth by:
+        split ``val`` when the run has a validation split, else ``test``."""
+        split = "val" if any(key.startswith("val/") for row in self.rows for key in row) else "test"
+        return f"{split}/{self.config.get('storage_metric') or DEFAULT_STORAGE_METRIC}"
+
+    def pick(self, mode: str) -> Optional[Row]:
+        """The metrics row of the last epoch, or of the best one by the selection metric (the
+        first of equal maxima, as main.py keeps only a strictly better epoch)."""
+        rows = self.trained_rows
+        if not rows:
+            return None
+        if mode == "last":
+            return max(rows, key=lambda r: r["epoch"])
+        key = self.selection_key
+        scored = [r for r in rows if r.get(key) is not None and not math.isnan(r[key])]
+        if not scored:
+            return None
+        best = max(r[key] for r in scored)
+        return min((r for r in scored if r[key] == best), key=lambda r: r["epoch"])
+
+    def max_per_metric(self, column: str) -> Optional[float]:
+        """``column``'s own maximum over trained epochs (the published summary), None if absent."""
+        values = [r[column] for r in self.trained_rows
+                  if r.get(column) is not None and not math.isnan(r[column])]
+        return max(values) if values else None
+
+
+def read_run(folder: str, strict: bool = True) -> RunRecord:
+    """The run in ``folder``: config.json (:func:`read_config`) and metrics.csv (strict:
+    :func:`read_metrics`, else unreadable cells None; a missing metrics.csv gives no rows)."""
+    config = read_config(folder)
+    path = os.path.join(folder, METRICS_FILE)
+    if not os.path.isfile(path):
+        return RunRecord(folder, config, [])
+    rows = read_metrics(path) if strict else read_metrics_lenient(folder)
+    return RunRecord(folder, config, rows, mtime=os.path.getmtime(path))

@@ -1,5 +1,5 @@
 """Runs that differ only in ``--seed``: one grouping shared by ``tools.summarize`` and
-``utilities.paper_tables``, and the mean +- sample standard deviation they report (the convention
+``tools.paper_tables``, and the mean +- sample standard deviation they report (the convention
 of Revisiting-DML's result tables)."""
 from __future__ import annotations
 

@@ -18,19 +18,16 @@ shape; accelerators use a fixed-size write with the same result). The state live
 buffers so that it is saved in checkpoints, moved by ``.to(device)`` and, since every rank sees
 the same global batch, stays identical across DDP ranks.
 
-This module is not a batch miner; it lives in ``batchminer/`` because it sits between the
-backbone and the miner. Build it with :func:`build_producer`.
+DAS sits between the backbone and the miner/criterion (see docs/ARCHITECTURE.md). Build it from
+the command line with :func:`das.build_producer`; its options are declared in ``das/options.py``.
 """
 from __future__ import annotations
 
-import argparse
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-VALID_PRODUCE_TYPES = ("DAS",)
 
 # Identical rows must never put a zero difference into a bank. On CPU the same-class differences
 # are listed and checked exactly. On accelerators that list has a data-dependent length (a host
@@ -113,16 +110,6 @@ class DenselyAnchoredSampling(nn.Module):
         self.register_buffer("fingerprint_weights", weights, persistent=False)
         # Dimension index used to break ties in the counter towards the lower dimension.
         self.register_buffer("tie_break", torch.arange(embed_dim - 1, -1, -1), persistent=False)
-
-    @classmethod
-    def from_options(cls, opt: argparse.Namespace, num_classes: int) -> "DenselyAnchoredSampling":
-        return cls(num_classes=num_classes, embed_dim=opt.embed_dim,
-                   num_produce=opt.das_num_produce, normalize=not opt.das_not_normalize,
-                   dfs_num_scale=opt.das_dfs_num_scale, dfs_scale_left=opt.das_dfs_scale_left,
-                   dfs_scale_right=opt.das_dfs_scale_right,
-                   mts_bank_size=opt.das_mts_num_transformation_bank,
-                   mts_scale=opt.das_mts_scale, detach=opt.detach, aux_loss=opt.aux_loss,
-                   aux_loss_weight=opt.aux_loss_weight)
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, embed_dim={self.embed_dim}, "
@@ -355,36 +342,3 @@ class DenselyAnchoredSampling(nn.Module):
             return das_loss
         self.stats["loss_real"] = real_loss.detach()
         return real_loss + self.aux_loss_weight * das_loss
-
-
-def build_producer(opt: argparse.Namespace, num_classes: int) -> Optional[DenselyAnchoredSampling]:
-    """The embedding producer asked for on the command line, or None without
-    ``--embedding_producer_used``. Refuses unknown ``--produce_type`` and impossible settings."""
-    if not opt.embedding_producer_used:
-        return None
-    if opt.produce_type not in VALID_PRODUCE_TYPES:
-        raise ValueError(f"unknown --produce_type '{opt.produce_type}'; valid values: "
-                         f"{', '.join(VALID_PRODUCE_TYPES)}")
-    check_settings(opt.embed_dim, opt.das_num_produce, opt.das_dfs_num_scale,
-                   opt.das_dfs_scale_left, opt.das_dfs_scale_right,
-                   opt.das_mts_num_transformation_bank, opt.das_mts_scale)
-    return DenselyAnchoredSampling.from_options(opt, num_classes)
-
-
-FREQUENCY_FILE = "das_frequency_epoch{}.npy"
-
-
-def save_frequency_if_due(das: Optional[DenselyAnchoredSampling], epoch: int,
-                          epochs: Sequence[int], folder: str) -> Optional[str]:
-    """After epoch ``epoch`` (1-based), save ``das.normalized_frequency()`` as
-    ``<folder>/das_frequency_epoch<epoch>.npy`` when ``epoch`` is in ``--das_save_frequency_epochs``;
-    returns the path written, or None."""
-    if das is None or epoch not in epochs:
-        return None
-    import os
-
-    import numpy as np
-
-    path = os.path.join(folder, FREQUENCY_FILE.format(epoch))
-    np.save(path, das.normalized_frequency().cpu().numpy())
-    return path

@@ -1,10 +1,10 @@
 """Figures of trained runs, as PNG files (matplotlib).
 
-    python -m utilities.figures curves RUN_DIR [RUN_DIR ...]          # metrics and loss by epoch
-    python -m utilities.figures retrieval RUN_DIR [RUN_DIR2] --random 6 --top_k 5
-    python -m utilities.figures retrieval BASELINE_RUN DAS_RUN --queries 12 345 678
-    python -m utilities.figures embedding RUN_DIR --method tsne         # or pca
-    python -m utilities.figures frequency RUN_DIR [--max_classes 48]     # DAS's DFS counter
+    python -m tools.figures curves RUN_DIR [RUN_DIR ...]          # metrics and loss by epoch
+    python -m tools.figures retrieval RUN_DIR [RUN_DIR2] --random 6 --top_k 5
+    python -m tools.figures retrieval BASELINE_RUN DAS_RUN --queries 12 345 678
+    python -m tools.figures embedding RUN_DIR --method tsne         # or pca
+    python -m tools.figures frequency RUN_DIR [--max_classes 48]     # DAS's DFS counter
 
 ``curves`` reads ``metrics.csv`` only: test Recall@K, NMI (and F1, MAP@R when logged) and the
 training loss over the epochs, several runs overlaid, the best epoch marked. ``retrieval`` and
@@ -34,9 +34,22 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import faiss
 import numpy as np
+import torch
+from PIL import Image
 
-DPI = 100
+import datasets
+from das import figure as das_figure
+from datasets import DataError, ImageDataset
+from datasets._base import load_image
+from evaluation import compute_embeddings
+from utilities import run_folder as rf
+from utilities.checkpoint import CheckpointError
+from utilities.options import ConfigError
+from utilities.plotting import DPI, FigureError, pyplot, save_figure
+from utilities.trained_model import load_trained_model
+
 CURVES_FIGSIZE = (15.0, 4.2)  # inches: 1500 x 420 pixels at DPI
 EMBEDDING_FIGSIZE = (8.0, 8.0)  # 800 x 800 pixels
 GREEN = (0, 170, 60)
@@ -50,31 +63,22 @@ LABEL_WIDTH = 190  # left margin for the row labels
 HEADER_HEIGHT = 34  # top margin for the column titles
 
 
-class FigureError(ValueError):
-    """Bad input to a figure command; the message names the run folder, file or flag."""
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 # ----------------------------------------------------------------------------- curves
-def _metrics(folder: str) -> List[Dict[str, Optional[float]]]:
-    from utilities.paper_tables import read_metrics
-
-    path = os.path.join(folder, "metrics.csv")
+def read_curves(folder: str) -> rf.RunRecord:
+    """The run's config and metric rows (by epoch), through the shared run-folder reader."""
+    path = os.path.join(folder, rf.METRICS_FILE)
     if not os.path.isfile(path):
         raise FigureError(f"'{folder}' holds no metrics.csv; expected a run folder written by "
                           f"main.py")
-    rows = [r for r in read_metrics(path) if r.get("epoch") is not None]
-    if not rows:
+    try:
+        run = rf.read_run(folder)
+    except ValueError as error:  # a damaged config.json or metrics.csv, named
+        raise FigureError(f"run folder '{folder}': {error}") from None
+    run.rows = sorted((r for r in run.rows if r.get("epoch") is not None),
+                      key=lambda r: r["epoch"])
+    if not run.rows:
         raise FigureError(f"'{path}' has no epoch rows yet")
-    return sorted(rows, key=lambda r: r["epoch"])
+    return run
 
 
 def _series(rows, key: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -98,19 +102,19 @@ def _recall_keys(rows, split: str) -> List[str]:
 
 def plot_curves(folders: Sequence[str], out: str, labels: Optional[Sequence[str]] = None,
                 split: str = "test") -> str:
-    """Recall@K, clustering metrics and loss per epoch of one or more runs, in one PNG."""
-    from utilities.paper_tables import Run
-
-    plt = _pyplot()
+    """Recall@K, clustering metrics and loss per epoch of one or more runs, in one PNG; a dotted
+    line marks each run's best epoch by its own ``--storage_metric`` (as checkpoint_best.pth)."""
+    plt = pyplot()
     labels = list(labels) if labels else [os.path.basename(os.path.normpath(f)) for f in folders]
     if len(labels) != len(folders):
         raise FigureError(f"--labels gives {len(labels)} label(s) for {len(folders)} run(s)")
-    runs = [(label, _metrics(folder), folder) for label, folder in zip(labels, folders)]
+    runs = [(label, read_curves(folder)) for label, folder in zip(labels, folders)]
     fig, axes = plt.subplots(1, 3, figsize=CURVES_FIGSIZE, dpi=DPI)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = ["-", "--", ":", "-."]
     selection_keys = set()
-    for index, (label, rows, folder) in enumerate(runs):
+    for index, (label, run) in enumerate(runs):
+        rows = run.rows
         colour = colours[index % len(colours)]
         prefix = f"{label}: " if len(runs) > 1 else ""
         for k_index, key in enumerate(_recall_keys(rows, split)):
@@ -124,7 +128,6 @@ def plot_curves(folders: Sequence[str], out: str, labels: Optional[Sequence[str]
                              marker=_marker(epochs), label=f"{prefix}{title}")
         epochs, values = _series([r for r in rows if r["epoch"] >= 1], "loss")
         axes[2].plot(epochs, values, "-", color=colour, marker=_marker(epochs), label=label)
-        run = Run(folder, {}, rows)
         best = run.pick("best")
         if best is not None:
             selection_keys.add(run.selection_key)
@@ -140,16 +143,8 @@ def plot_curves(folders: Sequence[str], out: str, labels: Optional[Sequence[str]
         if axis.has_data():
             axis.legend(fontsize=7, loc="best")
     fig.subplots_adjust(left=0.04, right=0.99, bottom=0.13, top=0.9, wspace=0.18)
-    _save(fig, out)
+    save_figure(fig, out)
     return out
-
-
-def _save(fig, out: str) -> None:
-    plt = _pyplot()
-    folder = os.path.dirname(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    fig.savefig(out, dpi=DPI)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- loading a run
@@ -173,9 +168,6 @@ class LoadedRun:
 def load_run(folder: str, checkpoint: str = "last", split: str = "test",
              source: Optional[str] = None, label: Optional[str] = None) -> LoadedRun:
     """Rebuild the network of ``folder`` from its checkpoint and parse its dataset."""
-    import datasets
-    from utilities.trained_model import load_trained_model
-
     trained = load_trained_model(folder, checkpoint)
     config = trained.config
     splits = datasets.load(config["dataset"], source or config.get("source"),
@@ -196,11 +188,6 @@ def load_run(folder: str, checkpoint: str = "last", split: str = "test",
 
 
 def embed(run: LoadedRun, split, device: str, batch_size: int, num_workers: int) -> np.ndarray:
-    import torch
-
-    from datasets import ImageDataset
-    from evaluation import compute_embeddings
-
     run.model.to(torch.device(device))
     embeddings, _ = compute_embeddings(run.model, ImageDataset(split, run.transform), device,
                                        batch_size, num_workers)
@@ -208,8 +195,6 @@ def embed(run: LoadedRun, split, device: str, batch_size: int, num_workers: int)
 
 
 def default_device() -> str:
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -217,8 +202,6 @@ def default_device() -> str:
 def nearest(references: np.ndarray, queries: np.ndarray, k: int,
             own_ids: Optional[np.ndarray] = None) -> np.ndarray:
     """Ids of each query's k nearest references (exact L2, faiss), its own id left out."""
-    import faiss
-
     index = faiss.IndexFlatL2(references.shape[1])
     index.add(np.ascontiguousarray(references, dtype=np.float32))
     extra = 0 if own_ids is None else 1
@@ -232,10 +215,6 @@ def nearest(references: np.ndarray, queries: np.ndarray, k: int,
 
 def thumbnail(source, size: int, frame: Optional[Tuple[int, int, int]] = None) -> np.ndarray:
     """A square ``size`` x ``size`` RGB thumbnail (centre crop), with a coloured frame."""
-    from PIL import Image
-
-    from datasets._base import load_image
-
     image = load_image(source)
     side = min(image.size)
     left, top = (image.width - side) // 2, (image.height - side) // 2
@@ -372,7 +351,7 @@ def plot_retrieval(folders: Sequence[str], out: str, queries: Optional[Sequence[
 def draw_grid(image: np.ndarray, row_labels: Sequence[str], row_tops: Sequence[int], top_k: int,
               thumb: int, title: str, out: str) -> None:
     """Save the thumbnails of :func:`compose_grid` with the title, column titles and row labels."""
-    plt = _pyplot()
+    plt = pyplot()
     height = image.shape[0] + HEADER_HEIGHT
     width = image.shape[1] + LABEL_WIDTH
     fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
@@ -390,7 +369,7 @@ def draw_grid(image: np.ndarray, row_labels: Sequence[str], row_tops: Sequence[i
     for text, top in zip(row_labels, row_tops):
         fig.text((LABEL_WIDTH - 8) / width, 1 - (HEADER_HEIGHT + top + thumb / 2) / height, text,
                  ha="right", va="center", fontsize=8)
-    _save(fig, out)
+    save_figure(fig, out)
 
 
 # ----------------------------------------------------------------------------- embedding
@@ -449,7 +428,7 @@ def plot_embedding(folder: str, out: str, method: str = "tsne", max_classes: int
         raise FigureError(f"only {len(chosen)} embeddings to project; need at least 3")
     points = project(embeddings[chosen], method, seed)
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axis = plt.subplots(figsize=EMBEDDING_FIGSIZE, dpi=DPI)
     cmap = plt.get_cmap("tab20")
     classes = np.unique(labels[chosen])
@@ -464,59 +443,7 @@ def plot_embedding(folder: str, out: str, method: str = "tsne", max_classes: int
     if len(classes) <= 20:
         axis.legend(fontsize=6, loc="best", markerscale=1.5, ncol=2 if len(classes) > 10 else 1)
     fig.subplots_adjust(left=0.03, right=0.97, bottom=0.03, top=0.92)
-    _save(fig, out)
-    return out
-
-
-# ----------------------------------------------------------------------------- command line
-# ----------------------------------------------------------------------------- frequency
-FREQUENCY_PATTERN = "das_frequency_epoch"
-
-
-def frequency_files(folder: str) -> List[Tuple[int, str]]:
-    """``(epoch, path)`` of the run's saved DFS counters, by epoch."""
-    if not os.path.isdir(folder):
-        raise FigureError(f"'{folder}' is not a run folder")
-    found = []
-    for name in os.listdir(folder):
-        stem, ext = os.path.splitext(name)
-        if ext == ".npy" and stem.startswith(FREQUENCY_PATTERN):
-            number = stem[len(FREQUENCY_PATTERN):]
-            if number.isdigit():
-                found.append((int(number), os.path.join(folder, name)))
-    if not found:
-        raise FigureError(f"'{folder}' holds no {FREQUENCY_PATTERN}<N>.npy; train with "
-                          f"--embedding_producer_used --das_save_frequency_epochs N ...")
-    return sorted(found)
-
-
-def dimension_order(last: np.ndarray) -> np.ndarray:
-    """Columns by decreasing total over the classes of the last epoch's matrix (ties: lower
-    dimension first)."""
-    return np.argsort(-last.sum(axis=0), kind="stable")
-
-
-def plot_frequency(folder: str, out: str, max_classes: int = 48) -> str:
-    """Heatmaps of the saved normalized DFS counters, side by side (see the module docstring)."""
-    files = frequency_files(folder)
-    matrices = [np.load(path) for _, path in files]
-    shapes = {m.shape for m in matrices}
-    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-        raise FigureError(f"the frequency matrices of '{folder}' differ in shape or are not "
-                          f"2-D: {sorted(shapes)}")
-    order = dimension_order(matrices[-1])
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(matrices), figsize=(5.0 * len(matrices) + 1.0, 4.5),
-                             squeeze=False)
-    image = None
-    for ax, (epoch, _), matrix in zip(axes[0], files, matrices):
-        image = ax.imshow(matrix[:max_classes, order], aspect="auto", cmap="jet", vmin=0.0,
-                          vmax=1.0, interpolation="nearest")
-        ax.set_title(f"epoch {epoch}")
-        ax.set_xlabel("dimension (by last epoch's count)")
-        ax.set_ylabel("class")
-    fig.colorbar(image, ax=list(axes[0]), fraction=0.02)
-    _save(fig, out)
+    save_figure(fig, out)
     return out
 
 
@@ -528,7 +455,7 @@ def _default_out(folders: Sequence[str], stem: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m utilities.figures",
+    parser = argparse.ArgumentParser(prog="python -m tools.figures",
                                      description="Figures of trained runs (PNG).")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -576,23 +503,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("curves", "frequency"):  # files of the run only: no torch import
+    if args.command in ("curves", "frequency"):  # files of the run only
         try:
             if args.command == "curves":
                 out = plot_curves(args.runs, args.out or _default_out(args.runs, "curves"),
                                   args.labels, args.split)
             else:
-                out = plot_frequency(args.runs[0], args.out or _default_out(args.runs, "frequency"),
-                                     args.max_classes)
-        except FigureError as error:
+                out = das_figure.plot_frequency(
+                    args.runs[0], args.out or _default_out(args.runs, "frequency"),
+                    args.max_classes)
+        except (FigureError, ConfigError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
         print(out)
         return 0
-    from datasets import DataError
-    from utilities.checkpoint import CheckpointError
-    from utilities.options import ConfigError
-
     try:
         if args.command == "retrieval":
             out = plot_retrieval(args.runs, args.out or _default_out(args.runs, "retrieval"),

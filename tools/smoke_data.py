@@ -1,6 +1,6 @@
 """Tiny generated datasets in the published layouts, for smoke runs (``SMOKE=1 bash table1.sh``).
 
-    python -m utilities.smoke_data OUT [--datasets cub200 cars196 online_products in-shop]
+    python -m tools.smoke_data OUT [--datasets cub200 cars196 online_products in-shop]
 
 writes ``OUT/<dataset>/`` exactly as the parsers in ``datasets/`` expect the real data, so a smoke
 run goes through the same parsing, loading and evaluation code as a real one:

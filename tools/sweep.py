@@ -32,6 +32,12 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import torch
+
+import main as training
+from parameters import parse_options
+from utilities import run_folder as rf
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN_SCRIPT = os.path.join(REPO_ROOT, "main.py")
 
@@ -154,8 +160,6 @@ def smoke_args(args: Sequence[str], backbone: str = SMOKE_BACKBONE) -> List[str]
 
 
 def parse_row_options(row: Row) -> argparse.Namespace:
-    from parameters import parse_options
-
     argv = row.args + row.extra
     messages = io.StringIO()
     try:
@@ -199,26 +203,16 @@ def check_data_roots(rows: Sequence[Row], script: str) -> None:
 # ----------------------------------------------------------------------------- run folders
 def last_epoch(folder: str) -> int:
     """The highest epoch in the folder's metrics.csv (0 when none)."""
-    from utilities.run_folder import METRICS_FILE, MetricsTable
-
-    if not os.path.isfile(os.path.join(folder, METRICS_FILE)):
+    if not os.path.isfile(os.path.join(folder, rf.METRICS_FILE)):
         return 0
-    epochs = []
-    for record in MetricsTable(folder).rows():
-        try:
-            epochs.append(int(float(record["epoch"])))
-        except (KeyError, TypeError, ValueError):
-            continue
-    return max(epochs, default=0)
+    return rf.RunRecord(folder, {}, rf.read_metrics_lenient(folder)).epochs_done
 
 
 def config_conflicts(folder: str, options: argparse.Namespace) -> List[str]:
     """Options that differ between the folder's config.json and the row (volatile ones aside)."""
-    from utilities.run_folder import CONFIG_FILE, read_config
-
-    if not os.path.isfile(os.path.join(folder, CONFIG_FILE)):
+    if not os.path.isfile(os.path.join(folder, rf.CONFIG_FILE)):
         return []
-    saved = read_config(folder)
+    saved = rf.read_config(folder)
     differences = []
     for key, value in sorted(vars(options).items()):
         if key in VOLATILE_OPTIONS or key not in saved:
@@ -230,8 +224,6 @@ def config_conflicts(folder: str, options: argparse.Namespace) -> List[str]:
 
 def row_status(folder: str, options: argparse.Namespace) -> Tuple[str, str]:
     """``(status, detail)``: new, finished, resume, restart or conflict."""
-    from utilities.run_folder import LAST_CHECKPOINT
-
     if not os.path.exists(folder):
         return "new", ""
     conflicts = config_conflicts(folder, options)
@@ -241,7 +233,7 @@ def row_status(folder: str, options: argparse.Namespace) -> Tuple[str, str]:
     done = last_epoch(folder)
     if done >= options.n_epochs:
         return "finished", f"epoch {done} of {options.n_epochs}"
-    if os.path.isfile(os.path.join(folder, LAST_CHECKPOINT)):
+    if os.path.isfile(os.path.join(folder, rf.LAST_CHECKPOINT)):
         return "resume", f"from epoch {done} of {options.n_epochs}"
     return "restart", "no checkpoint to continue from"
 
@@ -260,12 +252,7 @@ def run_subprocess(argv: List[str]) -> int:
 
 def run_in_process(argv: List[str]) -> int:
     """``main.run(argv)`` in this process: no interpreter start and torch import per row."""
-    if REPO_ROOT not in sys.path:
-        sys.path.insert(0, REPO_ROOT)
-    import main as training
-
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    training.SETUP["finished"] = False  # a ValueError during set-up is bad input again
     try:
         return training.run(argv)
     except SystemExit as stop:
@@ -380,8 +367,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.smoke and not args.dry_run:
-        import torch
-
         # Tiny tensors on a shared CPU: one thread avoids oversubscription (4x faster here).
         torch.set_num_threads(1)
     return sweep(rows, args.save_path, args.dry_run, args.in_process or args.smoke)

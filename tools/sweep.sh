@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Shared by table1.sh and table2.sh (sourced, not run): command-line words, DATA_ROOT, SMOKE=1
-# data, and the hand-off of the script's rows to utilities/sweep.py, which selects, skips,
+# data, and the hand-off of the script's rows to tools/sweep.py, which selects, skips,
 # continues and runs them. A table script sets TABLE, TABLE_TITLE, ROW_HELP and defines
 # table_rows, which prints its rows with `row`.
 
@@ -38,11 +38,11 @@ environment:
 
 Run folders are SAVE_PATH/<dataset>_<row>_<baseline|das>. A finished row is skipped, a row with a
 checkpoint is continued, so rerunning the same command after a crash or kill picks up where it
-stopped. Afterwards: python -m utilities.paper_tables --runs SAVE_PATH --out results/$TABLE
+stopped. Afterwards: python -m tools.paper_tables --runs SAVE_PATH --out results/$TABLE
 EOF
 }
 
-# row DATASET KEY VARIANT -- MAIN.PY OPTIONS...: one line for utilities/sweep.py
+# row DATASET KEY VARIANT -- MAIN.PY OPTIONS...: one line for tools/sweep.py
 row() {
   printf '%q ' "$@"
   printf '\n'
@@ -94,7 +94,7 @@ run_table() {
     fi
     DATA_ROOT=$smoke_dir/data
     if [[ ! -d $DATA_ROOT/online_products ]]; then
-      "$PYTHON" -m utilities.smoke_data "$DATA_ROOT" \
+      "$PYTHON" -m tools.smoke_data "$DATA_ROOT" \
         --datasets cub200 cars196 online_products >/dev/null
     fi
     SAVE_PATH=${SAVE_PATH:-$smoke_dir/runs/$TABLE}
@@ -114,6 +114,6 @@ run_table() {
   DATA_ROOT=$(cd "$DATA_ROOT" && pwd)
   SAVE_PATH=${SAVE_PATH:-$REPO_ROOT/Training_Results/$TABLE}
 
-  table_rows | "$PYTHON" -m utilities.sweep --script "$SCRIPT_NAME" --save_path "$SAVE_PATH" \
+  table_rows | "$PYTHON" -m tools.sweep --script "$SCRIPT_NAME" --save_path "$SAVE_PATH" \
     --select "${words[@]}" "${sweep_flags[@]}" -- "${extra[@]}"
 }

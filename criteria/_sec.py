@@ -1,5 +1,6 @@
 """Spherical Embedding Constraint (SEC; Zhang et al., "Deep Metric Learning with Spherical
-Embedding", NeurIPS 2020), as the published DAS code uses it (``--sec``).
+Embedding", NeurIPS 2020), as the published DAS code uses it (``--sec``): a term added to the
+criterion's loss, on the embedding norms before the L2 normalization.
 
 With n_i the L2 norm of row i's embedding *before* normalization and mu a running mean of the
 norms, the penalty is
@@ -21,6 +22,19 @@ from typing import Dict, Optional
 
 import torch
 from torch import nn
+
+from utilities.options import between, non_negative_float
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("SEC (spherical embedding constraint)")
+    group.add_argument("--sec", action="store_true",
+                       help="Add the spherical embedding constraint to the loss "
+                            "(criteria/_sec.py).")
+    group.add_argument("--sec_wei", default=0.01, type=non_negative_float,
+                       help="Weight of the SEC penalty.")
+    group.add_argument("--sec_momentum", default=0.999, type=between(0.0, 1.0),
+                       help="Momentum of SEC's running mean of the embedding norms.")
 
 
 class SphericalEmbeddingConstraint(nn.Module):

@@ -1,6 +1,6 @@
 """Our Table 1 and Table 2 next to the DAS paper's, from a folder of run folders.
 
-    python -m utilities.paper_tables --runs Training_Results --out results/tables
+    python -m tools.paper_tables --runs Training_Results --out results/tables
 
 Every run folder under ``--runs`` (any depth; a folder with ``config.json`` and ``metrics.csv``)
 is placed in a cell of the paper's tables by its configuration, not by its folder name:
@@ -44,6 +44,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from utilities import run_folder as rf
 from utilities.seed_groups import group_by_settings, mean_std
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,60 +86,13 @@ class RowKey:
 
 
 @dataclass
-class Run:
-    """One run folder, read: configuration, metric rows and where it belongs."""
+class Run(rf.RunRecord):
+    """One run folder, read (see utilities.run_folder.RunRecord), and where it belongs."""
 
-    folder: str
-    config: Dict
-    rows: List[Dict[str, Optional[float]]]
     row_key: Optional[RowKey] = None
     dataset: str = ""
     reason: str = ""  # why it fits no cell
     used: bool = False
-    mtime: float = 0.0
-
-    @property
-    def epochs_done(self) -> int:
-        return max((int(r["epoch"]) for r in self.rows if r.get("epoch") is not None), default=0)
-
-    @property
-    def n_epochs(self) -> Optional[int]:
-        value = self.config.get("n_epochs")
-        return int(value) if value is not None else None
-
-    @property
-    def finished(self) -> bool:
-        return self.n_epochs is not None and self.epochs_done >= self.n_epochs
-
-    @property
-    def trained_rows(self) -> List[Dict[str, Optional[float]]]:
-        """Rows of trained epochs (row 0 is the untrained network of --eval_initial)."""
-        return [r for r in self.rows if r.get("epoch") is not None and r["epoch"] >= 1]
-
-    @property
-    def selection_key(self) -> str:
-        split = "val" if any(key.startswith("val/") for row in self.rows for key in row) else "test"
-        return f"{split}/{self.config.get('storage_metric') or 'recall@1'}"
-
-    def pick(self, mode: str) -> Optional[Dict[str, Optional[float]]]:
-        """The metrics row of the last epoch, or of the best one by the selection metric."""
-        rows = self.trained_rows
-        if not rows:
-            return None
-        if mode == "last":
-            return max(rows, key=lambda r: r["epoch"])
-        key = self.selection_key
-        scored = [r for r in rows if r.get(key) is not None and not math.isnan(r[key])]
-        if not scored:
-            return None
-        best = max(r[key] for r in scored)
-        return min((r for r in scored if r[key] == best), key=lambda r: r["epoch"])  # first max
-
-    def max_per_metric(self, column: str) -> Optional[float]:
-        """``column``'s own maximum over trained epochs (the published summary), None if absent."""
-        values = [r[column] for r in self.trained_rows
-                  if r.get(column) is not None and not math.isnan(r[column])]
-        return max(values) if values else None
 
 
 def arch_words(arch: str) -> Tuple[str, frozenset]:
@@ -199,41 +153,6 @@ def read_paper(path: str = PAPER_RESULTS) -> Dict[Tuple[RowKey, str, str], float
     return figures
 
 
-def _number(text: Optional[str]) -> Optional[float]:
-    if text is None or text.strip() == "":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def read_metrics(path: str) -> List[Dict[str, Optional[float]]]:
-    """metrics.csv rows as numbers (empty cells None). A file without an ``epoch`` column, a row
-    with more or fewer cells than the header, a non-integer epoch or a non-numeric cell raises
-    ValueError naming the line: such a file is not trusted (a run could pass for finished)."""
-    rows = []
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        if "epoch" not in (reader.fieldnames or []):
-            raise ValueError("metrics.csv has no 'epoch' column")
-        for row in reader:
-            line = reader.line_num
-            if None in row or any(value is None for value in row.values()):
-                raise ValueError(f"metrics.csv line {line} has {'more' if None in row else 'fewer'}"
-                                 f" cells than its header")
-            numbers = {key: _number(value) for key, value in row.items()}
-            bad = [key for key, value in row.items() if value.strip() and numbers[key] is None]
-            if bad:
-                raise ValueError(f"metrics.csv line {line}: '{bad[0]}' is not a number")
-            epoch = numbers["epoch"]
-            if epoch is None or epoch != int(epoch) or epoch < 0:
-                raise ValueError(f"metrics.csv line {line}: epoch '{row['epoch']}' is not a whole "
-                                 f"number")
-            rows.append(numbers)
-    return rows
-
-
 # Types of the config.json keys this tool reads (a key may be absent: the run fits no cell).
 CONFIG_TYPES = {"dataset": str, "arch": str, "loss": str, "batch_mining": str,
                 "storage_metric": (str, type(None)), "embed_dim": int, "n_epochs": int,
@@ -252,20 +171,6 @@ def check_config(config) -> None:
             raise ValueError(f"config.json key '{key}' has the ill-typed value {value!r}")
 
 
-def find_run_folders(root: str) -> List[str]:
-    """Folders under ``root`` (or ``root`` itself) holding config.json and metrics.csv."""
-    if not os.path.isdir(root):
-        raise TablesError(f"--runs '{root}' is not a folder; expected a folder of run folders "
-                          f"(e.g. Training_Results)")
-    found = []
-    for folder, subfolders, files in os.walk(root):
-        if "config.json" in files and "metrics.csv" in files:
-            found.append(folder)
-            subfolders[:] = []  # a run folder holds no further runs
-        subfolders.sort()
-    return sorted(found)
-
-
 def read_run(folder: str) -> Run:
     """The run in ``folder``; a damaged config.json or metrics.csv leaves it out of every cell
     with a warning naming the folder and the problem (the other runs still make the tables)."""
@@ -276,7 +181,7 @@ def read_run(folder: str) -> Run:
             except ValueError as error:
                 raise ValueError(f"config.json is not valid JSON ({error})") from None
         check_config(config)
-        rows = read_metrics(os.path.join(folder, "metrics.csv"))
+        rows = rf.read_metrics(os.path.join(folder, rf.METRICS_FILE))
     except (OSError, ValueError, UnicodeDecodeError) as error:
         print(f"warning: skipping run folder '{folder}': {error}", file=sys.stderr)
         run = Run(folder, {}, [])
@@ -521,14 +426,14 @@ def build_tables(runs_root: str, out: str, paper_path: str = PAPER_RESULTS,
     if best not in BEST_CHOICES:
         raise TablesError(f"--best '{best}' is not one of {', '.join(BEST_CHOICES)}")
     paper = read_paper(paper_path)
-    runs = [read_run(folder) for folder in find_run_folders(runs_root)]
+    runs = [read_run(folder) for folder in rf.find_run_folders(runs_root)]
     cells = assign_cells(runs)
     os.makedirs(out, exist_ok=True)
     written = {}
     for layout in table_layouts():
         sections = [f"## Table {layout.number}: ours vs the DAS paper (ECCV 2022)\n",
                     f"Run folders under `{runs_root}`; generated by `python -m "
-                    f"utilities.paper_tables`.\n"]
+                    f"tools.paper_tables`.\n"]
         if layout.number == 1:
             sections.append("The paper's baseline figures (MS\u2020 there) come from its own "
                             "re-implementation of multi-similarity.\n")
@@ -575,7 +480,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         written, runs = build_tables(args.runs, args.out, args.paper, args.best)
-    except (TablesError, OSError) as error:
+    except (TablesError, rf.NotARunsFolder, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for line in summary_lines(runs, args.out):

@@ -1,1 +1,0 @@
-"""Training-time modules that are neither a criterion nor a miner (published ``modules/``)."""
