@@ -29,6 +29,17 @@ OMNIGLOT_IMAGES = 2720
 OMNIGLOT_ZIP = REPO_ROOT / "data" / "omniglot" / OMNIGLOT_ZIP_NAME
 
 
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """Every test starts with the thread count the session started with: float sums depend on
+    it, so a count left behind by one test would change another's figures."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def single_thread():
     """One intra-op thread for tests on tiny tensors: torch's thread pool only adds overhead
