@@ -41,7 +41,7 @@ def test_main_trains_and_leaves_a_complete_run_folder(generated_folder, tmp_path
     summary = open(os.path.join(folder, rf.SUMMARY_FILE)).read()
     assert "selected by test/recall@1" in summary and "last epoch (2)" in summary
     config = rf.read_config(folder)
-    assert config["dataset"] == "folder" and config["bs"] == 16 and config["pretrained"] is False
+    assert config["dataset"] == "folder" and config["bs"] == 8 and config["pretrained"] is False
     best = torch.load(os.path.join(folder, rf.BEST_CHECKPOINT), weights_only=True)
     assert best["best"]["key"] == "test/recall@1"
     assert best["network"]["embed_dim"] == 128
