@@ -11,11 +11,14 @@ import argparse
 import os
 from typing import Dict, List, Optional, Tuple
 
+import batchminer
+import criteria
 import das
+import datasampler
 from criteria import _sec as criteria_sec
-from utilities.options import (OptionParser, Range, at_least, between, document_ranges,
+from utilities.options import (OptionParser, Range, add_declared, between, document_ranges,
                                given_options, greater_than, non_negative_float, non_negative_int,
-                               positive_float, positive_int, torch_device)
+                               positive_float, positive_int, registry_options, torch_device)
 
 # Defaults per dataset for options left unset on the command line. The bundled sets (Omniglot,
 # the default, and scikit-learn's digits) train a small network from scratch at a small crop on a
@@ -98,40 +101,8 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                             "digits).")
     group.add_argument("--bs", default=None, type=positive_int,
                        help="Mini-batch size of real images (112; 100 for digits).")
-    group.add_argument("--data_num_super", default=1, type=positive_int,
-                       help="super_class_random: super-classes drawn per batch.")
-    group.add_argument("--data_batchmatch_bigbs", default=512, type=positive_int,
-                       help="Coreset / batch-match samplers: size of the big batch a batch is "
-                            "chosen from.")
-    group.add_argument("--data_batchmatch_ncomps", default=10, type=positive_int,
-                       help="Batch-match samplers: candidate batches compared per batch.")
-    group.add_argument("--data_storage_no_update", action="store_true",
-                       help="Storage samplers: do not replace storage entries with each "
-                            "step's embeddings.")
-    group.add_argument("--data_storage_update_every", default=0, type=non_negative_int,
-                       help="Storage samplers: recompute the whole storage every N steps "
-                            "(0: only at the start of every epoch after the first, with "
-                            "--data_idx_full_prec, as published).")
-    group.add_argument("--data_idx_full_prec", action="store_true",
-                       help="Storage samplers: recompute the whole storage before every epoch.")
-    group.add_argument("--data_d2_coreset_lambda", default=1, type=non_negative_float,
-                       help="d2_coreset: exponent on the distance weights.")
-    group.add_argument("--data_gc_coreset_lim", default=1e-9, type=non_negative_float,
-                       help="greedy_coreset: accepted for the published scripts (unused there).")
-    group.add_argument("--data_gc_softened", action="store_true",
-                       help="greedy_coreset: draw among the top 3%% farthest points instead of "
-                            "the farthest.")
-    group.add_argument("--data_sampler_lowproj_dim", default=-1, type=at_least(1, also=(-1,)),
-                       help="Coreset / batch-match samplers: random linear projection of the "
-                            "storage to this dimension first (-1: none).")
-    group.add_argument("--data_sim_measure", default="euclidean", choices=["euclidean"],
-                       help="Distance of the coreset / batch-match samplers (published: only "
-                            "euclidean).")
-    group.add_argument("--data_mb_mom", default=-1,
-                       type=Range(float, low=0.0, high=1.0, also=(-1,)),
-                       help="Storage samplers: momentum of full storage updates (-1: replace).")
-    group.add_argument("--data_mb_lr", default=1, type=positive_float,
-                       help="Storage samplers: step on the momentum term of --data_mb_mom.")
+    # the samplers' own --data_* options, declared in datasampler/<name>.py
+    add_declared(group, registry_options(datasampler.REGISTRY))
 
     group = parser.add_argument_group("network")
     group.add_argument("--arch", default=None, type=str,
@@ -231,93 +202,14 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
 
 
 def loss_specific_parameters(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    group = parser.add_argument_group("criteria")
-    add = group.add_argument
-    add("--loss_contrastive_pos_margin", default=0, type=non_negative_float)
-    add("--loss_contrastive_neg_margin", default=1, type=non_negative_float)
-    add("--loss_contrastive_stop_pos", action="store_true",
-        help="contrastive: no gradient through the positive of each pair (published option).")
-    add("--loss_contrastive_stop_neg", action="store_true",
-        help="contrastive: no gradient through the negative of each pair (published option).")
-    add("--loss_triplet_margin", default=0.2, type=non_negative_float)
-    add("--loss_triplet_distance", default="squared", choices=["squared", "plain"],
-        help="triplet: squared Euclidean distances as published (default), or plain Euclidean "
-             "distances. See docs/PARITY.md.")
-    add("--loss_margin_margin", default=0.2, type=non_negative_float)
-    add("--loss_margin_beta_lr", default=0.0005, type=non_negative_float)
-    add("--loss_margin_beta", default=1.2, type=non_negative_float)
-    add("--loss_margin_nu", default=0, type=non_negative_float)
-    add("--loss_margin_beta_constant", action="store_true")
-    add("--loss_proxynca_lrmulti", default=50, type=non_negative_float)
-    add("--loss_proxyanchor_margin", default=0.1, type=non_negative_float)
-    add("--loss_proxyanchor_alpha", default=32, type=positive_float)
-    add("--loss_proxyanchor_lrmulti", default=100, type=non_negative_float)
-    add("--loss_proxyanchor_decay", default=0.0, type=non_negative_float)
-    add("--loss_npair_l2", default=0.005, type=non_negative_float)
-    add("--loss_npair_divisor", default=None, type=positive_float,
-        help="npair: divide the embeddings by this before the loss; default 4 for a bninception "
-             "arch and 1 otherwise, as the runnable published module. See docs/PARITY.md.")
-    add("--loss_angular_alpha", default=45, type=between(0.0, 90.0, open_low=True, open_high=True))
-    add("--loss_angular_npair_ang_weight", default=2, type=non_negative_float)
-    add("--loss_angular_npair_l2", default=0.005, type=non_negative_float)
-    add("--loss_multisimilarity_pos_weight", default=2, type=positive_float)
-    add("--loss_multisimilarity_neg_weight", default=40, type=positive_float)
-    add("--loss_multisimilarity_margin", default=0.1, type=non_negative_float)
-    add("--loss_multisimilarity_thresh", default=0.5, type=between(-1.0, 1.0))
-    add("--loss_lifted_neg_margin", default=1, type=non_negative_float)
-    add("--loss_lifted_l2", default=0.005, type=non_negative_float)
-    add("--loss_lifted_formulation", default="published", choices=["published", "corrected"],
-        help="lifted: 'published' takes the published code's norm over the set of positives/"
-             "negatives per embedding dimension (what the paper's rows ran); 'corrected' uses "
-             "the Euclidean distances between rows. See docs/PARITY.md.")
-    add("--loss_quadruplet_margin_alpha_1", default=0.2, type=non_negative_float)
-    add("--loss_quadruplet_margin_alpha_2", default=0.2, type=non_negative_float)
-    add("--loss_quadruplet_fourth_by_class", action="store_true",
-        help="quadruplet: draw the fourth row among rows of a third class (the paper) instead "
-             "of the published draw by triplet index. See docs/PARITY.md.")
-    add("--loss_softtriplet_n_centroids", default=2, type=positive_int)
-    add("--loss_softtriplet_margin_delta", default=0.01, type=non_negative_float)
-    add("--loss_softtriplet_gamma", default=0.1, type=positive_float)
-    add("--loss_softtriplet_lambda", default=8, type=positive_float)
-    add("--loss_softtriplet_reg_weight", default=0.2, type=non_negative_float)
-    add("--loss_softtriplet_lrmulti", default=1, type=non_negative_float)
-    add("--loss_softmax_lr", default=0.00001, type=positive_float)
-    add("--loss_softmax_temperature", default=0.05, type=positive_float)
-    add("--loss_histogram_nbins", default=65, type=at_least(2))
-    add("--loss_snr_margin", default=0.2, type=non_negative_float)
-    add("--loss_snr_reg_lambda", default=0.005, type=non_negative_float)
-    add("--loss_arcface_lr", default=0.0005, type=positive_float)
-    add("--loss_arcface_angular_margin", default=0.5, type=between(0.0, 3.141592653589793))
-    add("--loss_arcface_feature_scale", default=16, type=positive_float)
-    add("--loss_adversarial_separation_weight", default=1500, type=non_negative_float)
-    add("--loss_adversarial_separation_proj_dim", default=512, type=positive_int)
-    add("--loss_adversarial_separation_lr", default=0.0005, type=positive_float)
+    """The ``--loss_*`` options, declared by each criterion (``options`` in criteria/<name>.py)."""
+    add_declared(parser.add_argument_group("criteria"), registry_options(criteria.REGISTRY))
     return parser
 
 
 def batchmining_specific_parameters(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    group = parser.add_argument_group("batch miners")
-    add = group.add_argument
-    add("--miner_distance_lower_cutoff", default=0.5, type=non_negative_float,
-        help="distance miner: distances below are clamped up to this value.")
-    add("--miner_distance_upper_cutoff", default=1.4, type=positive_float,
-        help="distance miner: upper clamp, used only with --miner_distance_clip_upper.")
-    add("--miner_distance_clip_upper", action="store_true",
-        help="distance miner: also clamp distances above --miner_distance_upper_cutoff (not "
-             "published: the published miner clamps below only). See docs/PARITY.md.")
-    add("--miner_rho_distance_lower_cutoff", default=0.5, type=non_negative_float)
-    add("--miner_rho_distance_upper_cutoff", default=1.4, type=positive_float,
-        help="rho_distance miner: upper clamp, used only with --miner_rho_distance_clip_upper.")
-    add("--miner_rho_distance_clip_upper", action="store_true",
-        help="rho_distance miner: also clamp distances above the upper cutoff (not published).")
-    add("--miner_rho_distance_cp", default=0.2, type=between(0.0, 1.0))
-    add("--miner_semihard_margin", default=None, type=non_negative_float,
-        help="Margin of the semihard window; default the running loss's --loss_<loss>_margin "
-             "(published), or --loss_triplet_margin when that loss has none.")
-    add("--miner_semihard_per_pair", action="store_true",
-        help="semihard miner: one triplet per positive pair with the hardest negative as "
-             "fallback, instead of the published one triplet per anchor with a random "
-             "positive and a random negative as fallback. See docs/PARITY.md.")
+    """The ``--miner_*`` options, declared by each miner (``options`` in batchminer/<name>.py)."""
+    add_declared(parser.add_argument_group("batch miners"), registry_options(batchminer.REGISTRY))
     return parser
 
 

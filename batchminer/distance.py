@@ -7,8 +7,10 @@ from typing import Optional
 
 import torch
 
+from utilities.options import Option, non_negative_float, positive_float
+
 from . import REGISTRY
-from ._base import BaseMiner
+from ._base import TRIPLETS, BaseMiner
 from ._functional import (detached_distances, inverse_sphere_log_density, label_masks,
                           random_choice, stack_triplets, weighted_choice)
 
@@ -43,6 +45,18 @@ class DistanceMiner(BaseMiner):
     Returns a ``(T, 3)`` LongTensor of (anchor, positive, negative); anchors without a negative
     are skipped. ``stats['negative_distance']``: mean d(a, n) of the chosen negatives.
     """
+
+    output = TRIPLETS
+
+    options = (
+        Option("--miner_distance_lower_cutoff", default=0.5, type=non_negative_float,
+               help="distance miner: distances below are clamped up to this value."),
+        Option("--miner_distance_upper_cutoff", default=1.4, type=positive_float,
+               help="distance miner: upper clamp, used only with --miner_distance_clip_upper."),
+        Option("--miner_distance_clip_upper", action="store_true",
+               help="distance miner: also clamp distances above --miner_distance_upper_cutoff "
+                    "(not published: the published miner clamps below only). See docs/PARITY.md."),
+    )
 
     def __init__(self, lower_cutoff: float = 0.5, upper_cutoff: float = 1.4,
                  clip_upper: bool = False) -> None:

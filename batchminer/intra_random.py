@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from . import REGISTRY
-from ._base import BaseMiner
+from ._base import TRIPLETS, BaseMiner
 from ._functional import random_choice
 
 
@@ -20,6 +20,8 @@ class IntraRandomMiner(BaseMiner):
 
     Returns a ``(B, 3)`` LongTensor.
     """
+
+    output = TRIPLETS
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor,
                  distances: Optional[torch.Tensor] = None) -> torch.Tensor:

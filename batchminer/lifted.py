@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import REGISTRY
-from ._base import BaseMiner
+from ._base import ANCHOR_SETS, BaseMiner
 from ._functional import label_masks
 
 
@@ -19,6 +19,8 @@ class LiftedMiner(BaseMiner):
     * ``positives``: BoolTensor (A, B), all other rows of the anchor's class;
     * ``negatives``: BoolTensor (A, B), all rows of other classes.
     """
+
+    output = ANCHOR_SETS
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor,
                  distances: Optional[torch.Tensor] = None

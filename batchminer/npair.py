@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import REGISTRY
-from ._base import BaseMiner
+from ._base import NPAIR_TUPLES, BaseMiner
 from ._functional import label_masks, random_choice
 
 
@@ -20,6 +20,8 @@ class NPairMiner(BaseMiner):
     * ``negatives``: BoolTensor (A, B), row k flags the negatives of ``anchors[k]`` (every row of
       another class), a mask rather than a ragged list so that the loss stays one batched op.
     """
+
+    output = NPAIR_TUPLES
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor,
                  distances: Optional[torch.Tensor] = None

@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import REGISTRY
-from ._base import BaseMiner
+from ._base import TRIPLETS, BaseMiner
 from ._functional import (detached_distances, label_masks, random_choice, stack_triplets,
                           weighted_choice)
 
@@ -35,6 +35,8 @@ class ParametricMiner(BaseMiner):
 
     Returns a ``(T, 3)`` LongTensor of (anchor, positive, negative).
     """
+
+    output = TRIPLETS
 
     def __init__(self, mode: str = "uniform", num_bins: int = 30,
                  support: Tuple[float, float] = (0.0, 2.0)) -> None:

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from . import REGISTRY
-from ._base import BaseMiner
+from ._base import TRIPLETS, BaseMiner
 from ._functional import label_masks, random_choice, weighted_choice
 
 
@@ -24,6 +24,8 @@ class RandomMiner(BaseMiner):
 
     Returns a ``(T, 3)`` LongTensor of (anchor, positive, negative).
     """
+
+    output = TRIPLETS
 
     oversampling = 4
 

@@ -7,6 +7,8 @@ from typing import Optional
 
 import torch
 
+from utilities.options import Option, between, non_negative_float, positive_float
+
 from . import REGISTRY
 from ._functional import stack_triplets
 from .distance import DistanceMiner
@@ -25,6 +27,17 @@ class RhoDistanceMiner(DistanceMiner):
     Returns a ``(T, 3)`` LongTensor; in the (a, a, p) rows anchor and positive coincide and the
     "negative" shares the anchor's label. ``stats['push_fraction']``: share of such rows.
     """
+
+    options = (
+        Option("--miner_rho_distance_lower_cutoff", default=0.5, type=non_negative_float),
+        Option("--miner_rho_distance_upper_cutoff", default=1.4, type=positive_float,
+               help="rho_distance miner: upper clamp, used only with "
+                    "--miner_rho_distance_clip_upper."),
+        Option("--miner_rho_distance_clip_upper", action="store_true",
+               help="rho_distance miner: also clamp distances above the upper cutoff (not "
+                    "published)."),
+        Option("--miner_rho_distance_cp", default=0.2, type=between(0.0, 1.0)),
+    )
 
     def __init__(self, lower_cutoff: float = 0.5, upper_cutoff: float = 1.4,
                  push_probability: float = 0.2, clip_upper: bool = False) -> None:

@@ -7,8 +7,10 @@ from typing import Optional
 
 import torch
 
+from utilities.options import Option, non_negative_float
+
 from . import REGISTRY
-from ._base import BaseMiner
+from ._base import TRIPLETS, BaseMiner
 from ._functional import detached_distances, label_masks, random_choice, stack_triplets
 
 
@@ -25,6 +27,19 @@ class SemihardMiner(BaseMiner):
     Returns a ``(T, 3)`` LongTensor of (anchor, positive, negative). ``stats['semihard_fraction']``:
     share of rows whose negative came from the window.
     """
+
+    output = TRIPLETS
+
+    options = (
+        Option("--miner_semihard_margin", default=None, type=non_negative_float,
+               help="Margin of the semihard window; default the running loss's "
+                    "--loss_<loss>_margin (published), or --loss_triplet_margin when that loss "
+                    "has none."),
+        Option("--miner_semihard_per_pair", action="store_true",
+               help="semihard miner: one triplet per positive pair with the hardest negative as "
+                    "fallback, instead of the published one triplet per anchor with a random "
+                    "positive and a random negative as fallback. See docs/PARITY.md."),
+    )
 
     def __init__(self, margin: float = 0.2, per_pair: bool = False) -> None:
         super().__init__()

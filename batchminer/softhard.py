@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from . import REGISTRY
-from ._base import BaseMiner
+from ._base import TRIPLETS, BaseMiner
 from ._functional import detached_distances, label_masks, random_choice, stack_triplets
 
 
@@ -19,6 +19,8 @@ class SofthardMiner(BaseMiner):
     Returns a ``(T, 3)`` LongTensor of (anchor, positive, negative). ``stats``: share of anchors
     that found a hard positive / a hard negative.
     """
+
+    output = TRIPLETS
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor,
                  distances: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -7,6 +7,17 @@ from typing import ClassVar, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+import batchminer
+from utilities.options import Option
+
+
+class _AcceptedMiners:
+    """``accepted_miners`` of a criterion class: the registered miners whose ``output`` is the
+    criterion's ``miner_output`` (derived, so a new miner needs no list entry)."""
+
+    def __get__(self, instance, owner) -> Tuple[str, ...]:
+        return batchminer.returning(owner.miner_output) if owner.miner_output else ()
+
 
 class BaseCriterion(nn.Module):
     """A loss on a batch of embeddings.
@@ -18,13 +29,16 @@ class BaseCriterion(nn.Module):
     every step, how much of the mined signal involves generated rows.
 
     Class attributes declare how the criterion plugs in:
-    ``requires_miner``: whether a batch miner picks its tuples; ``accepted_miners``: the miner names
-    it works with (checked at start-up); ``requires_normalized``: whether it expects L2-normalized
-    embeddings.
+    ``requires_miner``: whether a batch miner picks its tuples; ``miner_output``: what that miner
+    must return (``batchminer._base.TRIPLETS``, ...), from which ``accepted_miners`` (checked at
+    start-up) follows; ``requires_normalized``: whether it expects L2-normalized embeddings;
+    ``options``: its ``--loss_<name>_*`` options, collected by ``parameters.py``.
     """
 
     requires_miner: ClassVar[bool] = False
-    accepted_miners: ClassVar[Tuple[str, ...]] = ()
+    miner_output: ClassVar[str] = ""
+    accepted_miners = _AcceptedMiners()
+    options: ClassVar[Tuple[Option, ...]] = ()
     requires_normalized: ClassVar[bool] = True
     registry_name: ClassVar[str] = ""
 

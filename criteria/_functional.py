@@ -101,11 +101,6 @@ def mean_over(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return kept.sum() / keep.sum().clamp_min(1)
 
 
-# Miners that return (T, 3) (anchor, positive, negative) index tensors.
-TRIPLET_MINERS = ("random", "semihard", "softhard", "distance", "rho_distance", "parametric",
-                  "intra_random", "random_distance")
-
-
 def anchored_pair_stats(anchors: torch.Tensor, pairs: torch.Tensor,
                         num_real: Optional[int]) -> Dict[str, torch.Tensor]:
     """``tuples``, ``tuples_with_generated`` of an (A x B) bool mask of pairs (anchors[k], j)."""

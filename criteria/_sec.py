@@ -23,18 +23,20 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from utilities.options import between, non_negative_float
+from utilities.options import Option, add_declared, between, non_negative_float
+
+
+OPTIONS = (
+    Option("--sec", action="store_true",
+           help="Add the spherical embedding constraint to the loss (criteria/_sec.py)."),
+    Option("--sec_wei", default=0.01, type=non_negative_float, help="Weight of the SEC penalty."),
+    Option("--sec_momentum", default=0.999, type=between(0.0, 1.0),
+           help="Momentum of SEC's running mean of the embedding norms."),
+)
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("SEC (spherical embedding constraint)")
-    group.add_argument("--sec", action="store_true",
-                       help="Add the spherical embedding constraint to the loss "
-                            "(criteria/_sec.py).")
-    group.add_argument("--sec_wei", default=0.01, type=non_negative_float,
-                       help="Weight of the SEC penalty.")
-    group.add_argument("--sec_momentum", default=0.999, type=between(0.0, 1.0),
-                       help="Momentum of SEC's running mean of the embedding norms.")
+    add_declared(parser.add_argument_group("SEC (spherical embedding constraint)"), OPTIONS)
 
 
 class SphericalEmbeddingConstraint(nn.Module):

@@ -9,9 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utilities.options import Option, non_negative_float, positive_float, positive_int
+
+from batchminer._base import TRIPLETS
+
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import TRIPLET_MINERS, full_precision, mine_triplets, triplet_stats
+from ._functional import full_precision, mine_triplets, triplet_stats
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -43,8 +47,14 @@ class AdversarialSeparationCriterion(BaseCriterion):
     """
 
     requires_miner = True
-    accepted_miners = TRIPLET_MINERS
+    miner_output = TRIPLETS
     requires_normalized = True
+
+    options = (
+        Option("--loss_adversarial_separation_weight", default=1500, type=non_negative_float),
+        Option("--loss_adversarial_separation_proj_dim", default=512, type=positive_int),
+        Option("--loss_adversarial_separation_lr", default=0.0005, type=positive_float),
+    )
 
     def __init__(self, miner, embed_dim: int, weight: float = 1500.0, proj_dim: int = 512,
                  lr: float = 0.0005, margin: float = 0.2) -> None:

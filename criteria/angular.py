@@ -9,6 +9,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from utilities.options import Option, between, non_negative_float
+
+from batchminer._base import NPAIR_TUPLES
+
 from . import REGISTRY
 from ._base import BaseCriterion
 from ._functional import (anchored_pair_stats, full_precision, masked_log1p_sum_exp,
@@ -25,8 +29,15 @@ class AngularCriterion(BaseCriterion):
     the log-sum-exp here is shifted instead, so large values keep their gradient.)"""
 
     requires_miner = True
-    accepted_miners = ("npair",)
+    miner_output = NPAIR_TUPLES
     requires_normalized = False
+
+    options = (
+        Option("--loss_angular_alpha", default=45,
+               type=between(0.0, 90.0, open_low=True, open_high=True)),
+        Option("--loss_angular_npair_ang_weight", default=2, type=non_negative_float),
+        Option("--loss_angular_npair_l2", default=0.005, type=non_negative_float),
+    )
 
     def __init__(self, miner, alpha_degrees: float = 45.0, angular_weight: float = 2.0,
                  l2_weight: float = 0.005) -> None:

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utilities.options import Option, between, positive_float
+
 from . import REGISTRY
 from ._base import BaseCriterion
 from ._functional import cosine_to, full_precision, row_stats
@@ -23,6 +25,12 @@ class ArcFaceCriterion(BaseCriterion):
 
     requires_miner = False
     requires_normalized = True
+
+    options = (
+        Option("--loss_arcface_lr", default=0.0005, type=positive_float),
+        Option("--loss_arcface_angular_margin", default=0.5, type=between(0.0, 3.141592653589793)),
+        Option("--loss_arcface_feature_scale", default=16, type=positive_float),
+    )
 
     def __init__(self, num_classes: int, embed_dim: int, angular_margin: float = 0.5,
                  feature_scale: float = 16.0, lr: float = 0.0005) -> None:

@@ -7,9 +7,13 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from utilities.options import Option, non_negative_float
+
+from batchminer._base import TRIPLETS
+
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import TRIPLET_MINERS, full_precision, mine_triplets, triplet_stats
+from ._functional import full_precision, mine_triplets, triplet_stats
 
 
 def row_distances(embeddings: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
@@ -27,8 +31,19 @@ class ContrastiveCriterion(BaseCriterion):
     gradient through the positive / negative row of each pair."""
 
     requires_miner = True
-    accepted_miners = TRIPLET_MINERS
+    miner_output = TRIPLETS
     requires_normalized = True
+
+    options = (
+        Option("--loss_contrastive_pos_margin", default=0, type=non_negative_float),
+        Option("--loss_contrastive_neg_margin", default=1, type=non_negative_float),
+        Option("--loss_contrastive_stop_pos", action="store_true",
+               help="contrastive: no gradient through the positive of each pair (published "
+                    "option)."),
+        Option("--loss_contrastive_stop_neg", action="store_true",
+               help="contrastive: no gradient through the negative of each pair (published "
+                    "option)."),
+    )
 
     def __init__(self, miner, pos_margin: float = 0.0, neg_margin: float = 1.0,
                  stop_pos: bool = False, stop_neg: bool = False) -> None:

@@ -6,6 +6,8 @@ from typing import Optional
 
 import torch
 
+from utilities.options import Option, at_least
+
 from . import REGISTRY
 from ._base import BaseCriterion
 from ._functional import full_precision, gram, label_masks, pair_stats
@@ -20,6 +22,10 @@ class HistogramCriterion(BaseCriterion):
 
     requires_miner = False
     requires_normalized = True
+
+    options = (
+        Option("--loss_histogram_nbins", default=65, type=at_least(2)),
+    )
 
     def __init__(self, num_bins: int = 65) -> None:
         super().__init__()

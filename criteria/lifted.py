@@ -7,6 +7,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from utilities.options import Option, non_negative_float
+
+from batchminer._base import ANCHOR_SETS
+
 from . import REGISTRY
 from ._base import BaseCriterion
 from ._functional import (anchored_pair_stats, full_precision, masked_log_sum_exp,
@@ -55,8 +59,18 @@ class LiftedCriterion(BaseCriterion):
     """
 
     requires_miner = True
-    accepted_miners = ("lifted",)
+    miner_output = ANCHOR_SETS
     requires_normalized = False
+
+    options = (
+        Option("--loss_lifted_neg_margin", default=1, type=non_negative_float),
+        Option("--loss_lifted_l2", default=0.005, type=non_negative_float),
+        Option("--loss_lifted_formulation", default="published",
+               choices=["published", "corrected"],
+               help="lifted: 'published' takes the published code's norm over the set of "
+                    "positives/negatives per embedding dimension (what the paper's rows ran); "
+                    "'corrected' uses the Euclidean distances between rows. See docs/PARITY.md."),
+    )
 
     def __init__(self, miner, neg_margin: float = 1.0, l2_weight: float = 0.005,
                  formulation: str = "published") -> None:

@@ -8,9 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utilities.options import Option, non_negative_float
+
+from batchminer._base import TRIPLETS
+
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import TRIPLET_MINERS, full_precision, mine_triplets, triplet_stats
+from ._functional import full_precision, mine_triplets, triplet_stats
 
 
 @REGISTRY.register("margin")
@@ -22,8 +26,16 @@ class MarginCriterion(BaseCriterion):
     beta is a learnable per-class parameter (its own learning rate ``--loss_margin_beta_lr``) unless ``--loss_margin_beta_constant``."""  # noqa: E501
 
     requires_miner = True
-    accepted_miners = TRIPLET_MINERS
+    miner_output = TRIPLETS
     requires_normalized = True
+
+    options = (
+        Option("--loss_margin_margin", default=0.2, type=non_negative_float),
+        Option("--loss_margin_beta_lr", default=0.0005, type=non_negative_float),
+        Option("--loss_margin_beta", default=1.2, type=non_negative_float),
+        Option("--loss_margin_nu", default=0, type=non_negative_float),
+        Option("--loss_margin_beta_constant", action="store_true"),
+    )
 
     def __init__(self, miner, num_classes: int, margin: float = 0.2, beta: float = 1.2,
                  nu: float = 0.0, beta_lr: float = 0.0005, beta_constant: bool = False) -> None:

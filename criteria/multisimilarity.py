@@ -6,6 +6,8 @@ from typing import Optional
 
 import torch
 
+from utilities.options import Option, between, non_negative_float, positive_float
+
 from . import REGISTRY
 from ._base import BaseCriterion
 from ._functional import (full_precision, gram, label_masks, masked_log1p_sum_exp,
@@ -27,6 +29,13 @@ class MultiSimilarityCriterion(BaseCriterion):
 
     requires_miner = False
     requires_normalized = True
+
+    options = (
+        Option("--loss_multisimilarity_pos_weight", default=2, type=positive_float),
+        Option("--loss_multisimilarity_neg_weight", default=40, type=positive_float),
+        Option("--loss_multisimilarity_margin", default=0.1, type=non_negative_float),
+        Option("--loss_multisimilarity_thresh", default=0.5, type=between(-1.0, 1.0)),
+    )
 
     def __init__(self, pos_weight: float = 2.0, neg_weight: float = 40.0, margin: float = 0.1,
                  thresh: float = 0.5) -> None:

@@ -6,6 +6,10 @@ from typing import Optional
 
 import torch
 
+from utilities.options import Option, non_negative_float, positive_float
+
+from batchminer._base import NPAIR_TUPLES
+
 from . import REGISTRY
 from ._base import BaseCriterion
 from ._functional import (anchored_pair_stats, full_precision, gram,
@@ -34,8 +38,16 @@ class NPairCriterion(BaseCriterion):
     """
 
     requires_miner = True
-    accepted_miners = ("npair",)
+    miner_output = NPAIR_TUPLES
     requires_normalized = False
+
+    options = (
+        Option("--loss_npair_l2", default=0.005, type=non_negative_float),
+        Option("--loss_npair_divisor", default=None, type=positive_float,
+               help="npair: divide the embeddings by this before the loss; default 4 for a "
+                    "bninception arch and 1 otherwise, as the runnable published module. See "
+                    "docs/PARITY.md."),
+    )
 
     def __init__(self, miner, l2_weight: float = 0.005, divisor: float = 1.0) -> None:
         super().__init__()

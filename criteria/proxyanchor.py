@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utilities.options import Option, non_negative_float, positive_float
+
 from . import REGISTRY
 from ._base import BaseCriterion
 from ._functional import cosine_to, full_precision, masked_log1p_sum_exp, row_stats
@@ -22,6 +24,13 @@ class ProxyAnchorCriterion(BaseCriterion):
 
     requires_miner = False
     requires_normalized = True
+
+    options = (
+        Option("--loss_proxyanchor_margin", default=0.1, type=non_negative_float),
+        Option("--loss_proxyanchor_alpha", default=32, type=positive_float),
+        Option("--loss_proxyanchor_lrmulti", default=100, type=non_negative_float),
+        Option("--loss_proxyanchor_decay", default=0.0, type=non_negative_float),
+    )
 
     def __init__(self, num_classes: int, embed_dim: int, margin: float = 0.1,
                  alpha: float = 32.0, lr: float = 1e-3, weight_decay: float = 0.0) -> None:

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utilities.options import Option, non_negative_float
+
 from . import REGISTRY
 from ._base import BaseCriterion
 from ._functional import cosine_to, full_precision, masked_log_sum_exp, row_stats
@@ -23,6 +25,10 @@ class ProxyNCACriterion(BaseCriterion):
     requires_miner = False
     requires_normalized = True
     scale = 3.0
+
+    options = (
+        Option("--loss_proxynca_lrmulti", default=50, type=non_negative_float),
+    )
 
     def __init__(self, num_classes: int, embed_dim: int, lr: float) -> None:
         super().__init__()

@@ -7,11 +7,13 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from utilities.options import Option, non_negative_float
+from batchminer._base import TRIPLETS
 from batchminer._functional import random_choice
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import (TRIPLET_MINERS, full_precision, mean_over, mine_triplets,
+from ._functional import (full_precision, mean_over, mine_triplets,
                           triplet_stats)
 
 
@@ -28,8 +30,16 @@ class QuadrupletCriterion(BaseCriterion):
     from both a's and n's, the paper's definition (the pair (n, m) is then a negative pair)."""
 
     requires_miner = True
-    accepted_miners = TRIPLET_MINERS
+    miner_output = TRIPLETS
     requires_normalized = True
+
+    options = (
+        Option("--loss_quadruplet_margin_alpha_1", default=0.2, type=non_negative_float),
+        Option("--loss_quadruplet_margin_alpha_2", default=0.2, type=non_negative_float),
+        Option("--loss_quadruplet_fourth_by_class", action="store_true",
+               help="quadruplet: draw the fourth row among rows of a third class (the paper) "
+                    "instead of the published draw by triplet index. See docs/PARITY.md."),
+    )
 
     def __init__(self, miner, margin_alpha_1: float = 0.2, margin_alpha_2: float = 0.2,
                  fourth_by_class: bool = False) -> None:

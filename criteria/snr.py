@@ -7,9 +7,13 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from utilities.options import Option, non_negative_float
+
+from batchminer._base import TRIPLETS
+
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import (TRIPLET_MINERS, full_precision, pairwise_distances,
+from ._functional import (full_precision, pairwise_distances,
                           triplet_stats)
 
 
@@ -34,8 +38,13 @@ class SNRCriterion(BaseCriterion):
     ``from_options``)."""
 
     requires_miner = True
-    accepted_miners = TRIPLET_MINERS
+    miner_output = TRIPLETS
     requires_normalized = True
+
+    options = (
+        Option("--loss_snr_margin", default=0.2, type=non_negative_float),
+        Option("--loss_snr_reg_lambda", default=0.005, type=non_negative_float),
+    )
 
     def __init__(self, miner, margin: float = 0.2, reg_lambda: float = 0.005) -> None:
         super().__init__()

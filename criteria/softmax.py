@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utilities.options import Option, positive_float
+
 from . import REGISTRY
 from ._base import BaseCriterion
 from ._functional import cosine_to, full_precision, row_stats
@@ -21,6 +23,11 @@ class NormalizedSoftmaxCriterion(BaseCriterion):
 
     requires_miner = False
     requires_normalized = True
+
+    options = (
+        Option("--loss_softmax_lr", default=0.00001, type=positive_float),
+        Option("--loss_softmax_temperature", default=0.05, type=positive_float),
+    )
 
     def __init__(self, num_classes: int, embed_dim: int, temperature: float = 0.05,
                  lr: float = 1e-5) -> None:

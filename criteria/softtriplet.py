@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utilities.options import Option, non_negative_float, positive_float, positive_int
+
 from . import REGISTRY
 from ._base import BaseCriterion
 from ._functional import cosine_to, full_precision, gram, row_stats
@@ -23,6 +25,15 @@ class SoftTripleCriterion(BaseCriterion):
 
     requires_miner = False
     requires_normalized = True
+
+    options = (
+        Option("--loss_softtriplet_n_centroids", default=2, type=positive_int),
+        Option("--loss_softtriplet_margin_delta", default=0.01, type=non_negative_float),
+        Option("--loss_softtriplet_gamma", default=0.1, type=positive_float),
+        Option("--loss_softtriplet_lambda", default=8, type=positive_float),
+        Option("--loss_softtriplet_reg_weight", default=0.2, type=non_negative_float),
+        Option("--loss_softtriplet_lrmulti", default=1, type=non_negative_float),
+    )
 
     def __init__(self, num_classes: int, embed_dim: int, centers_per_class: int = 2,
                  margin_delta: float = 0.01, gamma: float = 0.1, lam: float = 8.0,

@@ -7,9 +7,13 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from utilities.options import Option, non_negative_float
+
+from batchminer._base import TRIPLETS
+
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import (TRIPLET_MINERS, full_precision, pairwise_distances, mine_triplets,
+from ._functional import (full_precision, pairwise_distances, mine_triplets,
                           triplet_stats)
 
 DISTANCES = ("squared", "plain")
@@ -26,8 +30,15 @@ class TripletCriterion(BaseCriterion):
     """
 
     requires_miner = True
-    accepted_miners = TRIPLET_MINERS
+    miner_output = TRIPLETS
     requires_normalized = True
+
+    options = (
+        Option("--loss_triplet_margin", default=0.2, type=non_negative_float),
+        Option("--loss_triplet_distance", default="squared", choices=["squared", "plain"],
+               help="triplet: squared Euclidean distances as published (default), or plain "
+                    "Euclidean distances. See docs/PARITY.md."),
+    )
 
     def __init__(self, miner, margin: float = 0.2, distance: str = "squared") -> None:
         super().__init__()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Dict, List, Optional
 
-from utilities.options import non_negative_float, option_name, positive_float, positive_int
+from utilities.options import (Option, add_declared, non_negative_float, option_name,
+                               positive_float, positive_int)
 
 from .sampling import DenselyAnchoredSampling, check_settings
 
@@ -14,30 +15,36 @@ PRODUCE_TYPES = ("DAS",)
 GROUP_TITLE = "DAS (densely-anchored sampling)"
 
 
+OPTIONS = (
+    Option("--embedding_producer_used", action="store_true",
+           help="Add generated embeddings (dense anchors) to every batch."),
+    Option("--produce_type", default="DAS", type=str, help="Embedding producer; only DAS exists."),
+    Option("--das_num_produce", default=3, type=positive_int,
+           help="Generated copies of the batch per step."),
+    Option("--das_not_normalize", action="store_true", help="Do not L2-normalize generated rows."),
+    Option("--das_dfs_num_scale", default=4, type=positive_int,
+           help="K: dimensions scaled by DFS."),
+    Option("--das_dfs_scale_left", default=0.5, type=positive_float,
+           help="DFS scale factors from [left, right)."),
+    Option("--das_dfs_scale_right", default=2.0, type=positive_float),
+    Option("--das_mts_num_transformation_bank", default=10, type=positive_int,
+           help="Q: differences kept per class by MTS."),
+    Option("--das_mts_scale", default=0.01, type=non_negative_float,
+           help="Scale of the MTS shift."),
+    Option("--detach", action="store_true", help="Generated rows carry no gradient."),
+    Option("--aux_loss", action="store_true", help="Loss = L(real) + w * L(real + generated)."),
+    Option("--aux_loss_weight", default=1.0, type=non_negative_float),
+    Option("--das_save_frequency_epochs", default=[], nargs="*", type=positive_int,
+           help="Epochs (1-based) after which DFS's class-by-dimension counter, each row divided "
+                "by its maximum, is saved as das_frequency_epoch<N>.npy in the run folder (for "
+                "`python -m tools.figures frequency`)."),
+)
+
+
 def add_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Declare DAS's options (names and defaults of the published scripts)."""
     group = parser.add_argument_group(GROUP_TITLE)
-    add = group.add_argument
-    add("--embedding_producer_used", action="store_true",
-        help="Add generated embeddings (dense anchors) to every batch.")
-    add("--produce_type", default="DAS", type=str, help="Embedding producer; only DAS exists.")
-    add("--das_num_produce", default=3, type=positive_int,
-        help="Generated copies of the batch per step.")
-    add("--das_not_normalize", action="store_true", help="Do not L2-normalize generated rows.")
-    add("--das_dfs_num_scale", default=4, type=positive_int, help="K: dimensions scaled by DFS.")
-    add("--das_dfs_scale_left", default=0.5, type=positive_float,
-        help="DFS scale factors from [left, right).")
-    add("--das_dfs_scale_right", default=2.0, type=positive_float)
-    add("--das_mts_num_transformation_bank", default=10, type=positive_int,
-        help="Q: differences kept per class by MTS.")
-    add("--das_mts_scale", default=0.01, type=non_negative_float, help="Scale of the MTS shift.")
-    add("--detach", action="store_true", help="Generated rows carry no gradient.")
-    add("--aux_loss", action="store_true", help="Loss = L(real) + w * L(real + generated).")
-    add("--aux_loss_weight", default=1.0, type=non_negative_float)
-    add("--das_save_frequency_epochs", default=[], nargs="*", type=positive_int,
-        help="Epochs (1-based) after which DFS's class-by-dimension counter, each row divided "
-             "by its maximum, is saved as das_frequency_epoch<N>.npy in the run folder (for "
-             "`python -m tools.figures frequency`).")
+    add_declared(group, OPTIONS)
     return group
 
 

@@ -1,11 +1,13 @@
 """Base class of the batch samplers: deterministic per (seed, epoch) and resumable mid-epoch."""
 from __future__ import annotations
 
-from typing import Dict, Iterator, List
+from typing import ClassVar, Dict, Iterator, List, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
+
+from utilities.options import Option
 
 
 class BaseBatchSampler(Sampler[List[int]]):
@@ -20,6 +22,8 @@ class BaseBatchSampler(Sampler[List[int]]):
     # Samplers that choose batches from embeddings of the training set (datasampler/_storage.py)
     # set this; main.py then feeds them through refresh_storage / update_storage.
     needs_embeddings = False
+    # Its own --data_* options (storage samplers share theirs), collected by parameters.py.
+    options: ClassVar[Tuple[Option, ...]] = ()
 
     def __init__(self, labels: np.ndarray, batch_size: int, samples_per_class: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1) -> None:

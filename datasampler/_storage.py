@@ -21,6 +21,9 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 import torch
 
+from utilities.options import (Option, Range, at_least, non_negative_int, positive_float,
+                               positive_int)
+
 from ._base import BaseBatchSampler
 
 
@@ -28,6 +31,32 @@ class StorageBatchSampler(BaseBatchSampler):
     """Common storage, per-class lookup and resume logic; subclasses implement ``draw_batch``."""
 
     needs_embeddings = True
+
+    options = (
+        Option("--data_batchmatch_bigbs", default=512, type=positive_int,
+               help="Coreset / batch-match samplers: size of the big batch a batch is chosen "
+                    "from."),
+        Option("--data_batchmatch_ncomps", default=10, type=positive_int,
+               help="Batch-match samplers: candidate batches compared per batch."),
+        Option("--data_storage_no_update", action="store_true",
+               help="Storage samplers: do not replace storage entries with each step's "
+                    "embeddings."),
+        Option("--data_storage_update_every", default=0, type=non_negative_int,
+               help="Storage samplers: recompute the whole storage every N steps (0: only at the "
+                    "start of every epoch after the first, with --data_idx_full_prec, as "
+                    "published)."),
+        Option("--data_idx_full_prec", action="store_true",
+               help="Storage samplers: recompute the whole storage before every epoch."),
+        Option("--data_sampler_lowproj_dim", default=-1, type=at_least(1, also=(-1,)),
+               help="Coreset / batch-match samplers: random linear projection of the storage to "
+                    "this dimension first (-1: none)."),
+        Option("--data_sim_measure", default="euclidean", choices=["euclidean"],
+               help="Distance of the coreset / batch-match samplers (published: only euclidean)."),
+        Option("--data_mb_mom", default=-1, type=Range(float, low=0.0, high=1.0, also=(-1,)),
+               help="Storage samplers: momentum of full storage updates (-1: replace)."),
+        Option("--data_mb_lr", default=1, type=positive_float,
+               help="Storage samplers: step on the momentum term of --data_mb_mom."),
+    )
 
     def __init__(self, labels: np.ndarray, batch_size: int, samples_per_class: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, class_names=None, bigbs: int = 512,

@@ -18,12 +18,19 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import multivariate_normal
 
+from utilities.options import Option, non_negative_float
+
 from . import REGISTRY
 from ._storage import StorageBatchSampler, squared_distances
 
 
 @REGISTRY.register("d2_coreset")
 class D2CoresetSampler(StorageBatchSampler):
+    options = StorageBatchSampler.options + (
+        Option("--data_d2_coreset_lambda", default=1, type=non_negative_float,
+               help="d2_coreset: exponent on the distance weights."),
+    )
+
     def __init__(self, labels: np.ndarray, batch_size: int, samples_per_class: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, class_names=None, bigbs: int = 512,
                  lowproj_dim: int = -1, mb_mom: float = -1.0, mb_lr: float = 1.0,

@@ -14,12 +14,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from utilities.options import Option, non_negative_float
+
 from . import REGISTRY
 from ._storage import StorageBatchSampler, squared_distances
 
 
 @REGISTRY.register("greedy_coreset")
 class GreedyCoresetSampler(StorageBatchSampler):
+    options = StorageBatchSampler.options + (
+        Option("--data_gc_coreset_lim", default=1e-9, type=non_negative_float,
+               help="greedy_coreset: accepted for the published scripts (unused there)."),
+        Option("--data_gc_softened", action="store_true",
+               help="greedy_coreset: draw among the top 3%% farthest points instead of the "
+                    "farthest."),
+    )
+
     def __init__(self, labels: np.ndarray, batch_size: int, samples_per_class: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, class_names=None, bigbs: int = 512,
                  lowproj_dim: int = -1, mb_mom: float = -1.0, mb_lr: float = 1.0,

@@ -13,12 +13,19 @@ from typing import List, Optional
 
 import numpy as np
 
+from utilities.options import Option, positive_int
+
 from . import REGISTRY
 from .class_random import ClassRandomSampler
 
 
 @REGISTRY.register("super_class_random")
 class SuperClassRandomSampler(ClassRandomSampler):
+    options = (
+        Option("--data_num_super", default=1, type=positive_int,
+               help="super_class_random: super-classes drawn per batch."),
+    )
+
     def __init__(self, labels: np.ndarray, batch_size: int, samples_per_class: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, class_names=None,
                  super_labels: Optional[np.ndarray] = None, num_super: int = 1) -> None:

@@ -1,4 +1,4 @@
-"""Shared fixtures.
+"""Shared fixtures (the data and options behind them live in tests/fixtures.py).
 
 ``omniglot_root``: the real Omniglot "background small 1" data bundled with the repository
 (``data/omniglot/``), unzipped once per test session into a temporary folder. It returns the
@@ -11,22 +11,13 @@ tests never write into the user's cache.
 """
 from __future__ import annotations
 
-import os
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-OMNIGLOT_ZIP_NAME = "images_background_small1.zip"
-OMNIGLOT_TREE_NAME = "images_background_small1"
-OMNIGLOT_CLASSES = 136
-OMNIGLOT_IMAGES = 2720
-
-
-OMNIGLOT_ZIP = REPO_ROOT / "data" / "omniglot" / OMNIGLOT_ZIP_NAME
+from tests.fixtures import (OMNIGLOT_IMAGES, OMNIGLOT_TREE_NAME, OMNIGLOT_ZIP, REPO_ROOT,  # noqa: F401
+                            write_glyph_folder, write_patch_folder)
 
 
 @pytest.fixture(autouse=True)
@@ -90,17 +81,10 @@ def generated_folder(tmp_path_factory) -> Path:
     """8 classes of 14 images: a class-specific 5x5 glyph at a random place on strong noise, so
     the untrained network retrieves poorly and learning to ignore the noise pays. Every class
     draws its glyph in the same colour: only the glyph's shape tells the classes apart."""
-    root = tmp_path_factory.mktemp("generated") / "glyphs"
-    rng = np.random.default_rng(0)
-    for c in range(8):
-        glyph = rng.random((5, 5)) > 0.5
-        rng.integers(60, 255, size=3)  # unused draw: keeps the glyphs and noise of earlier runs
-        colour = np.array([230, 230, 230])
-        os.makedirs(root / f"class_{c:02d}")
-        for i in range(14):
-            image = rng.integers(0, 160, size=(40, 40, 3)).astype(np.uint8)
-            big = np.kron(glyph, np.ones((5, 5), dtype=bool))
-            y, x = rng.integers(0, 15, size=2)
-            image[y:y + 25, x:x + 25][big] = colour
-            Image.fromarray(image).save(root / f"class_{c:02d}" / f"{i}.png")
-    return root
+    return write_glyph_folder(tmp_path_factory.mktemp("generated") / "glyphs")
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    """12 classes x 4 images of 16x16 noise with a class colour patch (half the classes train)."""
+    return write_patch_folder(tmp_path_factory.mktemp("criteria_main") / "tiny")

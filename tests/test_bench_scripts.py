@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from bench import train_step as bench
+from tests.fixtures import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 GPU_CHECK = REPO_ROOT / "bench" / "gpu_check.sh"
 TINY = ["--arch", "tinycnn_normalize", "--crop_size", "16", "--bs", "8", "--samples_per_class", "2",
         "--embed_dim", "16", "--das_dfs_num_scale", "4", "--kernels", "0", "--lr", "1e-3"]

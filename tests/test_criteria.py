@@ -512,3 +512,34 @@ def test_criteria_compute_in_float32_inside_bf16_autocast(opt):
             inside = criterion(embeddings, labels)
         assert inside.dtype == torch.float32, name
         torch.testing.assert_close(inside, reference, rtol=1e-6, atol=1e-6)
+
+
+def test_accepted_miners_follow_from_the_miners_output(monkeypatch):
+    """A criterion accepts exactly the miners returning what it consumes: a new triplet miner is
+    accepted by every triplet criterion without any list to edit."""
+    from batchminer._base import TRIPLETS, BaseMiner
+    for name in batchminer.REGISTRY.names():
+        assert batchminer.REGISTRY.get(name).output, name  # every miner says what it returns
+    monkeypatch.setitem(batchminer.REGISTRY._members, "zz_new_triplets",
+                        type("NewMiner", (BaseMiner,), {"output": TRIPLETS}))
+    for name in criteria.REGISTRY.names():
+        member = criteria.REGISTRY.get(name)
+        assert ("zz_new_triplets" in member.accepted_miners) == (member.miner_output == TRIPLETS)
+    assert criteria.REGISTRY.get("triplet").accepted_miners[-1] == "zz_new_triplets"
+
+
+def test_every_member_option_is_collected_once():
+    """parameters.py collects each criterion's, miner's and sampler's declared options, each
+    option once, and every --loss_/--miner_ option is declared by a registered member."""
+    import datasampler
+    import parameters
+    parser = parameters.build_parser()
+    names = [s for action in parser._actions for s in action.option_strings]
+    assert len(names) == len(set(names))
+    for registry in (criteria.REGISTRY, batchminer.REGISTRY, datasampler.REGISTRY):
+        for name in registry.names():
+            for option in registry.get(name).options:
+                assert option.names[0] in names, (name, option)
+    declared = {option.names[0] for registry in (criteria.REGISTRY, batchminer.REGISTRY)
+                for name in registry.names() for option in registry.get(name).options}
+    assert {n for n in names if n.startswith(("--loss_", "--miner_"))} == declared

@@ -5,11 +5,8 @@ from __future__ import annotations
 import csv
 import math
 import os
-from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 import main
 
@@ -23,21 +20,6 @@ TABLE2_METHODS = [
     ("npair", "npair", "tinycnn"),
     ("multisimilarity", "distance", "tinycnn_normalize"),
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> Path:
-    """12 classes x 4 images of 16x16 noise with a class colour patch (half the classes train)."""
-    root = tmp_path_factory.mktemp("criteria_main") / "tiny"
-    rng = np.random.default_rng(0)
-    for c in range(12):
-        os.makedirs(root / f"c{c}")
-        colour = rng.integers(0, 255, size=3)
-        for i in range(4):
-            image = rng.integers(0, 255, size=(16, 16, 3)).astype(np.uint8)
-            image[4:12, 4:12] = colour
-            Image.fromarray(image).save(root / f"c{c}" / f"{i}.png")
-    return root
 
 
 @pytest.mark.parametrize("loss,miner,arch", TABLE2_METHODS)

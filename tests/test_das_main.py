@@ -11,11 +11,10 @@ from typing import Dict, List
 
 import torch
 
+from tests.fixtures import DAS_ON, FAST_RUN, REPO_ROOT
 from tools.smoke_data import make_smoke_datasets
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHORT_RUN = ["--arch", "resnet18_normalize", "--not_pretrained", "--crop_size", "32",
-             "--kernels", "0", "--embedding_producer_used", "--produce_type", "DAS"]
+SHORT_RUN = FAST_RUN + DAS_ON
 
 
 def run_main(args: List[str]) -> subprocess.CompletedProcess:

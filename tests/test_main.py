@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import main
+from tests.fixtures import FAST_RUN
 from utilities import run_folder as rf
 
 # Small enough for a 2-core CPU: resnet18 from scratch at 32x32 crops.
-FAST = ["--arch", "resnet18_normalize", "--not_pretrained", "--crop_size", "32", "--kernels", "0",
-        "--lr", "1e-3", "--log_every", "5"]
+FAST = FAST_RUN + ["--lr", "1e-3", "--log_every", "5"]
 
 
 def read_metrics(folder: str):

@@ -10,7 +10,7 @@ from typing import Dict, List
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.fixtures import shared_file
 from tools import paper_tables as pt
 from utilities.run_folder import MetricsTable, write_config
 
@@ -207,8 +207,8 @@ def test_repository_copy_of_the_paper_figures_is_complete():
             for dataset, metrics in layout.metrics.items():
                 for metric in metrics:
                     assert (row_key, dataset, metric) in paper
-    shared = REPO_ROOT.parent / "shared" / "paper" / "das_paper_results.csv"
-    if shared.is_file():
+    shared = shared_file("paper/das_paper_results.csv")
+    if shared is not None:
         assert filecmp.cmp(shared, pt.PAPER_RESULTS, shallow=False)
 
 

@@ -15,10 +15,11 @@ import pytest
 import torch
 
 import main
+from tests.fixtures import REPO_ROOT
 from utilities import checkpoint as ckpt
 from utilities import run_folder as rf
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 # CPU float reductions depend on torch's thread count, so every run of this module, in this
 # process or a subprocess, uses the same one, whatever earlier tests left behind.
 THREADS = 1

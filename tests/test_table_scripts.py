@@ -16,7 +16,7 @@ from typing import Dict, List, Tuple
 import pytest
 
 from parameters import parse_options
-from tests.conftest import REPO_ROOT
+from tests.fixtures import REPO_ROOT
 from tools import paper_tables as pt
 
 DAS_KEYS = {"embedding_producer_used", "produce_type", "detach", "aux_loss", "aux_loss_weight"}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 
 class OptionParser(argparse.ArgumentParser):
@@ -123,6 +123,42 @@ def torch_device(text: str) -> str:
         raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got '{text}' "
                                          f"(device type '{device.type}' is not supported)")
     return text
+
+
+class Option:
+    """One command-line option, declared next to the code that reads it: the arguments of
+    ``argparse``'s ``add_argument``. Members of a registry list theirs in a class attribute
+    ``options``; ``parameters.py`` collects them (:func:`add_declared`)::
+
+        options = (Option("--loss_triplet_margin", default=0.2, type=non_negative_float,
+                          help="triplet: margin m of max(0, d(a, p) - d(a, n) + m)."),)
+    """
+
+    def __init__(self, *names: str, **settings: Any) -> None:
+        self.names, self.settings = names, settings
+
+    def add_to(self, group) -> argparse.Action:
+        return group.add_argument(*self.names, **self.settings)
+
+    def __repr__(self) -> str:
+        return f"Option({', '.join(self.names)})"
+
+
+def add_declared(group, options: Iterable[Option]) -> None:
+    """Add ``options`` to an argument group (or parser), each declaration once: a declaration
+    shared by several members (e.g. inherited from a base class) is added the first time."""
+    added = set()
+    for option in options:
+        if id(option) not in added:
+            option.add_to(group)
+            added.add(id(option))
+
+
+def registry_options(registry) -> List[Option]:
+    """The options declared by a registry's members (class attribute ``options``), members in
+    name order."""
+    return [option for name in registry.names()
+            for option in getattr(registry.get(name), "options", ())]
 
 
 def document_ranges(parser: argparse.ArgumentParser) -> None:
