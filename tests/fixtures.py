@@ -68,3 +68,17 @@ def write_patch_folder(root: Path, classes: int = 12, per_class: int = 4) -> Pat
             image[4:12, 4:12] = colour
             Image.fromarray(image).save(root / f"c{c}" / f"{i}.png")
     return root
+
+
+class FixedMiner:
+    """A miner that returns the tuples it was given, whatever the batch: criteria tests feed the
+    same tuples to the vectorized code and to a loop oracle, free of the miners' randomness."""
+
+    registry_name = "fixed"
+
+    def __init__(self, tuples):
+        self.tuples = tuples
+        self.stats = {}
+
+    def __call__(self, embeddings, labels, distances=None):
+        return self.tuples

@@ -19,6 +19,7 @@ from pytorch_metric_learning import reducers as pml_reducers
 import batchminer
 import criteria
 from parameters import parse_options
+from tests.fixtures import FixedMiner
 from utilities.registry import UnknownNameError
 
 torch.set_default_dtype(torch.float32)
@@ -26,18 +27,6 @@ torch.set_default_dtype(torch.float32)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-
-class FixedMiner:
-    """Returns the tuples it was given, so that both implementations see the same ones."""
-
-    registry_name = "fixed"
-
-    def __init__(self, tuples):
-        self.tuples = tuples
-        self.stats = {}
-
-    def __call__(self, embeddings, labels, distances=None):
-        return self.tuples
 
 
 def raw_batch(num_classes=5, per_class=4, dim=12, seed=0):

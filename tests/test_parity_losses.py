@@ -17,21 +17,10 @@ import batchminer
 import criteria
 import datasampler
 from parameters import parse_options
+from tests.fixtures import FixedMiner
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-
-class FixedMiner:
-    """Returns the given tuples, whatever the batch (controls the miner's randomness)."""
-
-    registry_name = "fixed"
-
-    def __init__(self, tuples):
-        self.tuples = tuples
-        self.stats = {}
-
-    def __call__(self, embeddings, labels, distances=None):
-        return self.tuples
 
 
 def normalized_batch(num_classes=5, per_class=3, dim=6, seed=0):
