@@ -72,7 +72,6 @@ class DatasetSplits:
     name: str
     train: Split
     evaluation: Dict[str, Union[Split, Tuple[Split, Split]]] = field(default_factory=dict)
-    validation: Optional[Split] = None
 
 
 # torchvision 0.29 announces that torchvision.io's decoders will move to torchcodec; they are the
