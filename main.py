@@ -33,7 +33,7 @@ import datasampler
 import datasets
 import evaluation
 import metrics
-from datasets import DataError, ImageDataset
+from datasets import DataError, ImageDataset, QueryGallery
 from parameters import FILLED_IN, build_parser, parse_command_line, resolve_dataset_defaults
 from utilities import checkpoint as ckpt
 from utilities import distributed
@@ -120,7 +120,7 @@ def validate_options(opt: argparse.Namespace, given: Optional[Dict] = None) -> N
 def validate_data(opt: argparse.Namespace, splits: datasets.DatasetSplits) -> None:
     """Checks that need the data: every evaluation split must hold two classes or more."""
     for name, split in splits.evaluation.items():
-        if isinstance(split, tuple):  # In-Shop (query, gallery): checked by its parser
+        if isinstance(split, QueryGallery):  # In-Shop: checked by its parser
             continue
         if split.num_classes < 2:
             if name == "val":
@@ -316,8 +316,8 @@ def build_training(opt: argparse.Namespace, device: torch.device) -> Training:
                               decode)
 
     def eval_dataset(split):
-        if isinstance(split, tuple):  # In-Shop: (query, gallery)
-            return tuple(image_dataset(s, transform_config, False, decode) for s in split)
+        if isinstance(split, QueryGallery):  # In-Shop
+            return split.map(lambda s: image_dataset(s, transform_config, False, decode))
         return image_dataset(split, transform_config, False, decode)
 
     eval_sets = {name: eval_dataset(split) for name, split in splits.evaluation.items()}
@@ -495,9 +495,9 @@ def evaluate_all(model, eval_sets, opt, device, writer=None, epoch: int = 0) -> 
     eval_backend = evaluation.select_backend(getattr(opt, "eval_backend", "auto"), device)
     results = {}
     for split_name, eval_set in eval_sets.items():
-        if isinstance(eval_set, tuple):  # In-Shop: queries searched among the gallery only
-            (queries, query_labels) = embed(eval_set[0])
-            (gallery, gallery_labels) = embed(eval_set[1])
+        if isinstance(eval_set, QueryGallery):  # In-Shop: queries searched among the gallery only
+            (queries, query_labels) = embed(eval_set.query)
+            (gallery, gallery_labels) = embed(eval_set.gallery)
         else:
             (gallery, gallery_labels), queries, query_labels = embed(eval_set), None, None
         if not distributed.is_main_process():

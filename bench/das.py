@@ -9,8 +9,8 @@ timed on the same batches, interleaved, and the medians are compared:
 * ``ms_loss_ms``: ``pytorch_metric_learning.losses.MultiSimilarityLoss`` forward + backward on
   the 448 rows DAS returned.
 
-Goal: ratio <= 0.15 on CPU. The paper's published per-sample implementation measured 46.7 ms per
-step here, 3.0x the loss (issue 4). Run: ``python -m bench.das`` (``--device cuda`` on a GPU).
+Goal: ratio <= 0.15 on CPU; measured figures (and the paper's per-sample implementation's) are in
+docs/PERFORMANCE.md, section DAS. Run: ``python -m bench.das`` (``--device cuda`` on a GPU).
 The last line is ``das_ms=<a> ms_loss_ms=<b> ratio=<a/b>``.
 """
 from __future__ import annotations

@@ -56,7 +56,6 @@ import statistics
 import sys
 import tempfile
 import time
-import types
 import warnings
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -85,24 +84,8 @@ HEAD_PHASES = ("das_forward", "mining", "loss_forward", "das_loss_backward")
 
 
 def import_main():
-    """``import main``. main.py imports the evaluation code, which imports faiss at module level;
-    training steps never call faiss, so where faiss is not installed (a bare GPU machine) a
-    placeholder that fails on first use stands in for it, and a note says so."""
-    try:
-        import main
-        return main
-    except ModuleNotFoundError as error:
-        if error.name != "faiss":
-            raise
-    placeholder = types.ModuleType("faiss")
-
-    def unavailable(name):
-        raise ModuleNotFoundError(f"faiss is not installed (needed for faiss.{name}); "
-                                  f"bench/train_step.py imported main.py without it")
-
-    placeholder.__getattr__ = unavailable  # module-level __getattr__ (PEP 562)
-    sys.modules["faiss"] = placeholder
-    print("note: faiss is not installed; training steps do not use it", flush=True)
+    """``import main`` (deferred until a mode runs; main.py needs no faiss: evaluation imports it
+    only when its faiss backend is used)."""
     import main
     return main
 

@@ -9,7 +9,7 @@ from typing import Optional
 
 from utilities.registry import Registry
 
-from ._base import (DataError, DatasetSplits, ImageDataset, Split, TransformConfig,
+from ._base import (DataError, DatasetSplits, ImageDataset, QueryGallery, Split, TransformConfig,
                     build_pil_transform)
 from ._transforms import InputNormalizer, build_transform
 from ._batch import resolve_decode
@@ -43,6 +43,6 @@ def load(name: str, source: Optional[str], use_tv_split: bool = False, tv_split_
     return splits
 
 
-__all__ = ["REGISTRY", "load", "DataError", "DatasetSplits", "ImageDataset", "Split",
-           "TransformConfig", "build_transform", "build_pil_transform", "InputNormalizer",
+__all__ = ["REGISTRY", "load", "DataError", "DatasetSplits", "ImageDataset", "QueryGallery",
+           "Split", "TransformConfig", "build_transform", "build_pil_transform", "InputNormalizer",
            "resolve_decode"]

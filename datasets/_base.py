@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import io
 import warnings
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -64,15 +64,26 @@ class Split:
         return len(self.images)
 
 
+class QueryGallery(NamedTuple):
+    """An evaluation split whose queries are searched among a separate gallery (In-Shop), as
+    Splits or as the ImageDatasets made from them; unpacks as ``query, gallery``."""
+
+    query: Union[Split, "ImageDataset"]
+    gallery: Union[Split, "ImageDataset"]
+
+    def map(self, function: Callable) -> "QueryGallery":
+        """The pair with ``function`` applied to both sides (e.g. Split -> ImageDataset)."""
+        return QueryGallery(function(self.query), function(self.gallery))
+
+
 @dataclass
 class DatasetSplits:
     """A parsed dataset. ``evaluation`` maps a split name to either one Split (each image is a
-    query against all others) or a (query, gallery) pair (In-Shop)."""
+    query against all others) or a QueryGallery pair (In-Shop)."""
 
     name: str
     train: Split
-    evaluation: Dict[str, Union[Split, Tuple[Split, Split]]] = field(default_factory=dict)
-    validation: Optional[Split] = None
+    evaluation: Dict[str, Union[Split, QueryGallery]] = field(default_factory=dict)
 
 
 # torchvision 0.29 announces that torchvision.io's decoders will move to torchcodec; they are the

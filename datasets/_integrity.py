@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ._base import DataError, DatasetSplits, Split
+from ._base import DataError, DatasetSplits, QueryGallery, Split
 
 FileKey = Tuple[int, int]  # (st_dev, st_ino): the same file under any name
 
@@ -67,7 +67,7 @@ def check_integrity(splits: DatasetSplits) -> None:
     train_names = set(train.class_names)
     train_keys = _file_keys(train.images)
     for name, evaluation in splits.evaluation.items():
-        parts = evaluation if isinstance(evaluation, tuple) else (evaluation,)
+        parts = evaluation if isinstance(evaluation, QueryGallery) else (evaluation,)
         for part in parts:
             overlap = sorted(train_names.intersection(part.class_names))
             if overlap:

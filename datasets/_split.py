@@ -59,4 +59,4 @@ def split_train_validation(splits: DatasetSplits, train_share: float, by_samples
         validation = _subset(train, np.flatnonzero(train.labels >= n_train_classes), val_classes)
     evaluation = dict(splits.evaluation)
     evaluation["val"] = validation
-    return DatasetSplits(splits.name, new_train, evaluation, validation)
+    return DatasetSplits(splits.name, new_train, evaluation)

@@ -7,10 +7,10 @@ relative to ``in-shop/``, e.g. ``img/WOMEN/Dresses/id_00000002/02_1_front.jpg``)
 train, query or gallery. Every row is kept and the count line must match them (the paper's
 published loader drops the first row, and its evaluation then crashes).
 
-Train: 3,997 items / 25,882 images. Evaluation ``{'test': (query, gallery)}``: 14,218 query and
-12,612 gallery images; each query is searched among the gallery only. Query and gallery share
-one label space (the test items sorted by item_id), so a query's label equals the label of its
-item's gallery images.
+Train: 3,997 items / 25,882 images. Evaluation ``{'test': QueryGallery(query, gallery)}``:
+14,218 query and 12,612 gallery images; each query is searched among the gallery only. Query
+and gallery share one label space (the test items sorted by item_id), so a query's label equals
+the label of its item's gallery images.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import sys
 from typing import Dict, List, Optional
 
 from . import REGISTRY
-from ._base import DataError, DatasetSplits, Split
+from ._base import DataError, DatasetSplits, QueryGallery, Split
 from ._integrity import queries_without_gallery
 from ._layout import (MIN_CLASSES_PER_SPLIT, check_disjoint_lists, check_listed_images,
                       check_unique_rows, dataset_root, dense_labels, read_list_file,
@@ -119,4 +119,4 @@ def load_in_shop(source: Optional[str], folder_name: Optional[str] = None) -> Da
               f"'{list_file}' have no gallery image of their item; they cannot be answered and "
               f"are reported as test/queries_without_gallery, outside the retrieval averages",
               file=sys.stderr, flush=True)
-    return DatasetSplits("in-shop", train, {"test": (query_split, gallery_split)})
+    return DatasetSplits("in-shop", train, {"test": QueryGallery(query_split, gallery_split)})

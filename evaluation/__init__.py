@@ -3,10 +3,9 @@
 ``evaluate(model, eval_set, ...)`` is what ``main.py`` calls after each epoch;
 ``compute_metrics(names, embeddings, labels, ...)`` works on numpy arrays (tests, benchmarks).
 """
-from .backend import EvaluationBackend, select_backend
+from .backend import EvaluationBackend, faiss_gpu_available, select_backend
 from .compute import compute_metrics, evaluate
 from .embeddings import compute_embeddings
-from .faiss_ops import faiss_gpu_available
 
 __all__ = ["EvaluationBackend", "select_backend", "compute_embeddings", "compute_metrics",
            "evaluate", "faiss_gpu_available"]

@@ -2,6 +2,10 @@
 
 ``auto`` takes torch on a CUDA device when the faiss GPU build is absent (the faiss CPU build
 would otherwise leave the GPU idle through evaluation), faiss everywhere else.
+
+faiss_ops (which imports faiss) is imported only when the faiss backend is used, so that training
+and the torch backend run where faiss is not installed; its functions are looked up on the module
+at each call (tests replace them there).
 """
 from __future__ import annotations
 
@@ -11,9 +15,32 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from . import faiss_ops, torch_ops
+from . import _blocks, torch_ops
 
 BACKENDS = ("auto", "faiss", "torch")
+
+
+def _faiss_ops():
+    """The faiss_ops module, imported on first use; a one-line error where faiss is missing."""
+    try:
+        from . import faiss_ops
+    except ModuleNotFoundError as error:
+        if error.name != "faiss":
+            raise
+        raise ModuleNotFoundError("--eval_backend faiss needs faiss (faiss-cpu or faiss-gpu), "
+                                  "which is not installed; use --eval_backend torch",
+                                  name="faiss") from None
+    return faiss_ops
+
+
+def faiss_gpu_available() -> bool:
+    """True when the faiss GPU build is installed and sees at least one CUDA device (False
+    where faiss is not installed at all)."""
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return _faiss_ops().faiss_gpu_available()
 
 
 @dataclass(frozen=True)
@@ -26,15 +53,21 @@ class EvaluationBackend:
     def neighbour_index(self, references: np.ndarray, max_k: int):
         if self.name == "torch":
             return torch_ops.TorchNeighbourIndex(references, max_k, self.device)
-        return faiss_ops.NeighbourIndex(references, max_k)
+        return _faiss_ops().NeighbourIndex(references, max_k)
 
     def kmeans_cluster_ids(self, embeddings: np.ndarray, num_clusters: int, iterations: int,
                            seed: int = 0, cosine: bool = False) -> np.ndarray:
         if self.name == "torch":
             return torch_ops.kmeans_cluster_ids(embeddings, num_clusters, iterations, seed,
                                                 self.device, cosine=cosine)
-        return faiss_ops.kmeans_cluster_ids(embeddings, num_clusters, iterations, seed,
-                                            cosine=cosine)
+        return _faiss_ops().kmeans_cluster_ids(embeddings, num_clusters, iterations, seed,
+                                               cosine=cosine)
+
+    def search_chunk(self, k: int) -> int:
+        """Queries per search call at depth ``k`` (bounded output, see _blocks.chunk_size): a
+        multiple of faiss's query block for faiss; torch, without such a block, is not rounded."""
+        block = _faiss_ops().query_block() if self.name == "faiss" else 1
+        return _blocks.chunk_size(k, block=block)
 
 
 def select_backend(choice: str = "auto",
@@ -46,6 +79,6 @@ def select_backend(choice: str = "auto",
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     if choice == "auto":
-        choice = ("torch" if device.type == "cuda" and not faiss_ops.faiss_gpu_available()
+        choice = ("torch" if device.type == "cuda" and not faiss_gpu_available()
                   else "faiss")
     return EvaluationBackend(choice, device if choice == "torch" else torch.device("cpu"))

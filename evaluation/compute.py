@@ -23,7 +23,6 @@ from metrics import (CLASS_DIRECTIONS, CLUSTERS, COSINE, EUCLIDEAN, NEIGHBOURS, 
 
 from .embeddings import compute_embeddings
 from .backend import EvaluationBackend, select_backend
-from .faiss_ops import chunk_size
 
 # Neighbours searched for every query before the deeper search that only queries without a hit
 # need (Recall@K with large K); see search_depths.
@@ -116,7 +115,7 @@ def retrieval_scores(neighbour_metrics: Sequence[NeighbourMetric], references: n
         for metric in neighbour_metrics:
             totals[metric.name] += float(metric.per_query(relevance, num_relevant[rows]).sum())
 
-    first_chunk, deep_chunk = chunk_size(k_first + 1), chunk_size(k_deep + 1)
+    first_chunk, deep_chunk = backend.search_chunk(k_first + 1), backend.search_chunk(k_deep + 1)
     for start in range(0, len(scored), first_chunk):
         rows = scored[start:start + first_chunk]
         relevance = relevance_of(rows, k_first)

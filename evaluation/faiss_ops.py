@@ -12,11 +12,8 @@ from typing import Optional
 import faiss
 import numpy as np
 
-# Bytes of faiss output (float32 distance + int64 id per neighbour) per chunk of queries. Keeps
-# the search's own memory bounded (at most 64 MiB: 4,096 queries at k = 1001, all of SOP at
-# k = 65) at no speed cost, since faiss itself works in blocks of 4,096 queries.
-SEARCH_CHUNK_BYTES = 64 * 2**20
-MIN_CHUNK_QUERIES = 256
+from ._blocks import _without_self
+
 # Largest k a faiss GPU flat index searches (faiss/gpu/utils/DeviceDefs.cuh, GPU_MAX_SELECTION_K).
 GPU_MAX_K = 2048
 
@@ -26,13 +23,10 @@ def faiss_gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
-def chunk_size(k: int, chunk_bytes: Optional[int] = None) -> int:
-    """Queries per search call so that a call's output stays within ``chunk_bytes``; a multiple
-    of faiss's own query block when possible (a partial block computes less efficiently)."""
-    chunk_bytes = SEARCH_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
-    queries = max(MIN_CHUNK_QUERIES, chunk_bytes // (12 * k))
-    block = faiss.cvar.distance_compute_blas_query_bs
-    return queries - queries % block if queries >= block else queries
+def query_block() -> int:
+    """Queries faiss's flat search computes in one BLAS block (search chunks are multiples of it,
+    see _blocks.chunk_size)."""
+    return faiss.cvar.distance_compute_blas_query_bs
 
 
 class NeighbourIndex:
@@ -68,18 +62,6 @@ class NeighbourIndex:
         if own_ids is None:
             return self.index.search(queries, k)[1]
         return _without_self(self.index.search(queries, k + 1)[1], own_ids)
-
-
-def _without_self(ids: np.ndarray, own_ids: np.ndarray) -> np.ndarray:
-    """Drop each row's own id from (n, k + 1) ranked ids; rows that lack it lose their last id."""
-    kept = ids[:, 1:]  # the usual case, self ranked first: a view, no copy
-    unusual = np.flatnonzero(ids[:, 0] != own_ids)
-    if unusual.size:
-        rows = ids[unusual]
-        drop = rows == own_ids[unusual, None]
-        drop[~drop.any(axis=1), -1] = True  # exactly one dropped entry per row
-        kept[unusual] = rows[~drop].reshape(len(unusual), -1)
-    return kept
 
 
 def kmeans_cluster_ids(embeddings: np.ndarray, num_clusters: int, iterations: int,

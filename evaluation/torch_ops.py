@@ -19,7 +19,7 @@ from typing import Iterator, Optional, Union
 import numpy as np
 import torch
 
-from .faiss_ops import _without_self
+from ._blocks import _without_self
 
 # Bytes of one block's float32 distance matrix (queries x references, or points x centroids).
 BLOCK_BYTES = 256 * 2**20

@@ -183,7 +183,7 @@ def toy_splits(counts, super_labels=True) -> DatasetSplits:
 def test_tv_split_by_classes_is_class_disjoint():
     splits = toy_splits([2, 3, 2, 4, 2])
     result = split_train_validation(splits, 0.6)
-    train, val = result.train, result.validation
+    train, val = result.train, result.evaluation["val"]
     assert train.class_names == ["class0", "class1", "class2"]
     assert val.class_names == ["class3", "class4"]
     assert not set(train.images) & set(val.images)
@@ -191,14 +191,13 @@ def test_tv_split_by_classes_is_class_disjoint():
     assert train.labels.tolist() == [0, 0, 1, 1, 1, 2, 2]
     assert val.labels.tolist() == [0] * 4 + [1] * 2
     assert val.super_labels.tolist() == [1] * 4 + [0] * 2  # carried over, not relabelled
-    assert result.evaluation["val"] is val
     assert result.evaluation["test"] is splits.evaluation["test"]
 
 
 def test_tv_split_by_samples_keeps_every_class_on_both_sides():
     splits = toy_splits([2, 5, 10])
     result = split_train_validation(splits, 0.8, by_samples=True, seed=3)
-    train, val = result.train, result.validation
+    train, val = result.train, result.evaluation["val"]
     assert train.class_names == val.class_names == splits.train.class_names
     # 2 images: 1 + 1 (rounding alone would keep both); 5: 4 + 1; 10: 8 + 2.
     assert np.bincount(train.labels).tolist() == [1, 4, 8]
@@ -208,9 +207,9 @@ def test_tv_split_by_samples_keeps_every_class_on_both_sides():
     for split in (train, val):
         assert all(original[i] == label for i, label in zip(split.images, split.labels))
     again = split_train_validation(splits, 0.8, by_samples=True, seed=3)
-    assert again.validation.images == val.images  # seeded
+    assert again.evaluation["val"].images == val.images  # seeded
     other = split_train_validation(splits, 0.8, by_samples=True, seed=4)
-    assert other.validation.images != val.images
+    assert other.evaluation["val"].images != val.images
 
 
 def test_tv_split_refusals():

@@ -9,6 +9,7 @@ from torch import nn
 from torchvision import transforms
 
 import evaluation
+import evaluation._blocks
 import evaluation.compute as compute_module
 import evaluation.faiss_ops as faiss_module
 from datasets._base import ImageDataset, Split
@@ -172,8 +173,8 @@ def test_chunked_retrieval_equals_unchunked(call_log, monkeypatch):
     x, y = blobs(700, 7)
     names = ["recall@1", "recall@8", "map@r", "r_precision"]
     whole = compute_metrics(names, x, y)
-    monkeypatch.setattr(evaluation.faiss_ops, "SEARCH_CHUNK_BYTES", 1)
-    monkeypatch.setattr(evaluation.faiss_ops, "MIN_CHUNK_QUERIES", 64)
+    monkeypatch.setattr(evaluation._blocks, "SEARCH_CHUNK_BYTES", 1)
+    monkeypatch.setattr(evaluation._blocks, "MIN_CHUNK_QUERIES", 64)
     call_log["knn_k"].clear()
     assert compute_metrics(names, x, y) == pytest.approx(whole, abs=1e-12)
     assert len(call_log["knn_k"]) == 11  # ceil(700 / 64) chunks

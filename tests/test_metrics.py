@@ -10,7 +10,8 @@ from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 
 import metrics
 from evaluation import compute_metrics
-from evaluation.faiss_ops import NeighbourIndex, _without_self
+from evaluation._blocks import _without_self
+from evaluation.faiss_ops import NeighbourIndex
 from metrics.f1 import F1
 from metrics.nmi import NMI
 from metrics.recall import Recall

@@ -15,6 +15,7 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.metrics import normalized_mutual_info_score
 
 import evaluation.compute as compute_module
+import evaluation._blocks
 import evaluation.faiss_ops
 import metrics
 from evaluation import compute_metrics
@@ -323,8 +324,8 @@ def test_chunked_computation_equals_unchunked(monkeypatch):
     names = ["mAP", "mAP_c", "c_mAP_lim", "dists@intra", "dists@inter", "rho_spectrum@1",
              "rho_spectrum@-2"]
     whole = compute_metrics(names, x, y)
-    monkeypatch.setattr(evaluation.faiss_ops, "SEARCH_CHUNK_BYTES", 1)
-    monkeypatch.setattr(evaluation.faiss_ops, "MIN_CHUNK_QUERIES", 64)
+    monkeypatch.setattr(evaluation._blocks, "SEARCH_CHUNK_BYTES", 1)
+    monkeypatch.setattr(evaluation._blocks, "MIN_CHUNK_QUERIES", 64)
     monkeypatch.setattr(compute_module, "ROW_CHUNK", 50)
     chunked = compute_metrics(names, x, y)
     assert chunked == pytest.approx(whole, rel=1e-9, abs=1e-12)

@@ -26,9 +26,9 @@ SPLITS = ("test", "val", "train")
 def evaluation_set(trained, dataset: Optional[str], source: Optional[str],
                    folder_name: Optional[str], split: str):
     """``(dataset name, source, the split as main.py evaluates it)``: one ImageDataset, or a
-    (query, gallery) pair for In-Shop."""
+    QueryGallery of two for In-Shop."""
     import datasets
-    from datasets import ImageDataset
+    from datasets import ImageDataset, QueryGallery
 
     config = trained.config
     own = dataset is None or dataset == config["dataset"]
@@ -51,8 +51,8 @@ def evaluation_set(trained, dataset: Optional[str], source: Optional[str],
                         f"no such split (it has {', '.join(available)}; 'val' needs a run trained "
                         f"with --use_tv_split)")
     chosen = available[split]
-    if isinstance(chosen, tuple):  # In-Shop: queries searched among the gallery
-        return name, source, tuple(ImageDataset(s, trained.transform) for s in chosen)
+    if isinstance(chosen, QueryGallery):  # In-Shop: queries searched among the gallery
+        return name, source, chosen.map(lambda s: ImageDataset(s, trained.transform))
     return name, source, ImageDataset(chosen, trained.transform)
 
 

@@ -41,7 +41,7 @@ from PIL import Image
 
 import datasets
 from das import figure as das_figure
-from datasets import DataError, ImageDataset
+from datasets import DataError, ImageDataset, QueryGallery
 from datasets._base import load_image
 from evaluation import compute_embeddings
 from utilities import run_folder as rf
@@ -179,7 +179,7 @@ def load_run(folder: str, checkpoint: str = "last", split: str = "test",
         raise FigureError(f"--split '{split}' is not an evaluation split of run '{folder}'; it has "
                           f"{', '.join(splits.evaluation)}")
     evaluation_split = splits.evaluation[split]
-    if isinstance(evaluation_split, tuple):
+    if isinstance(evaluation_split, QueryGallery):
         queries, references = evaluation_split
     else:
         queries = references = evaluation_split

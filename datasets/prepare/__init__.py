@@ -433,14 +433,14 @@ def place(source: str, destination: str, move: bool) -> str:
 
 def report_counts(name: str, splits) -> List[str]:
     """Counts next to the published ones; a warning line when the data set is smaller."""
-    from .._base import Split
+    from .._base import QueryGallery, Split
     parts: List[Split] = [splits.train]
     for evaluation in splits.evaluation.values():
-        parts += list(evaluation) if isinstance(evaluation, tuple) else [evaluation]
+        parts += list(evaluation) if isinstance(evaluation, QueryGallery) else [evaluation]
     images = sum(len(part) for part in parts)
     # Splits are class-disjoint (checked by load); In-Shop's query and gallery share their items.
     classes = splits.train.num_classes + sum(
-        (evaluation[0] if isinstance(evaluation, tuple) else evaluation).num_classes
+        (evaluation.query if isinstance(evaluation, QueryGallery) else evaluation).num_classes
         for evaluation in splits.evaluation.values())
     published = PUBLISHED[name]
     lines = [f"{name}: {images:,} images (published {published.images:,}), {classes:,} "
