@@ -41,6 +41,21 @@ class BaseBatchSampler(Sampler[List[int]]):
         self.epoch = 0
         self.start_batch = 0  # batches of the current epoch already served (for resume)
 
+    def check_class_groups(self, unit: str = "classes") -> None:
+        """For samplers whose batches are groups of --samples_per_class rows of one class: the
+        batch, and each process's share of it, must hold whole groups."""
+        batch_size, per_class = self.batch_size, self.samples_per_class
+        if per_class <= 0:
+            raise ValueError(f"--samples_per_class must be positive, got {per_class}")
+        if batch_size % per_class:
+            raise ValueError(f"--bs {batch_size} is not divisible by --samples_per_class "
+                             f"{per_class}: a {self.registry_name} batch holds bs / "
+                             f"samples_per_class {unit}")
+        if (batch_size // self.world_size) % per_class:
+            raise ValueError(f"each of the {self.world_size} processes gets --bs / processes = "
+                             f"{batch_size // self.world_size} images, which must be divisible "
+                             f"by --samples_per_class {per_class}")
+
     def __len__(self) -> int:
         return max(len(self.labels) // self.batch_size, 1) - self.start_batch
 

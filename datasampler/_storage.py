@@ -63,16 +63,7 @@ class StorageBatchSampler(BaseBatchSampler):
                  ncomps: int = 10, lowproj_dim: int = -1, mb_mom: float = -1.0,
                  mb_lr: float = 1.0) -> None:
         super().__init__(labels, batch_size, samples_per_class, seed, rank, world_size)
-        if samples_per_class <= 0:
-            raise ValueError(f"--samples_per_class must be positive, got {samples_per_class}")
-        if batch_size % samples_per_class:
-            raise ValueError(f"--bs {batch_size} is not divisible by --samples_per_class "
-                             f"{samples_per_class}: a {self.registry_name} batch holds bs / "
-                             f"samples_per_class class groups")
-        if (batch_size // world_size) % samples_per_class:
-            raise ValueError(f"each of the {world_size} processes gets --bs / processes = "
-                             f"{batch_size // world_size} images, which must be divisible by "
-                             f"--samples_per_class {samples_per_class}")
+        self.check_class_groups("class groups")
         if bigbs <= 0:
             raise ValueError(f"--data_batchmatch_bigbs must be positive, got {bigbs}")
         if ncomps <= 0:

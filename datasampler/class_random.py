@@ -30,17 +30,8 @@ class ClassRandomSampler(BaseBatchSampler):
     def __init__(self, labels: np.ndarray, batch_size: int, samples_per_class: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, class_names=None) -> None:
         super().__init__(labels, batch_size, samples_per_class, seed, rank, world_size)
-        if samples_per_class <= 0:
-            raise ValueError(f"--samples_per_class must be positive, got {samples_per_class}")
-        if batch_size % samples_per_class:
-            raise ValueError(f"--bs {batch_size} is not divisible by --samples_per_class "
-                             f"{samples_per_class}: a {self.registry_name} batch holds bs / "
-                             f"samples_per_class classes")
+        self.check_class_groups()
         self.classes_per_batch = batch_size // samples_per_class
-        if (batch_size // world_size) % samples_per_class:
-            raise ValueError(f"each of the {world_size} processes gets --bs / processes = "
-                             f"{batch_size // world_size} images, which must be divisible by "
-                             f"--samples_per_class {samples_per_class}")
         order = np.argsort(self.labels, kind="stable")
         classes, starts, counts = np.unique(self.labels[order], return_index=True,
                                             return_counts=True)

@@ -82,3 +82,26 @@ class FixedMiner:
 
     def __call__(self, embeddings, labels, distances=None):
         return self.tuples
+
+
+def stop_after(steps: int) -> type:
+    """A ``main.StopRequest`` whose stop request arrives after ``steps`` training steps, as a
+    SIGTERM would (train_one_epoch looks at it twice per step); patch it over main.StopRequest."""
+    import main
+
+    class StopAfter(main.StopRequest):
+        def __init__(self) -> None:
+            super().__init__()
+            self._checks = 0
+            self.signal_name = "SIGTERM"
+
+        @property
+        def requested(self) -> bool:
+            self._checks += 1
+            return self._checks > 2 * steps
+
+        @requested.setter
+        def requested(self, value) -> None:  # StopRequest.__init__ sets it
+            pass
+
+    return StopAfter

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import main
-from tests.fixtures import REPO_ROOT
+from tests.fixtures import REPO_ROOT, stop_after
 from utilities import checkpoint as ckpt
 from utilities import run_folder as rf
 
@@ -82,25 +82,7 @@ def test_sigkill_after_epoch_one_then_resume_matches_the_uninterrupted_run(
     assert len(figures(str(folder))) == 3
 
 
-class StopAfter(main.StopRequest):
-    """A stop request that arrives after a number of training steps (as SIGTERM would)."""
-
-    steps = 4
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._checks = 0
-        self.signal_name = "SIGTERM"
-
-    @property
-    def requested(self) -> bool:
-        self._checks += 1
-        return self._checks > 2 * self.steps  # train_one_epoch looks twice per step
-
-    @requested.setter
-    def requested(self, value) -> None:
-        pass
-
+StopAfter = stop_after(4)
 
 def test_stop_mid_epoch_saves_and_resume_matches_the_uninterrupted_run(
         generated_folder, tmp_path, uninterrupted, monkeypatch, capsys):

@@ -17,6 +17,7 @@ from scipy.stats import multivariate_normal, wasserstein_distance
 
 import datasampler
 import main
+from tests.fixtures import stop_after
 from utilities import checkpoint as ckpt
 from utilities import run_folder as rf
 
@@ -371,25 +372,7 @@ def test_main_trains_with_each_storage_sampler(name, generated_folder, tmp_path,
     assert state["sampler"]["batches"].shape[1] == 8
 
 
-class StopAfter(main.StopRequest):
-    """A stop request after a few training steps (train_one_epoch looks twice per step)."""
-
-    steps = 5
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._checks = 0
-        self.signal_name = "SIGTERM"
-
-    @property
-    def requested(self) -> bool:
-        self._checks += 1
-        return self._checks > 2 * self.steps
-
-    @requested.setter
-    def requested(self, value) -> None:
-        pass
-
+StopAfter = stop_after(5)
 
 def test_main_stopped_mid_epoch_and_resumed_equals_the_uninterrupted_run(
         generated_folder, tmp_path, monkeypatch, single_thread):
