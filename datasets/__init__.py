@@ -13,6 +13,9 @@ from ._base import (DataError, DatasetSplits, ImageDataset, QueryGallery, Split,
                     build_pil_transform)
 from ._transforms import InputNormalizer, build_transform
 from ._batch import resolve_decode
+from ._class_split import SPLIT_CHOICES, apply_class_split
+from ._integrity import check_integrity
+from ._split import split_train_validation
 
 REGISTRY: Registry = Registry("dataset", "--dataset")
 REGISTRY.import_members(__name__, __path__)
@@ -25,9 +28,6 @@ def load(name: str, source: Optional[str], use_tv_split: bool = False, tv_split_
     """Parse dataset ``name`` under ``source``, optionally re-split its classes by a split file
     (``data_split='ooDML'``, see ``_class_split.py``), refuse evaluation data that would inflate
     the scores (see ``_integrity.py``), and optionally hold out validation classes."""
-    from ._class_split import SPLIT_CHOICES, apply_class_split
-    from ._integrity import check_integrity
-    from ._split import split_train_validation
 
     if data_split not in SPLIT_CHOICES:
         raise DataError(f"unknown --data_split '{data_split}'; valid names: "

@@ -9,6 +9,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from architectures import PretrainedWeightsError
+from datasets._base import DataError, load_image
+from datasets._layout import IMAGE_EXTENSIONS, is_image_name
+from evaluation import compute_embeddings
+from utilities.checkpoint import CheckpointError
+from utilities.registry import UnknownNameError
+
 EMBEDDING_FORMAT = 1  # version of the .npz layout written by tools.embed
 
 
@@ -18,10 +25,6 @@ class ToolError(ValueError):
 
 def run_cli(command: Callable[[], int]) -> int:
     """Run ``command``; known bad input prints one line ``error: ...`` and returns 2."""
-    from architectures import PretrainedWeightsError
-    from datasets import DataError
-    from utilities.checkpoint import CheckpointError
-    from utilities.registry import UnknownNameError
 
     try:
         return command()
@@ -61,7 +64,6 @@ class ImageList:
 
 
 def is_image_file(name: str) -> bool:
-    from datasets._layout import is_image_name
 
     return is_image_name(name) and not os.path.basename(name).startswith(".")
 
@@ -73,7 +75,6 @@ def list_images(source: str, what: str = "--images") -> ImageList:
     A folder whose images all lie in subfolders is a class tree: each image's class is its
     folder's path relative to ``source`` (``alphabet/character``), as ``--dataset folder`` reads.
     """
-    from datasets._layout import IMAGE_EXTENSIONS
 
     if os.path.isdir(source):
         root = os.path.abspath(source)
@@ -128,7 +129,6 @@ class TolerantImages(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int, int]:
-        from datasets._base import load_image
 
         label = 0 if self.labels is None else int(self.labels[index])
         try:
@@ -138,7 +138,6 @@ class TolerantImages(torch.utils.data.Dataset):
 
 
 def unreadable_reason(path: str) -> str:
-    from datasets._base import DataError, load_image
 
     if not os.path.exists(path):
         return "does not exist"
@@ -154,7 +153,6 @@ def embed_images(trained, images: ImageList, device: torch.device, batch_size: i
                  num_workers: int) -> Tuple[np.ndarray, np.ndarray, Dict[str, str]]:
     """``(embeddings of the readable images, their indices into images.paths, {unreadable path:
     reason})``, computed by :func:`evaluation.compute_embeddings` (the evaluation's own path)."""
-    from evaluation import compute_embeddings
 
     dataset = TolerantImages(images.paths, images.labels, trained.transform, trained.crop_size)
     trained.model.to(device)

@@ -19,6 +19,7 @@ import numpy as np
 
 from tools._common import (EmbeddingFile, ImageList, ToolError, choose_device, default_workers,
                            embed_images, list_images, run_cli)
+from utilities.trained_model import load_trained_model
 
 
 def embed_to_file(trained, images: ImageList, device, batch_size: int,
@@ -57,7 +58,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
 
     def command() -> int:
-        from utilities.trained_model import load_trained_model
 
         if args.num_workers < 0:
             raise ToolError(f"--num_workers must be >= 0, got {args.num_workers}")

@@ -18,7 +18,13 @@ import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
+import datasets
+import metrics
+from datasets import ImageDataset, QueryGallery
+from main import evaluate_all
 from tools._common import ToolError, choose_device, run_cli
+from utilities.run_folder import _fmt
+from utilities.trained_model import load_trained_model
 
 SPLITS = ("test", "val", "train")
 
@@ -27,8 +33,6 @@ def evaluation_set(trained, dataset: Optional[str], source: Optional[str],
                    folder_name: Optional[str], split: str):
     """``(dataset name, source, the split as main.py evaluates it)``: one ImageDataset, or a
     QueryGallery of two for In-Shop."""
-    import datasets
-    from datasets import ImageDataset, QueryGallery
 
     config = trained.config
     own = dataset is None or dataset == config["dataset"]
@@ -62,9 +66,6 @@ def evaluate_checkpoint(path: str, checkpoint: str = "last", dataset: Optional[s
                         device: Optional[str] = None, batch_size: Optional[int] = None,
                         num_workers: int = 0) -> Tuple[object, Dict]:
     """``(the loaded run, report)``; ``report['metrics']`` maps ``<split>/<metric>`` to values."""
-    import metrics
-    from main import evaluate_all
-    from utilities.trained_model import load_trained_model
 
     if split not in SPLITS:
         raise ToolError(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
@@ -122,7 +123,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
 
     def command() -> int:
-        from utilities.run_folder import _fmt
 
         trained, report = evaluate_checkpoint(args.run, args.checkpoint, args.dataset,
                                               args.source, args.folder_name, args.split,

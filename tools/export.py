@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from tools._common import ToolError, run_cli
+from utilities.trained_model import load_trained_model
 
 FORMATS = ("torchscript", "onnx")
 TOLERANCE = 1e-4
@@ -155,7 +156,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
 
     def command() -> int:
-        from utilities.trained_model import load_trained_model
 
         if args.format == "onnx":
             require_onnx()  # before loading anything

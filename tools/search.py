@@ -23,6 +23,9 @@ import numpy as np
 
 from tools._common import (EmbeddingFile, ToolError, choose_device, default_workers, list_images,
                            run_cli)
+from tools.embed import embed_to_file
+from tools.figures import compose_grid, draw_grid
+from utilities.trained_model import load_trained_model
 
 NORM_TOLERANCE = 1e-3
 
@@ -63,8 +66,6 @@ def query_embeddings(query: str, run: Optional[str], checkpoint: str, device: Op
     if run is None:
         raise ToolError(f"--query '{query}' names images; pass --run RUN_DIR to embed them with "
                         f"that run's network (or give an .npz written by tools.embed)")
-    from tools.embed import embed_to_file
-    from utilities.trained_model import load_trained_model
 
     trained = load_trained_model(run, checkpoint)
     result = embed_to_file(trained, images, choose_device(device),
@@ -122,7 +123,6 @@ def write_csv(out: str, gallery: EmbeddingFile, queries: EmbeddingFile, ids: np.
 def write_figure(out: str, gallery: EmbeddingFile, queries: EmbeddingFile, ids: np.ndarray,
                  matches: Optional[np.ndarray], max_queries: int, thumb: int) -> int:
     """The retrieval figure of tools.figures for the first ``max_queries`` queries."""
-    from tools.figures import compose_grid, draw_grid
 
     shown = min(max_queries, len(ids))
     ids = ids[:shown]

@@ -99,7 +99,7 @@ def load_checkpoint(path: str, required: Sequence[str] = ()) -> Dict[str, Any]:
 def check_compatible(checkpoint: Dict[str, Any], arch: str, embed_dim: int, path: str) -> None:
     """Refuse a checkpoint trained with another backbone or embedding size, saying what differs."""
     saved = checkpoint.get("network", {})
-    from architectures import parse_arch
+    from architectures import parse_arch  # architectures loads weights with this module: a cycle
 
     differences = []
     if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):

@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 from typing import List, Tuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import Subset
 
 
 def is_distributed() -> bool:
@@ -101,9 +103,7 @@ def sharded_embeddings(model: nn.Module, dataset, device: torch.device, batch_si
                        num_workers: int):
     """Embeddings of ``dataset`` in dataset order. Under torchrun every rank embeds every
     world_size-th image and rank 0 receives them all (other ranks get ``(None, None)``)."""
-    import numpy as np
-    from torch.utils.data import Subset
-
+    # a building block does not import the concepts above it at load time
     from evaluation import compute_embeddings
 
     if not is_distributed():

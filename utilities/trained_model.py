@@ -12,6 +12,8 @@ from typing import Callable, Dict, Tuple
 
 import torch
 
+import architectures
+from datasets import build_transform
 from utilities.checkpoint import CheckpointError, load_checkpoint
 from utilities.run_folder import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, read_config
 
@@ -64,7 +66,6 @@ def resolve_checkpoint(path: str, checkpoint: str = "last") -> Tuple[str, str]:
 
 def check_against_config(network: Dict, config: Dict, checkpoint_path: str) -> None:
     """Refuse a checkpoint of another backbone, pooling or embedding size than config.json."""
-    import architectures
 
     saved_arch, arch = str(network.get("arch", "")), str(config.get("arch", ""))
     try:
@@ -86,8 +87,6 @@ def check_against_config(network: Dict, config: Dict, checkpoint_path: str) -> N
 def load_trained_model(path: str, checkpoint: str = "last") -> TrainedModel:
     """Rebuild the network of a run folder or checkpoint file, refusing a checkpoint whose
     backbone or embedding size differs from what the run's config.json says."""
-    import architectures
-    from datasets import build_transform
 
     folder, checkpoint_path = resolve_checkpoint(path, checkpoint)
     try:
