@@ -151,7 +151,7 @@ def load_state_dict_file(path: str, arch: str) -> Dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        from utilities.checkpoint import unloadable_reason
+        from utilities.checkpoint import unloadable_reason  # checkpoint imports architectures
 
         raise PretrainedWeightsError(f"--pretrained_path '{path}' is not a checkpoint "
                                      f"({unloadable_reason(path, error)})") from None

@@ -22,7 +22,7 @@ class BNInceptionFeatures(nn.Module):
 
 @REGISTRY.register("bninception")
 def bninception(pretrained: bool, pretrained_path: Optional[str] = None) -> Backbone:
-    import pretrainedmodels
+    import pretrainedmodels  # only this backbone needs the package
 
     settings = pretrainedmodels.pretrained_settings["bninception"]["imagenet"]
     network = pretrainedmodels.bninception(pretrained=None)

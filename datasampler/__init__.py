@@ -16,7 +16,7 @@ def select(name: str, labels: np.ndarray, batch_size: int, samples_per_class: in
            **member_options) -> BaseBatchSampler:
     """The sampler ``name``. ``member_options`` (e.g. ``super_labels``, ``num_super``) go to the
     samplers whose constructor takes them; the others ignore them."""
-    import inspect
+    import inspect  # only select() needs it
 
     member = REGISTRY.get(name)
     accepted = inspect.signature(member.__init__).parameters

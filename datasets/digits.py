@@ -26,7 +26,7 @@ def _digit_images(data: np.ndarray) -> list:
 
 @REGISTRY.register("digits")
 def load_digits(source: Optional[str] = None, folder_name: Optional[str] = None) -> DatasetSplits:
-    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.datasets import load_digits as sklearn_digits  # slow import, this dataset only
 
     bunch = sklearn_digits()
     images = _digit_images(bunch.data)

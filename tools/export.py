@@ -75,7 +75,7 @@ def run_export(fmt: str, path: str, batch: torch.Tensor) -> np.ndarray:
             loaded = torch.jit.load(path, map_location="cpu")
         with torch.no_grad():
             return loaded(batch).numpy()
-    import onnxruntime
+    import onnxruntime  # optional: requirements-export.txt
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: batch.numpy()})[0]

@@ -376,7 +376,7 @@ def draw_grid(image: np.ndarray, row_labels: Sequence[str], row_tops: Sequence[i
 def project(embeddings: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
     """2-D coordinates by PCA or t-SNE (scikit-learn)."""
     if method == "pca":
-        from sklearn.decomposition import PCA
+        from sklearn.decomposition import PCA  # slow imports, only for this figure
 
         return PCA(n_components=2, random_state=seed).fit_transform(embeddings)
     if method == "tsne":

@@ -41,7 +41,7 @@ def top_k(gallery: np.ndarray, queries: np.ndarray, k: int, inner_product: bool,
     ``own_ids[q]`` (or -1): the gallery row that is query q's own image, left out wherever it
     ranks. Ranks beyond the gallery's size get id -1.
     """
-    import faiss
+    import faiss  # loaded when a search runs, as evaluation loads it (evaluation/backend.py)
 
     index = (faiss.IndexFlatIP if inner_product else faiss.IndexFlatL2)(gallery.shape[1])
     index.add(np.ascontiguousarray(gallery, dtype=np.float32))

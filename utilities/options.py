@@ -113,7 +113,7 @@ non_negative_float = at_least(0.0)
 def torch_device(text: str) -> str:
     """An argparse ``type=`` for ``--device``: a string ``torch.device`` accepts, of type cpu or
     cuda (whether that CUDA device exists is checked when the device is chosen)."""
-    import torch
+    import torch  # late: this module of option types needs torch for this check only
 
     try:
         device = torch.device(text)
@@ -177,7 +177,7 @@ def option_name(action: argparse.Action) -> str:
 def given_options(parser: argparse.ArgumentParser, argv: Optional[Iterable[str]]) -> Dict[str, Any]:
     """The options typed on the command line (dest -> value), defaults left out. ``argv`` must
     already have parsed without error with ``parser``."""
-    import copy
+    import copy  # only a resume needs it
 
     quiet = copy.deepcopy(parser)
     for action in quiet._actions:

@@ -225,7 +225,7 @@ def plan_cub200(root: str) -> Plan:
 
 
 def _mat(path: str) -> dict:
-    from scipy.io import loadmat
+    from scipy.io import loadmat  # only the Cars annotations are .mat files
 
     try:
         return loadmat(path, squeeze_me=True)
@@ -433,7 +433,7 @@ def place(source: str, destination: str, move: bool) -> str:
 
 def report_counts(name: str, splits) -> List[str]:
     """Counts next to the published ones; a warning line when the data set is smaller."""
-    from .._base import QueryGallery, Split
+    from .._base import QueryGallery, Split  # as `load` above
     parts: List[Split] = [splits.train]
     for evaluation in splits.evaluation.values():
         parts += list(evaluation) if isinstance(evaluation, QueryGallery) else [evaluation]
@@ -454,7 +454,7 @@ def report_counts(name: str, splits) -> List[str]:
 
 def prepare(name: str, source: str, data_root: str) -> str:
     """Write ``data_root/name`` from the download at ``source``; returns that folder."""
-    from .. import load
+    from .. import load  # datasets/__init__ imports this package while it is being defined
 
     if name not in PLANNERS:
         raise DataError(f"unknown dataset '{name}' for datasets.prepare; valid names: "
