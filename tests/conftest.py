@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import (OMNIGLOT_IMAGES, OMNIGLOT_TREE_NAME, OMNIGLOT_ZIP, REPO_ROOT,  # noqa: F401
-                            write_glyph_folder, write_patch_folder)
+                            torch_threads, write_glyph_folder, write_patch_folder)
 
 
 @pytest.fixture(autouse=True)
@@ -35,12 +35,8 @@ def restore_torch_threads():
 def single_thread():
     """One intra-op thread for tests on tiny tensors: torch's thread pool only adds overhead
     there, and on a loaded 2-core machine its threads contend."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

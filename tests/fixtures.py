@@ -5,14 +5,17 @@ generators into fixtures; tests import the constants from here).
   network, tiny crop, no loader workers); tests add their own on top.
 - ``write_glyph_folder`` / ``write_patch_folder``: generated class trees for ``--dataset folder``
   (``tools/smoke_data.py`` writes the published dataset layouts for SMOKE sweeps).
+- ``torch_threads``: torch's thread count set for a block and restored after (float sums depend
+  on it; module-scoped fixtures use it where the function-scoped ``single_thread`` cannot run).
 - ``shared_file``: the only way a test reads the workplace's ``../shared`` folder (optional
   reference copies; a test using it must pass without it).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 from PIL import Image
@@ -105,3 +108,16 @@ def stop_after(steps: int) -> type:
             pass
 
     return StopAfter
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count is ``count`` inside the block and restored after it."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

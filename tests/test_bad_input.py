@@ -16,6 +16,7 @@ import torch
 
 import main
 from parameters import build_parser
+from tests.fixtures import torch_threads
 from utilities import checkpoint as ckpt
 from utilities import options
 from tools import paper_tables as pt
@@ -50,12 +51,8 @@ def tiny(source: Path, save_path: Path, *extra: str, epochs: int = 1, name: str 
 def finished_run(generated_folder, tmp_path_factory) -> Path:
     """A finished one-epoch run; tests copy it before changing anything."""
     root = tmp_path_factory.mktemp("finished")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return Path(main.main(tiny(generated_folder, root)))
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -29,14 +29,6 @@ KNOWN_STEP_SYNCS = {
 }
 
 
-@pytest.fixture
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_training(extra=()):
     opt = bench.bench_options(TINY + ["--log_every", str(LOG_EVERY), *extra])
     torch.manual_seed(0)
@@ -63,7 +55,7 @@ def step_syncs(watch: bench.SyncWatch):
             if e.step not in LOG_STEPS and e.site()[:2] not in bench.CPU_ONLY_SITES}
 
 
-def test_item_is_called_only_at_the_logging_point(monkeypatch, one_thread):
+def test_item_is_called_only_at_the_logging_point(monkeypatch, single_thread):
     """train_one_epoch calls .item() only every --log_every steps (and once after the epoch)."""
     training, batches = tiny_training(["--loss", "multisimilarity"])
     current = {"step": None}
@@ -104,7 +96,7 @@ def test_sync_watch_names_the_file_line_and_call():
 
 
 @pytest.mark.parametrize("loss, miner", [("multisimilarity", "distance"), ("triplet", "distance")])
-def test_step_has_no_unknown_host_sync(loss, miner, one_thread):
+def test_step_has_no_unknown_host_sync(loss, miner, single_thread):
     """Every call that would make the host wait on CUDA, outside the logging point, is known."""
     training, batches = tiny_training(["--loss", loss, "--batch_mining", miner])
     for use_das in (False, True):
@@ -114,14 +106,14 @@ def test_step_has_no_unknown_host_sync(loss, miner, one_thread):
         assert not unknown, [str(e) for e in watch.events if e.site() in unknown]
 
 
-def test_table1_step_is_sync_free(one_thread):
+def test_table1_step_is_sync_free(single_thread):
     """Table 1's step (multi-similarity, no miner, DAS) should not sync outside logging."""
     training, batches = tiny_training(["--loss", "multisimilarity"])
     watch = watched_run(training, batches, use_das=True)
     assert not step_syncs(watch), [str(e) for e in watch.events]
 
 
-def test_breakdown_phases_cover_the_step(one_thread):
+def test_breakdown_phases_cover_the_step(single_thread):
     training, batches = tiny_training(["--loss", "triplet", "--batch_mining", "distance"])
     parts = bench.breakdown(training, bench.DeviceBatches(batches, 4), use_das=True)
     assert parts["das_forward"] > 0 and parts["mining"] > 0 and parts["loss_forward"] > 0

@@ -7,10 +7,10 @@ from typing import Dict
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import main as training
+from tests.fixtures import torch_threads
 from tools import figures
 from tools.smoke_data import make_smoke_datasets
 
@@ -27,9 +27,7 @@ def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
     make_smoke_datasets(str(root / "data"), ["cub200", "in-shop"])
     common = ["--source", str(root / "data"), "--not_pretrained", "--crop_size", "32",
               "--kernels", "0", "--bs", "16", "--device", "cpu", "--save_path", str(root / "runs")]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # set before the function-scoped single_thread fixture runs
-    try:
+    with torch_threads(1):  # module scope: the function-scoped single_thread runs later
         runs = {
             "baseline": training.main(["--dataset", "cub200", "--arch", "resnet18_normalize",
                                        "--n_epochs", "1", "--savename", "baseline", *common]),
@@ -39,8 +37,6 @@ def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
             "in_shop": training.main(["--dataset", "in-shop", "--arch", "tinycnn_normalize",
                                       "--n_epochs", "1", "--savename", "in_shop", *common]),
         }
-    finally:
-        torch.set_num_threads(threads)
     return {name: Path(folder) for name, folder in runs.items()}
 
 

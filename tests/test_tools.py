@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import main as training
+from tests.fixtures import torch_threads
 from tools import embed as embed_tool
 from tools import evaluate as evaluate_tool
 from tools import export as export_tool
@@ -29,16 +30,12 @@ EMBED_DIM = 24
 def run(generated_folder, tmp_path_factory) -> Path:
     """tinycnn, 2 epochs on 4 generated classes (the other 4 are the test split)."""
     save = tmp_path_factory.mktemp("tool_runs")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         folder = training.main([
             "--dataset", "folder", "--source", str(generated_folder), "--arch", "tinycnn_normalize",
             "--not_pretrained", "--embed_dim", str(EMBED_DIM), "--crop_size", "32",
             "--n_epochs", "2", "--bs", "16", "--samples_per_class", "4", "--kernels", "0",
             "--lr", "1e-3", "--device", "cpu", "--save_path", str(save), "--savename", "glyphs"])
-    finally:
-        torch.set_num_threads(threads)
     return Path(folder)
 
 
