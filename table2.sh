@@ -14,26 +14,31 @@
 
 TABLE=table2
 TABLE_TITLE="Table 2 of the DAS paper: seven losses, ResNet50 128-d, baseline and + DAS"
-ROW_HELP="Datasets: cub200 cars196 online_products (cub cars sop); methods: triplet_semihard triplet_distance contrastive margin lifted npair multisimilarity (or a part: triplet, semihard, distance); variants: baseline das. Example: cub200 margin das"
-
 # shellcheck source=tools/sweep.sh
 source "$(dirname "$0")/tools/sweep.sh"
 
-METHODS=(triplet_semihard triplet_distance contrastive margin lifted npair multisimilarity)
+# The methods (name, loss, miner, arch) are listed once, in tools/table2_methods.tsv; see its
+# header. Embeddings are L2-normalized except for the generalized lifted and N-pair losses, whose
+# + DAS rows also leave the generated rows unnormalized.
+METHODS_FILE=$REPO_ROOT/tools/table2_methods.tsv
+METHODS=() LOSSES=() MINERS=() ARCHES=()
+line_number=0
+while IFS=$'\t' read -r method loss miner arch label; do
+  line_number=$((line_number + 1))
+  if [[ -z $method || $method == '#'* ]]; then continue; fi
+  [[ -n $label ]] || fail "$METHODS_FILE line $line_number: expected 5 tab-separated columns" \
+    "(method, loss, batch_mining, arch, label)"
+  METHODS+=("$method") LOSSES+=("$loss") MINERS+=("$miner") ARCHES+=("$arch")
+done <"$METHODS_FILE"
+unset line_number method loss miner arch label
 
-# The loss, its miner and the arch of each method. Embeddings are L2-normalized except for the
-# generalized lifted and N-pair losses, whose + DAS rows also leave the generated rows unnormalized.
+ROW_HELP="Datasets: cub200 cars196 online_products (cub cars sop); methods: ${METHODS[*]} (or a part: triplet, semihard, distance); variants: baseline das. Example: cub200 margin das"
+
+# The loss, its miner and the arch of method number $1 ("-": no --batch_mining, the loss's own).
 method_options() {
-  case $1 in
-    triplet_semihard) options=(--loss triplet --batch_mining semihard --arch resnet50_frozen_normalize) ;;
-    triplet_distance) options=(--loss triplet --batch_mining distance --arch resnet50_frozen_normalize) ;;
-    contrastive) options=(--loss contrastive --batch_mining distance --arch resnet50_frozen_normalize) ;;
-    margin) options=(--loss margin --batch_mining distance --arch resnet50_frozen_normalize) ;;
-    lifted) options=(--loss lifted --batch_mining lifted --arch resnet50_frozen) ;;
-    npair) options=(--loss npair --batch_mining npair --arch resnet50_frozen) ;;
-    multisimilarity) options=(--loss multisimilarity --arch resnet50_frozen_normalize) ;;
-    *) fail "no options for method '$1'" ;;
-  esac
+  options=(--loss "${LOSSES[$1]}")
+  if [[ ${MINERS[$1]} != - ]]; then options+=(--batch_mining "${MINERS[$1]}"); fi
+  options+=(--arch "${ARCHES[$1]}")
 }
 
 # The + DAS options of a (dataset, method) row, as in the paper's published script.
@@ -63,10 +68,11 @@ table_rows() {
   # the default --embed_dim 128.
   local common=(--source "$DATA_ROOT" --kernels 6 --n_epochs 300 --tau 200 250 --seed 0
     --optim adam --lr 0.00001 --decay 0.0004 --bs 112 --samples_per_class 2 --embed_dim 128)
-  local dataset method options=() baseline=()
+  local dataset index method options=() baseline=()
   for dataset in cub200 cars196 online_products; do
-    for method in "${METHODS[@]}"; do
-      method_options "$method"
+    for index in "${!METHODS[@]}"; do
+      method=${METHODS[index]}
+      method_options "$index"
       baseline=(--dataset "$dataset" "${common[@]}" "${options[@]}")
       row "$dataset" "$method" baseline -- "${baseline[@]}"
       das_options "$dataset" "$method"

@@ -65,6 +65,13 @@ def parse_arch(name: str) -> ArchSpec:
     return ArchSpec(backbone, frozenset(words))
 
 
+def with_backbone(name: str, backbone: str) -> str:
+    """Arch ``name`` with its backbone replaced by ``backbone``, everything after it (option words,
+    run labels) kept as written: ``with_backbone("resnet50_frozen_normalize", "tinycnn")`` is
+    ``"tinycnn_frozen_normalize"``. Used by SMOKE sweeps and tests to shrink a paper row."""
+    return backbone + name[len(parse_arch(name).backbone):]
+
+
 def select(name: str, embed_dim: int, pretrained: bool = True,
            pretrained_path: Optional[str] = None, dropout: float = -1.0,
            freeze_bn_affine: bool = False) -> EmbeddingNetwork:
@@ -79,4 +86,5 @@ def select(name: str, embed_dim: int, pretrained: bool = True,
                             freeze_bn_affine=freeze_bn_affine)
 
 
-__all__ = ["select", "parse_arch", "EmbeddingNetwork", "PretrainedWeightsError", "REGISTRY"]
+__all__ = ["select", "parse_arch", "with_backbone", "EmbeddingNetwork", "PretrainedWeightsError",
+           "REGISTRY"]

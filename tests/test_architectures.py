@@ -27,6 +27,23 @@ def test_unknown_backbone_lists_valid_names():
         assert name in message
 
 
+@pytest.mark.parametrize("name,swapped", [
+    ("resnet50_frozen_normalize_double", "tinycnn_frozen_normalize_double"),
+    ("resnet50", "tinycnn"),
+    # the longest registered prefix is the backbone: resnet18, not a "resnet" plus a word "18"
+    ("resnet18_bn_norm_run_7", "tinycnn_bn_norm_run_7"),
+    (PAPER_ARCH, "tinycnn" + PAPER_ARCH[len("bninception"):]),
+])
+def test_with_backbone_swaps_the_backbone_and_keeps_the_rest_as_written(name, swapped):
+    assert architectures.with_backbone(name, "tinycnn") == swapped
+    assert parse_arch(swapped).words == parse_arch(name).words
+
+
+def test_with_backbone_refuses_an_unknown_backbone_like_parse_arch():
+    with pytest.raises(UnknownNameError, match="unknown backbone in --arch 'vgg16_frozen'"):
+        architectures.with_backbone("vgg16_frozen", "tinycnn")
+
+
 @pytest.mark.parametrize("name,size", [("resnet18_normalize", 64), ("googlenet_normalize", 96),
                                        (PAPER_ARCH, 96), ("resnet50_double_frozen_normalize", 64)])
 def test_every_backbone_gives_unit_norm_embeddings_of_the_asked_size(name, size):

@@ -9,28 +9,26 @@ import os
 import pytest
 
 import main
+from architectures import parse_arch, with_backbone
+from tools.paper_tables import TABLE2_METHODS
 
-# (loss, miner, arch words) of table2.sh's methods; lifted and N-pair train unnormalized.
-TABLE2_METHODS = [
-    ("triplet", "semihard", "tinycnn_normalize"),
-    ("triplet", "distance", "tinycnn_normalize"),
-    ("contrastive", "distance", "tinycnn_normalize"),
-    ("margin", "distance", "tinycnn_normalize"),
-    ("lifted", "lifted", "tinycnn"),
-    ("npair", "npair", "tinycnn"),
-    ("multisimilarity", "distance", "tinycnn_normalize"),
-]
+# (loss, miner options, arch) of table2.sh's methods (tools/table2_methods.tsv), the backbone
+# swapped for tinycnn as in SMOKE sweeps; lifted and N-pair train unnormalized.
+TABLE2_PAIRS = [
+    pytest.param(m.loss, ["--batch_mining", m.batch_mining] if m.batch_mining else [],
+                 with_backbone(m.arch, "tinycnn"), id=m.name)
+    for m in TABLE2_METHODS]
 
 
-@pytest.mark.parametrize("loss,miner,arch", TABLE2_METHODS)
+@pytest.mark.parametrize("loss,miner,arch", TABLE2_PAIRS)
 def test_table2_pair_runs_one_epoch_with_das(loss, miner, arch, tiny_folder, tmp_path):
     das = ["--embedding_producer_used", "--produce_type", "DAS", "--detach"]
-    if arch == "tinycnn":
+    if not parse_arch(arch).normalize:
         das.append("--das_not_normalize")
     folder = main.main([
         "--dataset", "folder", "--source", str(tiny_folder), "--n_epochs", "1", "--bs", "8",
         "--samples_per_class", "2", "--arch", arch, "--not_pretrained", "--crop_size", "16",
-        "--kernels", "0", "--embed_dim", "16", "--loss", loss, "--batch_mining", miner,
+        "--kernels", "0", "--embed_dim", "16", "--loss", loss, *miner,
         "--save_path", str(tmp_path), "--savename", "run", "--evaluation_metrics", "recall@1",
         *das])
     with open(os.path.join(folder, "metrics.csv"), newline="") as handle:

@@ -199,6 +199,29 @@ def test_identify_refuses_what_fits_no_table():
     assert row is None and "not a Table 2 method" in reason
 
 
+def test_an_unknown_backbone_gives_a_reason_not_a_crash(tmp_path):
+    row, dataset, reason = pt.identify(dict(TABLE2_MARGIN, arch="vgg16_frozen_normalize"))
+    assert row is None and dataset == "cub200"
+    assert "unknown backbone in --arch 'vgg16_frozen_normalize'" in reason
+    make_run(tmp_path / "runs", "vgg", dict(TABLE2_MARGIN, arch="vgg16_frozen_normalize"),
+             [epoch_row(1, 0.9)])
+    _, _, runs = build(tmp_path)
+    assert [(r.used, "unknown backbone" in r.reason) for r in runs] == [(False, True)]
+
+
+def test_table2_methods_are_read_from_the_shared_list(tmp_path):
+    keys = [m.key for m in pt.TABLE2_METHODS]
+    assert keys == ["triplet+semihard", "triplet+distance", "contrastive+distance",
+                    "margin+distance", "lifted+lifted", "npair+npair", "multisimilarity+none"]
+    assert pt.MINERLESS_LOSSES == ("multisimilarity",)
+    assert pt.TABLE2_METHODS[0] == pt.Table2Method("triplet_semihard", "triplet", "semihard",
+                                                   "resnet50_frozen_normalize", "Triplet [S]")
+    bad = tmp_path / "methods.tsv"
+    bad.write_text("# comment\nmargin\tmargin distance\tresnet50_frozen\tMargin\n")
+    with pytest.raises(pt.TablesError, match="line 2: expected 5 tab-separated columns"):
+        pt.read_table2_methods(str(bad))
+
+
 def test_repository_copy_of_the_paper_figures_is_complete():
     paper = pt.read_paper()
     assert len(paper) == 48 + 126  # Table 1: 4 rows x 12; Table 2: 14 rows x 9

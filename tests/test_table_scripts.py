@@ -18,6 +18,7 @@ import pytest
 from parameters import parse_options
 from tests.fixtures import REPO_ROOT
 from tools import paper_tables as pt
+from tools import sweep
 
 DAS_KEYS = {"embedding_producer_used", "produce_type", "detach", "aux_loss", "aux_loss_weight"}
 NARROW_DFS = (0.99, 1.01)
@@ -271,6 +272,16 @@ def test_a_row_runs_as_its_own_process_and_is_continued_for_more_epochs(tmp_path
         assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [1, 2]
     config = json.loads((folder / "config.json").read_text())
     assert config["loss"] == "margin" and config["embedding_producer_used"] and config["detach"]
+
+
+def test_smoke_swaps_only_the_backbone_and_refuses_an_unknown_one():
+    args = sweep.smoke_args(["--loss", "margin", "--arch", "resnet50_frozen_normalize_double"])
+    assert args == ["--loss", "margin", "--arch", "tinycnn_frozen_normalize_double",
+                    *sweep.SMOKE_OPTIONS]
+    assert sweep.smoke_args(["--arch", "resnet18_frozen"], "resnet50")[:2] == [
+        "--arch", "resnet50_frozen"]
+    with pytest.raises(sweep.SweepError, match="unknown backbone in --arch 'vgg16_frozen'"):
+        sweep.smoke_args(["--arch", "vgg16_frozen"])
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")

@@ -8,7 +8,8 @@ is placed in a cell of the paper's tables by its configuration, not by its folde
 * Table 1: ``--loss multisimilarity``, ``--embed_dim 512``, a ``double`` arch on bninception or
   resnet50 (columns ``bninception_512``, ``resnet50_512``);
 * Table 2: a resnet50 arch without ``double`` and ``--embed_dim 128``; the method is
-  ``<loss>+<batch_mining>`` (multi-similarity: ``multisimilarity+none``, it has no miner);
+  ``<loss>+<batch_mining>`` (multi-similarity: ``multisimilarity+none``, it has no miner), one of
+  those listed in ``tools/table2_methods.tsv`` (shared with ``table2.sh``);
 * baseline or + DAS: ``--embedding_producer_used``; the dataset: ``--dataset``.
 
 Written to ``--out``: ``table1.md``, ``table2.md`` (the paper's layout, one section with the last
@@ -44,7 +45,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from architectures import parse_arch
 from utilities import run_folder as rf
+from utilities.registry import UnknownNameError
 from utilities.seed_groups import group_by_settings, mean_std
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,11 +62,7 @@ TABLE1_METRICS = {"cub200": ("recall@1", "recall@2", "recall@4", "recall@8"),
 TABLE2_METRICS = {name: ("recall@1", "f1", "nmi") for name in DATASETS}
 TABLE1_BACKBONES = (("bninception_512", "BN-Inception 512"), ("resnet50_512", "ResNet50 512"))
 TABLE2_BACKBONE = "resnet50_128"
-TABLE2_METHODS = (("triplet+semihard", "Triplet [S]"), ("triplet+distance", "Triplet [D]"),
-                  ("contrastive+distance", "Contrastive [D]"), ("margin+distance", "Margin [D]"),
-                  ("lifted+lifted", "Generalized lifted"), ("npair+npair", "N-pair"),
-                  ("multisimilarity+none", "Multi-similarity"))
-MINERLESS_LOSSES = ("multisimilarity",)  # criteria of Table 2 with their own pair selection
+TABLE2_METHODS_FILE = os.path.join(REPO_ROOT, "tools", "table2_methods.tsv")
 METRIC_TITLES = {"f1": "F1", "nmi": "NMI"}
 MISSING = "-"
 MODES = ("last", "best")
@@ -73,6 +72,44 @@ DEFAULT_BEST = "per_metric"  # the published convention (utilities/logger.py of 
 
 class TablesError(ValueError):
     """Bad input to the tool (paper file, runs folder); the message names the path."""
+
+
+@dataclass(frozen=True)
+class Table2Method:
+    """One method of Table 2, a line of tools/table2_methods.tsv (also read by table2.sh)."""
+
+    name: str  # table2.sh's row word, e.g. "triplet_semihard"
+    loss: str
+    batch_mining: Optional[str]  # None: the loss picks its own pairs (no --batch_mining)
+    arch: str
+    label: str  # the paper's row label, e.g. "Triplet [S]"
+
+    @property
+    def key(self) -> str:
+        """The method column of data/das_paper_results.csv: ``<loss>+<miner or none>``."""
+        return f"{self.loss}+{self.batch_mining or 'none'}"
+
+
+def read_table2_methods(path: str = TABLE2_METHODS_FILE) -> Tuple[Table2Method, ...]:
+    """Table 2's methods in the paper's order, from the tab-separated list shared with table2.sh
+    ('#' lines are comments; batch_mining '-' means none)."""
+    methods = []
+    with open(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.rstrip("\n")
+            if not line.strip() or line.startswith("#"):
+                continue
+            fields = line.split("\t")
+            if len(fields) != 5 or not all(fields):
+                raise TablesError(f"'{path}' line {number}: expected 5 tab-separated columns "
+                                  f"(method, loss, batch_mining, arch, label), got: {line}")
+            name, loss, mining, arch, label = fields
+            methods.append(Table2Method(name, loss, None if mining == "-" else mining, arch, label))
+    return tuple(methods)
+
+
+TABLE2_METHODS = read_table2_methods()
+MINERLESS_LOSSES = tuple(m.loss for m in TABLE2_METHODS if m.batch_mining is None)
 
 
 @dataclass(frozen=True)
@@ -95,19 +132,17 @@ class Run(rf.RunRecord):
     used: bool = False
 
 
-def arch_words(arch: str) -> Tuple[str, frozenset]:
-    """Backbone name and option words of an arch name (backbone names hold no '_')."""
-    parts = [p for p in str(arch).split("_") if p]
-    return (parts[0] if parts else ""), frozenset(parts[1:])
-
-
 def identify(config: Dict) -> Tuple[Optional[RowKey], str, str]:
     """``(row, dataset, reason)``: the table row and dataset column a run belongs to, or None
     and why it fits none."""
     dataset = config.get("dataset", "")
     if dataset not in DATASETS:
         return None, dataset, f"dataset '{dataset}' is not in the paper's tables"
-    backbone, words = arch_words(config.get("arch", ""))
+    try:
+        spec = parse_arch(config.get("arch", ""))
+    except UnknownNameError as error:
+        return None, dataset, str(error)
+    backbone, words = spec.backbone, spec.words
     embed_dim = int(config.get("embed_dim", 0))
     das = bool(config.get("embedding_producer_used", False))
     loss = config.get("loss", "")
@@ -126,9 +161,9 @@ def identify(config: Dict) -> Tuple[Optional[RowKey], str, str]:
                                f"pooling at 512")
     miner = "none" if loss in MINERLESS_LOSSES else config.get("batch_mining", "")
     method = f"{loss}+{miner}"
-    if method not in dict(TABLE2_METHODS):
+    if method not in {m.key for m in TABLE2_METHODS}:
         return None, dataset, (f"--loss {loss} with --batch_mining {miner} is not a Table 2 "
-                               f"method ({', '.join(m for m, _ in TABLE2_METHODS)})")
+                               f"method ({', '.join(m.key for m in TABLE2_METHODS)})")
     return RowKey(2, method, TABLE2_BACKBONE, das), dataset, ""
 
 
@@ -238,8 +273,8 @@ class TableLayout:
 def table_layouts() -> List[TableLayout]:
     rows1 = [(RowKey(1, "multisimilarity", backbone, das), f"MS{' + DAS' if das else ''}, {label}")
              for backbone, label in TABLE1_BACKBONES for das in (False, True)]
-    rows2 = [(RowKey(2, method, TABLE2_BACKBONE, das), f"{label}{' + DAS' if das else ''}")
-             for method, label in TABLE2_METHODS for das in (False, True)]
+    rows2 = [(RowKey(2, m.key, TABLE2_BACKBONE, das), f"{m.label}{' + DAS' if das else ''}")
+             for m in TABLE2_METHODS for das in (False, True)]
     return [TableLayout(1, rows1, TABLE1_METRICS), TableLayout(2, rows2, TABLE2_METRICS)]
 
 

@@ -34,9 +34,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+import architectures
 import main as training
 from parameters import parse_options
 from utilities import run_folder as rf
+from utilities.registry import UnknownNameError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN_SCRIPT = os.path.join(REPO_ROOT, "main.py")
@@ -154,8 +156,10 @@ def smoke_args(args: Sequence[str], backbone: str = SMOKE_BACKBONE) -> List[str]
     args = list(args)
     for index, word in enumerate(args[:-1]):
         if word == "--arch":
-            words = args[index + 1].split("_")
-            args[index + 1] = "_".join([backbone] + words[1:])
+            try:
+                args[index + 1] = architectures.with_backbone(args[index + 1], backbone)
+            except UnknownNameError as error:
+                raise SweepError(str(error)) from None
     return args + SMOKE_OPTIONS
 
 
