@@ -309,14 +309,18 @@ def make_folder_dataset(out: str, pattern: str, num_classes: Optional[int] = Non
     return out, num_classes, images_per_class, size
 
 
+def _pattern_defaults(field: str) -> str:
+    return ", ".join(f"{name} {getattr(spec, field)}" for name, spec in PATTERNS.items())
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # Defaults depend on --layout and --pattern, so each help text states its own.
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", help="Folder to write <dataset>/ folders into (a --source), or "
                                     "with --layout folder the class tree itself.")
     parser.add_argument("--layout", choices=("published", "folder"), default="published",
                         help="published: the four datasets' own layouts; folder: OUT/<class>/"
-                             "<i>.png for --dataset folder --source OUT.")
+                             "<i>.png for --dataset folder --source OUT (default: published).")
     parser.add_argument("--datasets", nargs="+", choices=DATASETS,
                         help=f"--layout published only (default: all: {' '.join(DATASETS)}).")
     parser.add_argument("--pattern", choices=tuple(PATTERNS),
@@ -325,14 +329,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--classes", type=int,
                         help=f"Classes, train and test together (first half train); default "
                              f"{DEFAULT_CLASSES}, or the pattern's with --layout folder "
-                             f"(glyph 8, patch 12).")
+                             f"({_pattern_defaults('classes')}).")
     parser.add_argument("--images_per_class", type=int,
                         help=f"Default {DEFAULT_IMAGES_PER_CLASS}, or the pattern's with --layout "
-                             f"folder (glyph 14, patch 4).")
+                             f"folder ({_pattern_defaults('images_per_class')}).")
     parser.add_argument("--size", type=int,
                         help=f"Image side in pixels; default {DEFAULT_IMAGE_SIZE}, or the "
-                             f"pattern's with --layout folder (glyph 40, patch 16).")
-    parser.add_argument("--seed", type=int, default=0)
+                             f"pattern's with --layout folder ({_pattern_defaults('size')}).")
+    parser.add_argument("--seed", type=int, default=0, help="Default 0.")
     args = parser.parse_args(argv)
     try:
         if args.layout == "folder":
