@@ -3,8 +3,9 @@ generators into fixtures; tests import the constants from here).
 
 - ``FAST_RUN``: the options that make a ``main.py`` run take seconds on a CPU (small random-init
   network, tiny crop, no loader workers); tests add their own on top.
-- ``write_glyph_folder`` / ``write_patch_folder``: generated class trees for ``--dataset folder``
-  (``tools/smoke_data.py`` writes the published dataset layouts for SMOKE sweeps).
+- ``write_glyph_folder`` / ``write_patch_folder``: generated class trees for ``--dataset folder``,
+  from ``tools/smoke_data.py``, the one source of generated images (it also writes the published
+  dataset layouts for SMOKE sweeps).
 - ``torch_threads``: torch's thread count set for a block and restored after (float sums depend
   on it; module-scoped fixtures use it where the function-scoped ``single_thread`` cannot run).
 - ``shared_file``: the only way a test reads the workplace's ``../shared`` folder (optional
@@ -13,12 +14,10 @@ generators into fixtures; tests import the constants from here).
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Iterator, Optional
 
-import numpy as np
-from PIL import Image
+from tools.smoke_data import write_glyph_folder, write_patch_folder  # noqa: F401  (re-exported)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -39,38 +38,6 @@ def shared_file(relative: str) -> Optional[Path]:
     """``../shared/<relative>`` when the workplace has it, else None."""
     path = SHARED / relative
     return path if path.is_file() else None
-
-
-def write_glyph_folder(root: Path) -> Path:
-    """8 classes of 14 images: a class-specific 5x5 glyph at a random place on strong noise, so
-    the untrained network retrieves poorly and learning to ignore the noise pays. Every class
-    draws its glyph in the same colour: only the glyph's shape tells the classes apart."""
-    rng = np.random.default_rng(0)
-    for c in range(8):
-        glyph = rng.random((5, 5)) > 0.5
-        rng.integers(60, 255, size=3)  # unused draw: keeps the glyphs and noise of earlier runs
-        colour = np.array([230, 230, 230])
-        os.makedirs(root / f"class_{c:02d}")
-        for i in range(14):
-            image = rng.integers(0, 160, size=(40, 40, 3)).astype(np.uint8)
-            big = np.kron(glyph, np.ones((5, 5), dtype=bool))
-            y, x = rng.integers(0, 15, size=2)
-            image[y:y + 25, x:x + 25][big] = colour
-            Image.fromarray(image).save(root / f"class_{c:02d}" / f"{i}.png")
-    return root
-
-
-def write_patch_folder(root: Path, classes: int = 12, per_class: int = 4) -> Path:
-    """``classes`` x ``per_class`` images of 16x16 noise with a class colour patch."""
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        os.makedirs(root / f"c{c}")
-        colour = rng.integers(0, 255, size=3)
-        for i in range(per_class):
-            image = rng.integers(0, 255, size=(16, 16, 3)).astype(np.uint8)
-            image[4:12, 4:12] = colour
-            Image.fromarray(image).save(root / f"c{c}" / f"{i}.png")
-    return root
 
 
 class FixedMiner:

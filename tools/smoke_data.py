@@ -1,24 +1,33 @@
-"""Tiny generated datasets in the published layouts, for smoke runs (``SMOKE=1 bash table1.sh``).
+"""Generated test images, the one source of them: the published dataset layouts for smoke runs
+(``SMOKE=1 bash table1.sh``) and plain class-folder trees for ``--dataset folder`` (the tests').
 
     python -m tools.smoke_data OUT [--datasets cub200 cars196 online_products in-shop]
+    python -m tools.smoke_data OUT --layout folder [--pattern glyph|patch|stripes]
 
-writes ``OUT/<dataset>/`` exactly as the parsers in ``datasets/`` expect the real data, so a smoke
-run goes through the same parsing, loading and evaluation code as a real one:
+The first writes ``OUT/<dataset>/`` exactly as the parsers in ``datasets/`` expect the real data,
+so a smoke run goes through the same parsing, loading and evaluation code as a real one:
 
 * ``cub200/images/<NNN.Class_Name>/*.jpg``
 * ``cars196/images/<class folder with spaces>/*.jpg``
 * ``online_products/images/<super>_final/*.JPG`` plus ``Info_Files/Ebay_{train,test}.txt``
 * ``in-shop/img/<GROUP>/<Category>/id_<item>/*.jpg`` plus ``Eval/list_eval_partition.txt``
 
-Every class is a colour and a stripe direction plus noise, so that even one epoch learns something.
-Nothing is downloaded; a few hundred kilobytes are written.
+Every class there is a colour and a stripe direction plus noise (``stripes``), so that even one
+epoch learns something. The second writes ``OUT/<class>/<i>.png`` for ``--dataset folder --source
+OUT``; with its defaults, ``glyph`` and ``patch`` write the tests' ``generated_folder`` and
+``tiny_folder`` byte for byte. Nothing is downloaded; a few hundred kilobytes are written.
+
+One routine, ``write_classes``, writes every layout: per class, in class order, a pattern draws
+the class's constants from the generator, then its images, so one seed fixes every file.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -27,9 +36,16 @@ DATASETS = ("cub200", "cars196", "online_products", "in-shop")
 DEFAULT_CLASSES = 16  # half train, half test: 8 classes, enough for a batch of 16 at 2 per class
 DEFAULT_IMAGES_PER_CLASS = 4
 DEFAULT_IMAGE_SIZE = 40
+MIN_CLASSES = 4  # two train and two test classes (datasets/_layout.py's MIN_CLASSES_PER_SPLIT)
+JPEG_QUALITY = 90
+
+# A pattern is called once per class, ``pattern(rng, label, size)``: it draws the class's
+# constants from ``rng`` and returns the function that draws one image of that class.
+DrawImage = Callable[[np.random.Generator], Image.Image]
+ClassPattern = Callable[[np.random.Generator, int, int], DrawImage]
 
 
-def class_image(rng: np.random.Generator, label: int, size: int) -> Image.Image:
+def stripes_image(rng: np.random.Generator, label: int, size: int) -> Image.Image:
     """An RGB image whose colour and stripe orientation depend on ``label``; noise varies it."""
     hue = (label * 0.61803398875) % 1.0  # golden-ratio steps keep neighbouring classes apart
     base = np.array([np.cos(2 * np.pi * (hue + shift)) for shift in (0.0, 1 / 3, 2 / 3)])
@@ -43,35 +59,151 @@ def class_image(rng: np.random.Generator, label: int, size: int) -> Image.Image:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB")
 
 
+def stripes_pattern(rng: np.random.Generator, label: int, size: int) -> DrawImage:
+    """``stripes_image`` of ``label``: the class constants follow from the label, none drawn."""
+    return lambda image_rng: stripes_image(image_rng, label, size)
+
+
+GLYPH_CELLS = 5  # a 5x5 binary glyph ...
+GLYPH_SCALE = 5  # ... drawn as 25x25 pixels
+GLYPH_SIDE = GLYPH_CELLS * GLYPH_SCALE
+GLYPH_COLOUR = np.array([230, 230, 230])
+GLYPH_NOISE_HIGH = 160  # noise in [0, 160): strong, yet below the glyph's grey
+
+
+def glyph_pattern(rng: np.random.Generator, label: int, size: int) -> DrawImage:
+    """A class-specific glyph at a random place on strong noise, so an untrained network retrieves
+    poorly and learning to ignore the noise pays. Every class draws its glyph in the same colour:
+    only the glyph's shape tells the classes apart."""
+    glyph = rng.random((GLYPH_CELLS, GLYPH_CELLS)) > 0.5
+    rng.integers(60, 255, size=3)  # unused draw: keeps the glyphs and noise of earlier runs
+    mask = np.kron(glyph, np.ones((GLYPH_SCALE, GLYPH_SCALE), dtype=bool))
+
+    def draw(image_rng: np.random.Generator) -> Image.Image:
+        image = image_rng.integers(0, GLYPH_NOISE_HIGH, size=(size, size, 3)).astype(np.uint8)
+        y, x = image_rng.integers(0, size - GLYPH_SIDE, size=2)
+        image[y:y + GLYPH_SIDE, x:x + GLYPH_SIDE][mask] = GLYPH_COLOUR
+        return Image.fromarray(image)
+
+    return draw
+
+
+def patch_pattern(rng: np.random.Generator, label: int, size: int) -> DrawImage:
+    """Uniform noise with a class colour square over its middle half (4:12 of 16 pixels)."""
+    colour = rng.integers(0, 255, size=3)
+    low, high = size // 4, size - size // 4
+
+    def draw(image_rng: np.random.Generator) -> Image.Image:
+        image = image_rng.integers(0, 255, size=(size, size, 3)).astype(np.uint8)
+        image[low:high, low:high] = colour
+        return Image.fromarray(image)
+
+    return draw
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A class pattern with its defaults for ``--layout folder``."""
+
+    draw_class: ClassPattern
+    classes: int
+    images_per_class: int
+    size: int
+    min_size: int
+    class_name: str  # str.format template of the class index
+
+    def folder(self, index: int) -> str:
+        return self.class_name.format(index)
+
+
+PATTERNS: Dict[str, Pattern] = {
+    # 8 x 14 glyphs of 40 x 40 pixels: the tests' generated_folder
+    "glyph": Pattern(glyph_pattern, 8, 14, 40, GLYPH_SIDE + 1, "class_{:02d}"),
+    # 12 x 4 patches of 16 x 16 pixels: the tests' tiny_folder
+    "patch": Pattern(patch_pattern, 12, 4, 16, 4, "c{}"),
+    "stripes": Pattern(stripes_pattern, DEFAULT_CLASSES, DEFAULT_IMAGES_PER_CLASS,
+                       DEFAULT_IMAGE_SIZE, 1, "class_{:02d}"),
+}
+
+
 def _save(image: Image.Image, path: str) -> None:
+    """Save in the format the extension names (JPEG at quality 90, PNG with PIL's defaults)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    image.save(path, format="JPEG", quality=90)
+    if os.path.splitext(path)[1].lower() in (".jpg", ".jpeg"):
+        image.save(path, format="JPEG", quality=JPEG_QUALITY)
+    else:
+        image.save(path)
 
 
-def write_class_folders(root: str, class_names: Sequence[str], images_per_class: int, size: int,
-                        rng: np.random.Generator, extension: str = ".jpg") -> None:
+def write_classes(root: str, pattern: ClassPattern, size: int, rng: np.random.Generator,
+                  counts: Sequence[int], path_of: Callable[[int, int], str]
+                  ) -> List[Tuple[int, int, str]]:
+    """Write ``counts[c]`` images of each class ``c`` to ``root/path_of(c, i)``; returns the
+    ``(class, index, relative path)`` of every image in the order written.
+
+    Class by class: the pattern draws the class's constants, then each image draws from the same
+    ``rng``; this order is what makes the files depend on the seed alone.
+    """
+    written = []
+    for label, count in enumerate(counts):
+        draw = pattern(rng, label, size)
+        for index in range(count):
+            relative = path_of(label, index)
+            _save(draw(rng), os.path.join(root, relative))
+            written.append((label, index, relative))
+    return written
+
+
+PathT = TypeVar("PathT", str, Path)  # the folder is returned as given: a str or a Path
+
+
+def write_class_folder(root: PathT, pattern: str, classes: Optional[int] = None,
+                       images_per_class: Optional[int] = None, size: Optional[int] = None,
+                       seed: int = 0) -> PathT:
+    """``root/<class>/<i>.png``, a ``--dataset folder`` tree of the named pattern; None takes the
+    pattern's default. Returns ``root``."""
+    spec = PATTERNS[pattern]
+    classes = spec.classes if classes is None else classes
+    images_per_class = spec.images_per_class if images_per_class is None else images_per_class
+    write_classes(str(root), spec.draw_class, spec.size if size is None else size,
+                  np.random.default_rng(seed), [images_per_class] * classes,
+                  lambda label, index: os.path.join(spec.folder(label), f"{index}.png"))
+    return root
+
+
+def write_glyph_folder(root: PathT) -> PathT:
+    """The tests' ``generated_folder``: 8 classes x 14 glyph-on-noise images (``glyph_pattern``)."""
+    return write_class_folder(root, "glyph")
+
+
+def write_patch_folder(root: PathT, classes: int = 12, per_class: int = 4) -> PathT:
+    """``classes`` x ``per_class`` images of 16x16 noise with a class colour patch."""
+    return write_class_folder(root, "patch", classes, per_class)
+
+
+def _write_named_classes(root: str, class_names: Sequence[str], images_per_class: int,
+                         size: int, rng: np.random.Generator) -> str:
     """``root/images/<class name>/<class name>_<i>.jpg`` (the CUB and CARS layout)."""
-    for label, name in enumerate(class_names):
-        for index in range(images_per_class):
-            file_name = f"{name.replace(' ', '_')}_{index:04d}{extension}"
-            _save(class_image(rng, label, size), os.path.join(root, "images", name, file_name))
+    def path_of(label: int, index: int) -> str:
+        name = class_names[label]
+        return os.path.join("images", name, f"{name.replace(' ', '_')}_{index:04d}.jpg")
+
+    write_classes(root, stripes_pattern, size, rng, [images_per_class] * len(class_names),
+                  path_of)
+    return root
 
 
 def make_cub200(out: str, num_classes: int, images_per_class: int, size: int,
                 rng: np.random.Generator) -> str:
     names = [f"{i + 1:03d}.Smoke_Bird_{i + 1:03d}" for i in range(num_classes)]
-    root = os.path.join(out, "cub200")
-    write_class_folders(root, names, images_per_class, size, rng)
-    return root
+    return _write_named_classes(os.path.join(out, "cub200"), names, images_per_class, size, rng)
 
 
 def make_cars196(out: str, num_classes: int, images_per_class: int, size: int,
                  rng: np.random.Generator) -> str:
     # The DML codebases' CARS folders are car names with spaces, e.g. "Acura RL Sedan 2012".
     names = [f"Smoke Car Model {i + 1:03d} 20{10 + i % 10}" for i in range(num_classes)]
-    root = os.path.join(out, "cars196")
-    write_class_folders(root, names, images_per_class, size, rng)
-    return root
+    return _write_named_classes(os.path.join(out, "cars196"), names, images_per_class, size, rng)
 
 
 SOP_SUPER_CLASSES = ("bicycle", "cabinet", "chair")
@@ -82,19 +214,19 @@ def make_online_products(out: str, num_classes: int, images_per_class: int, size
     """Half the products train, half test; published-style ids (class ids 1.., super ids 1..)."""
     root = os.path.join(out, "online_products")
     n_train = (num_classes + 1) // 2
+    counts = [2 + (c % max(images_per_class - 1, 1)) for c in range(num_classes)]  # 2.., as SOP
+
+    def path_of(class_index: int, index: int) -> str:
+        folder = f"{SOP_SUPER_CLASSES[class_index % len(SOP_SUPER_CLASSES)]}_final"
+        return f"{folder}/{1000000 + class_index + 1}_{index}.JPG"
+
     rows: Dict[str, List[str]] = {"train": [], "test": []}
-    image_id = 1
-    for class_index in range(num_classes):
+    written = write_classes(os.path.join(root, "images"), stripes_pattern, size, rng, counts,
+                            path_of)
+    for image_id, (class_index, _, relative) in enumerate(written, start=1):
         split = "train" if class_index < n_train else "test"
-        class_id = class_index + 1
-        super_index = class_index % len(SOP_SUPER_CLASSES)
-        folder = f"{SOP_SUPER_CLASSES[super_index]}_final"
-        count = 2 + (class_index % max(images_per_class - 1, 1))  # 2.. images, as in SOP
-        for index in range(count):
-            relative = f"{folder}/{1000000 + class_id}_{index}.JPG"
-            _save(class_image(rng, class_index, size), os.path.join(root, "images", relative))
-            rows[split].append(f"{image_id} {class_id} {super_index + 1} {relative}")
-            image_id += 1
+        super_id = class_index % len(SOP_SUPER_CLASSES) + 1
+        rows[split].append(f"{image_id} {class_index + 1} {super_id} {relative}")
     os.makedirs(os.path.join(root, "Info_Files"), exist_ok=True)
     for split, lines in rows.items():
         with open(os.path.join(root, "Info_Files", f"Ebay_{split}.txt"), "w") as handle:
@@ -107,18 +239,21 @@ def make_in_shop(out: str, num_classes: int, images_per_class: int, size: int,
     """Half the items train; each test item has query and gallery images."""
     root = os.path.join(out, "in-shop")
     n_train = (num_classes + 1) // 2
-    lines = []
-    for item_index in range(num_classes):
-        item = f"id_{item_index + 1:08d}"
+
+    def path_of(item_index: int, index: int) -> str:
         group, category = ("WOMEN", "Dresses") if item_index % 2 == 0 else ("MEN", "Shirts_Polos")
-        for index in range(max(images_per_class, 2)):
-            relative = f"img/{group}/{category}/{item}/{index + 1:02d}_{index + 1}_front.jpg"
-            _save(class_image(rng, item_index, size), os.path.join(root, relative))
-            if item_index < n_train:
-                status = "train"
-            else:
-                status = "query" if index % 2 == 0 else "gallery"
-            lines.append(f"{relative} {item} {status}")
+        return (f"img/{group}/{category}/id_{item_index + 1:08d}/"
+                f"{index + 1:02d}_{index + 1}_front.jpg")
+
+    lines = []
+    written = write_classes(root, stripes_pattern, size, rng,
+                            [max(images_per_class, 2)] * num_classes, path_of)
+    for item_index, index, relative in written:
+        if item_index < n_train:
+            status = "train"
+        else:
+            status = "query" if index % 2 == 0 else "gallery"
+        lines.append(f"{relative} id_{item_index + 1:08d} {status}")
     os.makedirs(os.path.join(root, "Eval"), exist_ok=True)
     with open(os.path.join(root, "Eval", "list_eval_partition.txt"), "w") as handle:
         handle.write(f"{len(lines)}\nimage_name item_id evaluation_status\n")
@@ -128,6 +263,14 @@ def make_in_shop(out: str, num_classes: int, images_per_class: int, size: int,
 
 MAKERS = {"cub200": make_cub200, "cars196": make_cars196,
           "online_products": make_online_products, "in-shop": make_in_shop}
+
+
+def _check_counts(num_classes: int, images_per_class: int) -> None:
+    if num_classes < MIN_CLASSES:
+        raise ValueError(f"--classes must be at least {MIN_CLASSES} (two train and two test "
+                         f"classes), got {num_classes}")
+    if images_per_class < 2:
+        raise ValueError(f"--images_per_class must be at least 2, got {images_per_class}")
 
 
 def make_smoke_datasets(out: str, names: Sequence[str] = DATASETS,
@@ -142,30 +285,78 @@ def make_smoke_datasets(out: str, names: Sequence[str] = DATASETS,
     if unknown:
         raise ValueError(f"unknown smoke dataset(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(DATASETS)}")
-    if num_classes < 4:
-        raise ValueError(f"--classes must be at least 4 (two train and two test classes), "
-                         f"got {num_classes}")
-    if images_per_class < 2:
-        raise ValueError(f"--images_per_class must be at least 2, got {images_per_class}")
+    _check_counts(num_classes, images_per_class)
     rng = np.random.default_rng(seed)
     return {name: MAKERS[name](out, num_classes, images_per_class, size, rng) for name in names}
 
 
+def make_folder_dataset(out: str, pattern: str, num_classes: Optional[int] = None,
+                        images_per_class: Optional[int] = None, size: Optional[int] = None,
+                        seed: int = 0) -> Tuple[str, int, int, int]:
+    """``write_class_folder`` with the command's checks; returns (folder, classes, images per
+    class, size) as written."""
+    if pattern not in PATTERNS:
+        raise ValueError(f"unknown --pattern {pattern!r}; choose from {', '.join(PATTERNS)}")
+    spec = PATTERNS[pattern]
+    num_classes = spec.classes if num_classes is None else num_classes
+    images_per_class = spec.images_per_class if images_per_class is None else images_per_class
+    size = spec.size if size is None else size
+    _check_counts(num_classes, images_per_class)
+    if size < spec.min_size:
+        raise ValueError(f"--size must be at least {spec.min_size} for --pattern {pattern}, "
+                         f"got {size}")
+    write_class_folder(out, pattern, num_classes, images_per_class, size, seed)
+    return out, num_classes, images_per_class, size
+
+
+def _pattern_defaults(field: str) -> str:
+    return ", ".join(f"{name} {getattr(spec, field)}" for name, spec in PATTERNS.items())
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("out", help="Folder to write <dataset>/ folders into (a --source).")
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
-    parser.add_argument("--classes", type=int, default=DEFAULT_CLASSES,
-                        help="Classes per dataset, train and test together (first half train).")
-    parser.add_argument("--images_per_class", type=int, default=DEFAULT_IMAGES_PER_CLASS)
-    parser.add_argument("--size", type=int, default=DEFAULT_IMAGE_SIZE,
-                        help="Image side in pixels.")
-    parser.add_argument("--seed", type=int, default=0)
+    # Defaults depend on --layout and --pattern, so each help text states its own.
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", help="Folder to write <dataset>/ folders into (a --source), or "
+                                    "with --layout folder the class tree itself.")
+    parser.add_argument("--layout", choices=("published", "folder"), default="published",
+                        help="published: the four datasets' own layouts; folder: OUT/<class>/"
+                             "<i>.png for --dataset folder --source OUT (default: published).")
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS,
+                        help=f"--layout published only (default: all: {' '.join(DATASETS)}).")
+    parser.add_argument("--pattern", choices=tuple(PATTERNS),
+                        help="--layout folder only (default glyph): glyph on noise, colour "
+                             "patch on noise, or the published layouts' colour stripes.")
+    parser.add_argument("--classes", type=int,
+                        help=f"Classes, train and test together (first half train); default "
+                             f"{DEFAULT_CLASSES}, or the pattern's with --layout folder "
+                             f"({_pattern_defaults('classes')}).")
+    parser.add_argument("--images_per_class", type=int,
+                        help=f"Default {DEFAULT_IMAGES_PER_CLASS}, or the pattern's with --layout "
+                             f"folder ({_pattern_defaults('images_per_class')}).")
+    parser.add_argument("--size", type=int,
+                        help=f"Image side in pixels; default {DEFAULT_IMAGE_SIZE}, or the "
+                             f"pattern's with --layout folder ({_pattern_defaults('size')}).")
+    parser.add_argument("--seed", type=int, default=0, help="Default 0.")
     args = parser.parse_args(argv)
     try:
-        folders = make_smoke_datasets(args.out, args.datasets, args.classes, args.images_per_class,
-                                      args.size, args.seed)
+        if args.layout == "folder":
+            if args.datasets is not None:
+                raise ValueError("--datasets applies to --layout published; --layout folder "
+                                 "writes one class tree (choose its images with --pattern)")
+            folder, classes, per_class, size = make_folder_dataset(
+                args.out, args.pattern or "glyph", args.classes, args.images_per_class,
+                args.size, args.seed)
+            print(f"folder: {folder} ({classes} classes x {per_class} images of {size} x {size} "
+                  f"pixels; train with --dataset folder --source {folder})")
+            return 0
+        if args.pattern is not None:
+            raise ValueError("--pattern applies to --layout folder; the published layouts are "
+                             "always drawn with colour stripes")
+        folders = make_smoke_datasets(
+            args.out, args.datasets or list(DATASETS),
+            DEFAULT_CLASSES if args.classes is None else args.classes,
+            DEFAULT_IMAGES_PER_CLASS if args.images_per_class is None else args.images_per_class,
+            DEFAULT_IMAGE_SIZE if args.size is None else args.size, args.seed)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
