@@ -197,14 +197,6 @@ def make_train_loader(train_set: ImageDataset, sampler: datasampler.BaseBatchSam
     return device_decoding(loader, train_set, device)
 
 
-def sampler_options(opt: argparse.Namespace) -> Dict:
-    """The --data_* options of the storage samplers, under their constructor names."""
-    return dict(bigbs=opt.data_batchmatch_bigbs, ncomps=opt.data_batchmatch_ncomps,
-                lowproj_dim=opt.data_sampler_lowproj_dim, mb_mom=opt.data_mb_mom,
-                mb_lr=opt.data_mb_lr, d2_lambda=opt.data_d2_coreset_lambda,
-                softened=opt.data_gc_softened)
-
-
 def command_line_options(argv: Optional[List[str]]) -> Tuple[argparse.Namespace, Dict]:
     """The run's options and the ones typed: parsed once; for --resume, the saved ones."""
     cli, given = parse_command_line(argv)
@@ -323,12 +315,11 @@ def build_training(opt: argparse.Namespace, device: torch.device) -> Training:
     eval_sets = {name: eval_dataset(split) for name, split in splits.evaluation.items()}
     if opt.train_metrics:
         eval_sets["train"] = eval_dataset(splits.train)
-    sampler = datasampler.select(opt.data_sampler, splits.train.labels, opt.bs,
-                                 opt.samples_per_class, seed=opt.seed, rank=distributed.rank(),
-                                 world_size=distributed.world_size(),
-                                 class_names=splits.train.class_names,
-                                 super_labels=splits.train.super_labels,
-                                 num_super=opt.data_num_super, **sampler_options(opt))
+    sampler = datasampler.from_options(opt.data_sampler, opt, splits.train.labels,
+                                       class_names=splits.train.class_names,
+                                       super_labels=splits.train.super_labels,
+                                       rank=distributed.rank(),
+                                       world_size=distributed.world_size())
     loader = make_train_loader(train_set, sampler, opt, device)
     storage = StorageFeed.for_sampler(sampler, training.model,
                                       image_dataset(splits.train, transform_config, False, decode),

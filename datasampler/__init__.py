@@ -1,6 +1,9 @@
 """Batch samplers, selected with ``--data_sampler``. One file per sampler; see ``_base.py``."""
 from __future__ import annotations
 
+import argparse
+from typing import Optional, Sequence
+
 import numpy as np
 
 from utilities.registry import Registry
@@ -14,12 +17,19 @@ REGISTRY.import_members(__name__, __path__)
 def select(name: str, labels: np.ndarray, batch_size: int, samples_per_class: int, seed: int = 0,
            rank: int = 0, world_size: int = 1, class_names=None,
            **member_options) -> BaseBatchSampler:
-    """The sampler ``name``. ``member_options`` (e.g. ``super_labels``, ``num_super``) go to the
-    samplers whose constructor takes them; the others ignore them."""
-    import inspect  # only select() needs it
+    """The sampler ``name`` built from explicit arguments; ``member_options`` are keywords of its
+    constructor (e.g. ``bigbs``, ``super_labels``, ``num_super``). Training builds it with
+    ``from_options`` instead."""
+    return REGISTRY.get(name)(labels, batch_size, samples_per_class, seed=seed, rank=rank,
+                              world_size=world_size, class_names=class_names, **member_options)
 
-    member = REGISTRY.get(name)
-    accepted = inspect.signature(member.__init__).parameters
-    extra = {k: v for k, v in member_options.items() if k in accepted}
-    return member(labels, batch_size, samples_per_class, seed=seed, rank=rank,
-                  world_size=world_size, class_names=class_names, **extra)
+
+def from_options(name: str, opt: argparse.Namespace, labels: np.ndarray,
+                 class_names: Optional[Sequence[str]] = None,
+                 super_labels: Optional[np.ndarray] = None, rank: int = 0,
+                 world_size: int = 1) -> BaseBatchSampler:
+    """The sampler ``name`` for the training split (its labels, class names, super-class labels),
+    built from the parsed command line by the sampler itself (``BaseBatchSampler.from_options``)."""
+    return REGISTRY.get(name).from_options(opt, labels, class_names=class_names,
+                                           super_labels=super_labels, rank=rank,
+                                           world_size=world_size)

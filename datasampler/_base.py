@@ -1,7 +1,8 @@
 """Base class of the batch samplers: deterministic per (seed, epoch) and resumable mid-epoch."""
 from __future__ import annotations
 
-from typing import ClassVar, Dict, Iterator, List, Tuple
+import argparse
+from typing import Any, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -40,6 +41,26 @@ class BaseBatchSampler(Sampler[List[int]]):
         self.world_size = world_size
         self.epoch = 0
         self.start_batch = 0  # batches of the current epoch already served (for resume)
+
+    @classmethod
+    def from_options(cls, opt: argparse.Namespace, labels: np.ndarray,
+                     class_names: Optional[Sequence[str]] = None,
+                     super_labels: Optional[np.ndarray] = None, rank: int = 0,
+                     world_size: int = 1) -> "BaseBatchSampler":
+        """Build the sampler for the training split (its ``labels``, ``class_names`` and, where
+        the dataset has them, ``super_labels``) from the parsed command line: --bs,
+        --samples_per_class and --seed here, the sampler's own options in ``own_arguments``."""
+        return cls(labels, opt.bs, opt.samples_per_class, seed=opt.seed, rank=rank,
+                   world_size=world_size, class_names=class_names,
+                   **cls.own_arguments(opt, super_labels))
+
+    @classmethod
+    def own_arguments(cls, opt: argparse.Namespace,
+                      super_labels: Optional[np.ndarray] = None) -> Dict[str, Any]:
+        """This sampler's constructor keywords beyond the common ones, from its own --data_*
+        options (and the split's super-class labels, for a sampler that uses them). Samplers
+        with options extend it."""
+        return {}
 
     def check_class_groups(self, unit: str = "classes") -> None:
         """For samplers whose batches are groups of --samples_per_class rows of one class: the

@@ -16,7 +16,8 @@ with momentum instead (published ``full_storage_update``): ``delta = m delta + (
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Optional
+import argparse
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -28,7 +29,8 @@ from ._base import BaseBatchSampler
 
 
 class StorageBatchSampler(BaseBatchSampler):
-    """Common storage, per-class lookup and resume logic; subclasses implement ``draw_batch``."""
+    """Common storage, per-class lookup and resume logic; subclasses implement ``draw_batch`` and
+    add their own checks of the arguments in ``check_arguments``."""
 
     needs_embeddings = True
 
@@ -83,6 +85,18 @@ class StorageBatchSampler(BaseBatchSampler):
         self.delta: Optional[torch.Tensor] = None
         self._batches: Optional[torch.Tensor] = None  # (n_batches, bs) of epoch self._batches_epoch
         self._batches_epoch = -1
+        self.check_arguments()
+
+    @classmethod
+    def own_arguments(cls, opt: argparse.Namespace,
+                      super_labels: Optional[np.ndarray] = None) -> Dict[str, Any]:
+        return dict(super().own_arguments(opt, super_labels), bigbs=opt.data_batchmatch_bigbs,
+                    ncomps=opt.data_batchmatch_ncomps, lowproj_dim=opt.data_sampler_lowproj_dim,
+                    mb_mom=opt.data_mb_mom, mb_lr=opt.data_mb_lr)
+
+    def check_arguments(self) -> None:
+        """A subclass's own refusals of impossible settings, run at the end of ``__init__``
+        (the common ones are checked before)."""
 
     # -------------------------------------------------------------------- storage
     def refresh_storage(self, embeddings: torch.Tensor) -> None:

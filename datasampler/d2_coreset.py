@@ -15,6 +15,9 @@ cancels, and the published ``pdf`` underflows to 0 in 128+ dimensions.
 """
 from __future__ import annotations
 
+import argparse
+from typing import Any, Dict, Optional
+
 import numpy as np
 from scipy.stats import multivariate_normal
 
@@ -33,16 +36,24 @@ class D2CoresetSampler(StorageBatchSampler):
 
     def __init__(self, labels: np.ndarray, batch_size: int, samples_per_class: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, class_names=None, bigbs: int = 512,
-                 lowproj_dim: int = -1, mb_mom: float = -1.0, mb_lr: float = 1.0,
-                 d2_lambda: float = 1.0) -> None:
+                 ncomps: int = 10, lowproj_dim: int = -1, mb_mom: float = -1.0,
+                 mb_lr: float = 1.0, d2_lambda: float = 1.0) -> None:
         super().__init__(labels, batch_size, samples_per_class, seed, rank, world_size,
-                         class_names, bigbs=bigbs, lowproj_dim=lowproj_dim, mb_mom=mb_mom,
-                         mb_lr=mb_lr)
+                         class_names, bigbs=bigbs, ncomps=ncomps, lowproj_dim=lowproj_dim,
+                         mb_mom=mb_mom, mb_lr=mb_lr)
+        self.d2_lambda = d2_lambda
+
+    @classmethod
+    def own_arguments(cls, opt: argparse.Namespace,
+                      super_labels: Optional[np.ndarray] = None) -> Dict[str, Any]:
+        return dict(super().own_arguments(opt, super_labels),
+                    d2_lambda=opt.data_d2_coreset_lambda)
+
+    def check_arguments(self) -> None:
         self.check_candidates()
         if self.bigbs < 2:
             raise ValueError(f"--data_batchmatch_bigbs {self.bigbs}: d2_coreset fits a Gaussian "
                              f"to its candidates and needs at least 2")
-        self.d2_lambda = d2_lambda
 
     def draw_batch(self, rng: np.random.Generator, storage: np.ndarray) -> np.ndarray:
         candidates = rng.choice(len(storage), size=self.bigbs, replace=False)

@@ -26,13 +26,7 @@ HISTOGRAM_WEIGHT = 75.0
 
 @REGISTRY.register("disthist_batchmatch")
 class DistHistBatchMatchSampler(StorageBatchSampler):
-    def __init__(self, labels: np.ndarray, batch_size: int, samples_per_class: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, class_names=None, bigbs: int = 512,
-                 ncomps: int = 10, lowproj_dim: int = -1, mb_mom: float = -1.0,
-                 mb_lr: float = 1.0) -> None:
-        super().__init__(labels, batch_size, samples_per_class, seed, rank, world_size,
-                         class_names, bigbs=bigbs, ncomps=ncomps, lowproj_dim=lowproj_dim,
-                         mb_mom=mb_mom, mb_lr=mb_lr)
+    def check_arguments(self) -> None:
         self.check_big_batch()
 
     def draw_batch(self, rng: np.random.Generator, storage: np.ndarray) -> np.ndarray:

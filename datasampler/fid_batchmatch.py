@@ -21,15 +21,9 @@ DIAGONAL_OFFSET = 1e-8
 
 @REGISTRY.register("fid_batchmatch")
 class FidBatchMatchSampler(StorageBatchSampler):
-    def __init__(self, labels: np.ndarray, batch_size: int, samples_per_class: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, class_names=None, bigbs: int = 512,
-                 ncomps: int = 10, lowproj_dim: int = -1, mb_mom: float = -1.0,
-                 mb_lr: float = 1.0) -> None:
-        super().__init__(labels, batch_size, samples_per_class, seed, rank, world_size,
-                         class_names, bigbs=bigbs, ncomps=ncomps, lowproj_dim=lowproj_dim,
-                         mb_mom=mb_mom, mb_lr=mb_lr)
+    def check_arguments(self) -> None:
         self.check_big_batch()
-        if self.bigbs // samples_per_class * samples_per_class < 2 or batch_size < 2:
+        if self.bigbs // self.samples_per_class * self.samples_per_class < 2 or self.batch_size < 2:
             raise ValueError("fid_batchmatch needs at least 2 images in the big batch and in a "
                              "batch to estimate covariances")
 

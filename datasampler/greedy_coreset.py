@@ -12,6 +12,9 @@ uniformly with replacement. ``--data_gc_coreset_lim`` is accepted and unused, as
 """
 from __future__ import annotations
 
+import argparse
+from typing import Any, Dict, Optional
+
 import numpy as np
 
 from utilities.options import Option, non_negative_float
@@ -32,13 +35,20 @@ class GreedyCoresetSampler(StorageBatchSampler):
 
     def __init__(self, labels: np.ndarray, batch_size: int, samples_per_class: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, class_names=None, bigbs: int = 512,
-                 lowproj_dim: int = -1, mb_mom: float = -1.0, mb_lr: float = 1.0,
-                 softened: bool = False) -> None:
+                 ncomps: int = 10, lowproj_dim: int = -1, mb_mom: float = -1.0,
+                 mb_lr: float = 1.0, softened: bool = False) -> None:
         super().__init__(labels, batch_size, samples_per_class, seed, rank, world_size,
-                         class_names, bigbs=bigbs, lowproj_dim=lowproj_dim, mb_mom=mb_mom,
-                         mb_lr=mb_lr)
-        self.check_candidates()
+                         class_names, bigbs=bigbs, ncomps=ncomps, lowproj_dim=lowproj_dim,
+                         mb_mom=mb_mom, mb_lr=mb_lr)
         self.softened = softened
+
+    @classmethod
+    def own_arguments(cls, opt: argparse.Namespace,
+                      super_labels: Optional[np.ndarray] = None) -> Dict[str, Any]:
+        return dict(super().own_arguments(opt, super_labels), softened=opt.data_gc_softened)
+
+    def check_arguments(self) -> None:
+        self.check_candidates()
 
     def draw_batch(self, rng: np.random.Generator, storage: np.ndarray) -> np.ndarray:
         candidates = rng.choice(len(storage), size=self.bigbs, replace=False)

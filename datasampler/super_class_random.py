@@ -9,7 +9,8 @@ labels (``online_products``; the train/validation split keeps them).
 """
 from __future__ import annotations
 
-from typing import List, Optional
+import argparse
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -43,6 +44,12 @@ class SuperClassRandomSampler(ClassRandomSampler):
                              f"{len(self._supers)} super-classes of the training split")
         self.num_super = num_super
         self._super_members = [np.flatnonzero(class_super == s) for s in range(len(self._supers))]
+
+    @classmethod
+    def own_arguments(cls, opt: argparse.Namespace,
+                      super_labels: Optional[np.ndarray] = None) -> Dict[str, Any]:
+        return dict(super().own_arguments(opt, super_labels), super_labels=super_labels,
+                    num_super=opt.data_num_super)
 
     def global_batches(self, rng: np.random.Generator) -> List[np.ndarray]:
         n_batches = max(len(self.labels) // self.batch_size, 1)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import datasampler
+from parameters import parse_options
 from utilities.registry import UnknownNameError
 
 
@@ -95,3 +96,55 @@ def test_unknown_sampler_lists_valid_names():
     with pytest.raises(UnknownNameError, match="class_random, class_random_distinct, d2_coreset, "
                        "disthist_batchmatch, fid_batchmatch, greedy_coreset, random"):
         datasampler.select("balanced", np.zeros(4, dtype=int), 2, 1)
+
+
+STORAGE_OPTIONS = ["--data_batchmatch_bigbs", "20", "--data_batchmatch_ncomps", "3",
+                   "--data_sampler_lowproj_dim", "4", "--data_mb_mom", "0.5", "--data_mb_lr", "2"]
+STORAGE_ATTRIBUTES = dict(bigbs=20, ncomps=3, lowproj_dim=4, mb_mom=0.5, mb_lr=2.0)
+# per sampler: non-default values of its own --data_* options, and the attributes they must set
+OWN_OPTIONS = {
+    "random": ([], {}),
+    "class_random": ([], {}),
+    "class_random_distinct": ([], {}),
+    "super_class_random": (["--data_num_super", "2"], dict(num_super=2)),
+    "disthist_batchmatch": (STORAGE_OPTIONS, STORAGE_ATTRIBUTES),
+    "fid_batchmatch": (STORAGE_OPTIONS, STORAGE_ATTRIBUTES),
+    "d2_coreset": (STORAGE_OPTIONS + ["--data_d2_coreset_lambda", "2.5"],
+                   dict(STORAGE_ATTRIBUTES, d2_lambda=2.5)),
+    "greedy_coreset": (STORAGE_OPTIONS + ["--data_gc_softened"],
+                       dict(STORAGE_ATTRIBUTES, softened=True)),
+}
+
+
+def test_every_sampler_is_covered_by_the_from_options_test():
+    assert set(OWN_OPTIONS) == set(datasampler.REGISTRY.names())
+
+
+@pytest.mark.parametrize("name", sorted(OWN_OPTIONS))
+def test_from_options_builds_the_sampler_from_its_own_options(name):
+    """Each sampler maps its --data_* options to its constructor (its own from_options)."""
+    argv, attributes = OWN_OPTIONS[name]
+    opt = parse_options(["--data_sampler", name, "--bs", "8", "--samples_per_class", "2",
+                         "--seed", "7"] + argv)
+    labels = labels_of([6] * 10)
+    supers = labels // 5  # 2 super-classes of 5 classes each
+    sampler = datasampler.from_options(opt.data_sampler, opt, labels,
+                                       class_names=[f"c{i}" for i in range(10)],
+                                       super_labels=supers, rank=1, world_size=2)
+    assert type(sampler) is datasampler.REGISTRY.get(name)
+    expected = dict(batch_size=8, samples_per_class=2, seed=7, rank=1, world_size=2,
+                    **attributes)
+    assert {key: getattr(sampler, key) for key in expected} == expected
+    assert np.array_equal(sampler.labels, labels)
+
+
+def test_super_class_random_from_options_gets_the_split_super_labels():
+    opt = parse_options(["--data_sampler", "super_class_random", "--bs", "8",
+                         "--samples_per_class", "2", "--data_num_super", "1"])
+    labels = labels_of([6] * 10)
+    supers = labels // 5
+    sampler = datasampler.from_options(opt.data_sampler, opt, labels, super_labels=supers)
+    for batch in sampler:
+        assert len(set(supers[batch].tolist())) == 1  # one super-class per batch
+    with pytest.raises(ValueError, match="only --dataset online_products"):
+        datasampler.from_options(opt.data_sampler, opt, labels)

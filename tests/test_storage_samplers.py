@@ -372,6 +372,28 @@ def test_main_trains_with_each_storage_sampler(name, generated_folder, tmp_path,
     assert state["sampler"]["batches"].shape[1] == 8
 
 
+def test_main_builds_the_sampler_from_its_options(generated_folder, tmp_path, monkeypatch,
+                                                  single_thread):
+    """main.py hands the run's options to the sampler's from_options: the training's sampler
+    carries the typed --data_* values."""
+    built = []
+    build = datasampler.from_options
+
+    def spy(*args, **kwargs):
+        built.append(build(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(datasampler, "from_options", spy)
+    main.main(run_args(generated_folder, "d2_coreset") + [
+        "--save_path", str(tmp_path), "--data_d2_coreset_lambda", "2.5",
+        "--data_sampler_lowproj_dim", "4", "--data_mb_mom", "0.5", "--data_mb_lr", "2"])
+    (sampler,) = built
+    assert type(sampler).registry_name == "d2_coreset"
+    assert (sampler.bigbs, sampler.ncomps, sampler.lowproj_dim, sampler.mb_mom, sampler.mb_lr,
+            sampler.d2_lambda) == (16, 3, 4, 0.5, 2.0, 2.5)
+    assert (sampler.batch_size, sampler.samples_per_class) == (8, 2)
+
+
 StopAfter = stop_after(5)
 
 def test_main_stopped_mid_epoch_and_resumed_equals_the_uninterrupted_run(
