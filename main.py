@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
@@ -33,6 +34,7 @@ import datasampler
 import datasets
 import evaluation
 import metrics
+from datasampler._feed import StorageFeed
 from datasets import DataError, ImageDataset, QueryGallery
 from parameters import FILLED_IN, build_parser, parse_command_line, resolve_dataset_defaults
 from utilities import checkpoint as ckpt
@@ -42,11 +44,11 @@ from utilities.data import SeededBatches, SeededDataset, device_decoding, image_
 from utilities.grad_stats import gradient_norms
 from utilities.options import ConfigError, check_saved_options, option_name
 from utilities.registry import UnknownNameError
-from utilities.sampler_storage import StorageFeed
 from utilities.schedulers import make_scheduler
 from utilities.seeding import rng_state, seed_everything, set_rng_state
 
-SETUP = {"finished": False, "folder": ""}  # see run(): ValueErrors before this are bad input
+# see run(): ValueErrors before "finished" are bad input; folder and kernels for its messages
+SETUP = {"finished": False, "folder": "", "kernels": 0}
 
 # Options that a resumed run may take from the new command line instead of the saved config:
 # none of them changes what is trained (--no_amp and --compile only on CUDA, in rounding).
@@ -477,52 +479,77 @@ def raise_if_non_finite(bad_loss_step: torch.Tensor, bad_weights_step: torch.Ten
 
 
 def evaluate_all(model, eval_sets, opt, device, writer=None, epoch: int = 0) -> Dict[str, float]:
-    """Every evaluation split's scalar metrics, keyed ``<split>/<metric>``; array metrics
-    (``rho_spectrum@0``) go to ``writer`` as histograms at ``epoch``. Under torchrun all ranks
-    embed a shard each and rank 0 computes the metrics (other ranks get an empty dict)."""
-    def embed(dataset):
-        return distributed.sharded_embeddings(model, dataset, device, opt.eval_bs, opt.kernels)
-
+    """Every evaluation split's scalar metrics (:func:`evaluation.evaluate`), keyed
+    ``<split>/<metric>``; array metrics (``rho_spectrum@0``) go to ``writer`` as histograms at
+    ``epoch``. Under torchrun rank 0 gets the figures, the other ranks an empty dict."""
     eval_backend = evaluation.select_backend(getattr(opt, "eval_backend", "auto"), device)
     results = {}
     for split_name, eval_set in eval_sets.items():
-        if isinstance(eval_set, QueryGallery):  # In-Shop: queries searched among the gallery only
-            (queries, query_labels) = embed(eval_set.query)
-            (gallery, gallery_labels) = embed(eval_set.gallery)
-        else:
-            (gallery, gallery_labels), queries, query_labels = embed(eval_set), None, None
-        if not distributed.is_main_process():
+        values = evaluation.evaluate(model, eval_set, opt.evaluation_metrics, device, opt.eval_bs,
+                                     opt.kernels, kmeans_iterations=opt.kmeans_iterations,
+                                     seed=opt.seed, backend=eval_backend)
+        if values is None:  # not rank 0
             continue
-        values = evaluation.compute_metrics(opt.evaluation_metrics, gallery, gallery_labels,
-                                            queries, query_labels,
-                                            kmeans_iterations=opt.kmeans_iterations, seed=opt.seed,
-                                            backend=eval_backend)
         for name, value in values.items():
             if not isinstance(value, np.ndarray):
                 results[f"{split_name}/{name}"] = value
             elif writer is not None:
                 writer.add_histogram(f"epoch/{split_name}/{name}", value, epoch)
-        if queries is not None:  # queries that no gallery image can answer (see datasets.in_shop)
+        if isinstance(eval_set, QueryGallery):  # In-Shop
             results[f"{split_name}/queries_without_gallery"] = float(
-                (~np.isin(query_labels, gallery_labels)).sum())
+                eval_set.queries_without_gallery())
     return results
 
 
+def died_in_loader_worker(error: BaseException) -> bool:
+    """Whether ``error`` says a DataLoader worker died. torch reports it as a RuntimeError
+    "DataLoader worker (pid ...) exited unexpectedly / is killed by signal" (the latter from its
+    SIGCHLD handler, wherever the main thread is at that moment); a worker that dies while
+    handing over a batch surfaces instead as a ConnectionError or EOFError raised inside the
+    loader, while the main process unpickles that batch."""
+    if isinstance(error, RuntimeError) and not isinstance(error, DataError):
+        return "DataLoader worker (pid" in str(error)
+    if isinstance(error, (ConnectionError, EOFError)):  # raised receiving a batch from a worker
+        files = [frame.f_code.co_filename.replace(os.sep, "/")
+                 for frame, _ in traceback.walk_tb(error.__traceback__)]
+        return (any("torch/utils/data/" in name for name in files)
+                and any("multiprocessing/" in name for name in files))
+    return False
+
+
+def worker_death_message(folder: str, kernels: int, error: BaseException) -> str:
+    fewer = f" --kernels {kernels // 2}" if kernels > 1 else " --kernels 0"
+    detail = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(". ")
+    return (f"a data loader worker died ({detail}; often the out-of-memory killer); the last "
+            f"checkpoint is kept. Continue with: python main.py --resume {folder}{fewer} (fewer "
+            f"workers use less memory)")
+
+
+def stop_loader_workers(loader) -> None:
+    """Shut down the workers of a loader with persistent workers now. Until its iterator shuts
+    down, torch keeps a dead worker registered with its SIGCHLD handler, which then raises in
+    the main thread whenever any child process exits; torch has no public call for this."""
+    inner = getattr(loader, "loader", loader)  # datasets._batch.DeviceDecodingLoader wraps one
+    iterator = getattr(inner, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+        inner._iterator = None
+
+
 @contextlib.contextmanager
-def loader_worker_guard(folder: str, opt: argparse.Namespace):
+def loader_worker_guard(folder: str, opt: argparse.Namespace, loader=None):
     """A DataLoader worker that died (typically the out-of-memory killer) becomes one line
-    saying how to continue, instead of torch's RuntimeError."""
+    saying how to continue, instead of torch's RuntimeError or a ConnectionResetError. (torch's
+    SIGCHLD handler may raise its RuntimeError a moment later, even inside this handler:
+    :func:`run` catches that one.)"""
     try:
         yield
-    except RuntimeError as error:
-        # torch: "DataLoader worker (pid(s) N) exited unexpectedly" / "... is killed by signal"
-        if isinstance(error, DataError) or "DataLoader worker (pid" not in str(error):
+    except (RuntimeError, ConnectionError, EOFError) as error:
+        if not died_in_loader_worker(error):
             raise
-        fewer = f" --kernels {opt.kernels // 2}" if opt.kernels > 1 else " --kernels 0"
-        detail = str(error).strip().splitlines()[0].rstrip(". ")
-        raise TrainingError(f"a data loader worker died ({detail}; often the out-of-memory "
-                            f"killer); the last checkpoint is kept. Continue with: python main.py "
-                            f"--resume {folder}{fewer} (fewer workers use less memory)") from None
+        if loader is not None:
+            stop_loader_workers(loader)
+        raise TrainingError(worker_death_message(folder, opt.kernels, error)) from None
 
 
 def format_results(results: Dict[str, float]) -> str:
@@ -542,7 +569,7 @@ def main(argv: Optional[List[str]] = None) -> str:
 
 
 def train(argv: Optional[List[str]] = None) -> str:
-    SETUP["finished"], SETUP["folder"] = False, ""
+    SETUP["finished"], SETUP["folder"], SETUP["kernels"] = False, "", 0
     distributed.init_from_environment()
     opt, given = command_line_options(argv)
     validate_options(opt, given)
@@ -572,8 +599,8 @@ def train(argv: Optional[List[str]] = None) -> str:
         folder = opt.resume
         state = ckpt.load_checkpoint(os.path.join(folder, rf.LAST_CHECKPOINT),
                                      required=ckpt.RUN_STATE_KEYS)
-        ckpt.check_compatible(state, opt.arch, opt.embed_dim,
-                              os.path.join(folder, rf.LAST_CHECKPOINT))
+        architectures.check_checkpoint(state, opt.arch, opt.embed_dim,
+                                       os.path.join(folder, rf.LAST_CHECKPOINT))
         model.load_state_dict(state["network"]["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -594,7 +621,7 @@ def train(argv: Optional[List[str]] = None) -> str:
     else:
         folder = ""
     folder = distributed.broadcast_string(folder)
-    SETUP["folder"] = folder
+    SETUP["folder"], SETUP["kernels"] = folder, opt.kernels
     stop = StopRequest()
     stop.install()
     if is_main:
@@ -635,7 +662,7 @@ def train(argv: Optional[List[str]] = None) -> str:
         if training.storage is not None:  # fill / refresh the sampler's storage (timed here)
             training.storage.epoch_start(epoch)
         model.warmup = epoch < opt.n_warm  # --n_warm: only the embedding layer trains
-        with loader_worker_guard(folder, opt):
+        with loader_worker_guard(folder, opt, training.loader):
             global_step, stopped = train_one_epoch(training, epoch + 1, epoch_stats, writer, stop,
                                                    global_step)
         if stopped:
@@ -727,6 +754,20 @@ def run(argv: Optional[List[str]] = None) -> int:
     counts as bad input only while the run is being set up; later it is a bug and keeps its
     traceback."""
     try:
+        return run_reporting_errors(argv)
+    except (RuntimeError, ConnectionError, EOFError) as error:
+        # torch's SIGCHLD handler raised while a dead worker was being reported (see
+        # loader_worker_guard)
+        if not died_in_loader_worker(error):
+            raise
+        message = worker_death_message(SETUP["folder"], SETUP["kernels"], error)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def run_reporting_errors(argv: Optional[List[str]] = None) -> int:
+    """:func:`main`, its known failures printed as one line (exit status 2, 130 for Ctrl-C)."""
+    try:
         main(argv)
     except DataError as error:
         print(f"error: {error.short_message()}", file=sys.stderr)
@@ -743,6 +784,10 @@ def run(argv: Optional[List[str]] = None) -> int:
         print(f"\nerror: interrupted{hint}", file=sys.stderr)
         return 130
     except OSError as error:  # e.g. a full disk while writing metrics.csv
+        if died_in_loader_worker(error):  # outside loader_worker_guard
+            print(f"error: {worker_death_message(SETUP['folder'], SETUP['kernels'], error)}",
+                  file=sys.stderr)
+            return 2
         where = f" '{error.filename}'" if error.filename else ""
         print(f"error: cannot access{where}: {error.strerror or error}", file=sys.stderr)
         return 2

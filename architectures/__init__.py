@@ -12,8 +12,9 @@ are accepted as they are. A new backbone is one file registering a builder
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import FrozenSet, Optional
+from typing import Any, Dict, FrozenSet, Optional
 
+from utilities.checkpoint import CheckpointError
 from utilities.registry import Registry, UnknownNameError
 
 from ._base import EmbeddingNetwork, PretrainedWeightsError
@@ -72,6 +73,33 @@ def with_backbone(name: str, backbone: str) -> str:
     return backbone + name[len(parse_arch(name).backbone):]
 
 
+def same_weight_layout(arch: str, other: str) -> bool:
+    """Whether networks of two arch names hold the same weights: same backbone and pooling
+    (``frozen``, ``normalize`` and run labels change behaviour, not weights). Names without a
+    registered backbone are compared as text."""
+    try:
+        spec, other_spec = parse_arch(arch), parse_arch(other)
+    except UnknownNameError:
+        return arch == other
+    return (spec.backbone, spec.double) == (other_spec.backbone, other_spec.double)
+
+
+def check_checkpoint(checkpoint: Dict[str, Any], arch: str, embed_dim: int, path: str) -> None:
+    """Refuse a checkpoint trained with another backbone or embedding size, saying what differs."""
+    saved = checkpoint.get("network", {})
+    if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):
+        raise CheckpointError(f"'{path}' is not a checkpoint of main.py (no network weights)")
+    differences = []
+    if saved.get("embed_dim") != embed_dim:
+        differences.append(f"--embed_dim {saved.get('embed_dim')} there, {embed_dim} here")
+    saved_arch = saved.get("arch", "")
+    if not same_weight_layout(saved_arch, arch):
+        differences.append(f"--arch '{saved_arch}' there, '{arch}' here")
+    if differences:
+        raise CheckpointError(f"checkpoint '{path}' does not fit this run: "
+                              + "; ".join(differences))
+
+
 def select(name: str, embed_dim: int, pretrained: bool = True,
            pretrained_path: Optional[str] = None, dropout: float = -1.0,
            freeze_bn_affine: bool = False) -> EmbeddingNetwork:
@@ -86,5 +114,5 @@ def select(name: str, embed_dim: int, pretrained: bool = True,
                             freeze_bn_affine=freeze_bn_affine)
 
 
-__all__ = ["select", "parse_arch", "with_backbone", "EmbeddingNetwork", "PretrainedWeightsError",
-           "REGISTRY"]
+__all__ = ["select", "parse_arch", "with_backbone", "same_weight_layout", "check_checkpoint",
+           "EmbeddingNetwork", "PretrainedWeightsError", "REGISTRY"]

@@ -12,6 +12,7 @@ from torch import nn
 
 from datasets._base import TransformConfig
 from datasets._transforms import InputNormalizer
+from utilities.checkpoint import unloadable_reason
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -151,8 +152,6 @@ def load_state_dict_file(path: str, arch: str) -> Dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        from utilities.checkpoint import unloadable_reason  # checkpoint imports architectures
-
         raise PretrainedWeightsError(f"--pretrained_path '{path}' is not a checkpoint "
                                      f"({unloadable_reason(path, error)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

@@ -74,7 +74,7 @@ def main(argv=None) -> None:
     from evaluation import compute_embeddings
     from tools import embed as embed_tool
     from tools._common import list_images
-    from utilities.trained_model import load_trained_model
+    from tools._trained_model import load_trained_model
 
     with tempfile.TemporaryDirectory() as work:
         images_dir, run_dir = os.path.join(work, "images"), os.path.join(work, "run")

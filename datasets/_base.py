@@ -75,6 +75,11 @@ class QueryGallery(NamedTuple):
         """The pair with ``function`` applied to both sides (e.g. Split -> ImageDataset)."""
         return QueryGallery(function(self.query), function(self.gallery))
 
+    def queries_without_gallery(self) -> int:
+        """Queries whose class has no gallery image: no model can answer them, so they bound
+        every retrieval figure (see datasets/in_shop.py)."""
+        return int((~np.isin(self.query.labels, self.gallery.labels)).sum())
+
 
 @dataclass
 class DatasetSplits:

@@ -5,7 +5,7 @@
 """
 from .backend import EvaluationBackend, faiss_gpu_available, select_backend
 from .compute import compute_metrics, evaluate
-from .embeddings import compute_embeddings
+from .embeddings import compute_embeddings, sharded_embeddings
 
-__all__ = ["EvaluationBackend", "select_backend", "compute_embeddings", "compute_metrics",
-           "evaluate", "faiss_gpu_available"]
+__all__ = ["EvaluationBackend", "select_backend", "compute_embeddings", "sharded_embeddings",
+           "compute_metrics", "evaluate", "faiss_gpu_available"]

@@ -18,10 +18,11 @@ import scipy.sparse
 import torch
 
 import metrics as metric_registry
+from datasets import QueryGallery
 from metrics import (CLASS_DIRECTIONS, CLUSTERS, COSINE, EUCLIDEAN, NEIGHBOURS, SPECTRUM,
                      BaseMetric, ClassDirections, ClusterMetric, NeighbourMetric)
 
-from .embeddings import compute_embeddings
+from .embeddings import sharded_embeddings
 from .backend import EvaluationBackend, select_backend
 
 # Neighbours searched for every query before the deeper search that only queries without a hit
@@ -259,34 +260,41 @@ def compute_metrics(metric_names: Sequence[str], embeddings: np.ndarray, labels:
     return {metric.name: results[metric.name] for metric in selected}
 
 
-EvalSet = Union[torch.utils.data.Dataset, Tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]]
+EvalSet = Union[torch.utils.data.Dataset, QueryGallery,
+                Tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]]
 
 
 def evaluate(model: torch.nn.Module, eval_set: EvalSet, metric_names: Sequence[str],
              device: Union[str, torch.device], batch_size: int, num_workers: int,
              kmeans_iterations: int = 20, seed: int = 0,
-             backend: Optional[EvaluationBackend] = None) -> Dict[str, MetricValue]:
-    """Embed ``eval_set`` with ``model`` and compute ``metric_names`` on it.
+             backend: Optional[EvaluationBackend] = None) -> Optional[Dict[str, MetricValue]]:
+    """Embed ``eval_set`` with ``model`` and compute ``metric_names`` on it: the evaluation of
+    ``main.py`` after every epoch and of ``tools.evaluate``.
 
     ``eval_set`` is one dataset (each image a query against all the others) or a
-    ``(query_dataset, gallery_dataset)`` pair (In-Shop). Metric names are checked before any image
-    is embedded.
+    :class:`datasets.QueryGallery` (In-Shop; a plain ``(query, gallery)`` pair is taken as one).
+    Metric names are checked before any image is embedded. Under torchrun every rank embeds a
+    shard and rank 0 computes the metrics; the other ranks get None.
     """
     metric_registry.select_all(metric_names)
-    if isinstance(eval_set, (tuple, list)):
+    if isinstance(eval_set, tuple) and not isinstance(eval_set, QueryGallery):
         if len(eval_set) != 2:
             raise ValueError(f"eval_set: expected one dataset or a (query, gallery) pair, got "
                              f"{len(eval_set)} items")
-        query_set, gallery_set = eval_set
-        queries, query_labels = compute_embeddings(model, query_set, device, batch_size,
-                                                   num_workers)
-        gallery, gallery_labels = compute_embeddings(model, gallery_set, device, batch_size,
-                                                     num_workers)
-        return compute_metrics(metric_names, gallery, gallery_labels, queries, query_labels,
-                               kmeans_iterations=kmeans_iterations, seed=seed, backend=backend)
-    embeddings, labels = compute_embeddings(model, eval_set, device, batch_size, num_workers)
-    return compute_metrics(metric_names, embeddings, labels, kmeans_iterations=kmeans_iterations,
-                           seed=seed, backend=backend)
+        eval_set = QueryGallery(*eval_set)
+
+    def embed(dataset):
+        return sharded_embeddings(model, dataset, device, batch_size, num_workers)
+
+    if isinstance(eval_set, QueryGallery):
+        queries, query_labels = embed(eval_set.query)
+        gallery, gallery_labels = embed(eval_set.gallery)
+    else:
+        (gallery, gallery_labels), queries, query_labels = embed(eval_set), None, None
+    if gallery is None:  # a torchrun rank other than 0
+        return None
+    return compute_metrics(metric_names, gallery, gallery_labels, queries, query_labels,
+                           kmeans_iterations=kmeans_iterations, seed=seed, backend=backend)
 
 
 __all__: List[str] = ["compute_metrics", "evaluate", "retrieval_scores", "clustering_scores",

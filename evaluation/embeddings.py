@@ -1,11 +1,15 @@
-"""Embeddings of a dataset, computed in eval mode without gradients."""
+"""Embeddings of a dataset, computed in eval mode without gradients (sharded under torchrun)."""
 from __future__ import annotations
 
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.utils.data import Subset
 from tqdm import tqdm
+
+from utilities import distributed
 
 
 def compute_embeddings(model: torch.nn.Module, dataset: torch.utils.data.Dataset,
@@ -48,3 +52,26 @@ def compute_embeddings(model: torch.nn.Module, dataset: torch.utils.data.Dataset
         raise ValueError(f"cannot embed an empty dataset ({type(dataset).__name__})")
     embeddings = torch.cat(outputs).cpu().numpy()
     return np.ascontiguousarray(embeddings), torch.cat(labels).numpy().astype(np.int64)
+
+
+def sharded_embeddings(model: torch.nn.Module, dataset: torch.utils.data.Dataset,
+                       device: Union[str, torch.device], batch_size: int, num_workers: int
+                       ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """:func:`compute_embeddings`, shared out under torchrun: every rank embeds every
+    world_size-th image and rank 0 receives them all in dataset order (the other ranks get
+    ``(None, None)``). Without torchrun it is :func:`compute_embeddings`."""
+    if not distributed.is_distributed():
+        return compute_embeddings(model, dataset, device, batch_size, num_workers)
+    size, me = distributed.world_size(), distributed.rank()
+    shard = Subset(dataset, list(range(me, len(dataset), size)))
+    local = compute_embeddings(model, shard, device, batch_size, num_workers)
+    gathered = [None] * size if me == 0 else None
+    dist.gather_object(local, gathered, dst=0)
+    if me != 0:
+        return None, None
+    embeddings = np.empty((len(dataset), gathered[0][0].shape[1]), dtype=np.float32)
+    labels = np.empty(len(dataset), dtype=np.int64)
+    for source_rank, (part, part_labels) in enumerate(gathered):
+        embeddings[source_rank::size] = part
+        labels[source_rank::size] = part_labels
+    return embeddings, labels

@@ -432,3 +432,49 @@ def test_interrupt_outside_a_save_is_one_line_with_the_resume_command(generated_
     err = capsys.readouterr().err
     assert ("error: interrupted; the last saved checkpoint is kept. Continue with: python "
             f"main.py --resume {tmp_path / 'run'}") in err and "Traceback" not in err
+
+
+def raised_through(error: BaseException, *files: str) -> BaseException:
+    """``error`` with a traceback through functions defined in ``files`` (outermost first), as
+    when it is raised inside torch's DataLoader while unpickling a worker's batch."""
+    namespace = {"error": error}
+    code = "def inner():\n    raise error\n"
+    for depth, name in enumerate(reversed(files)):
+        exec(compile(code, name, "exec"), namespace)
+        namespace[f"f{depth}"] = namespace["inner"]
+        code = f"def inner():\n    f{depth}()\n"
+    try:
+        namespace[f"f{len(files) - 1}"]()
+    except type(error) as caught:
+        return caught
+    raise AssertionError("not raised")
+
+
+@pytest.mark.parametrize("files,died", [
+    (("/x/torch/utils/data/dataloader.py", "/x/multiprocessing/resource_sharer.py"), True),
+    (("/x/torch/utils/data/_utils/fetch.py", "/x/my_dataset.py"), False),  # no workers involved
+    (("/x/utilities/run_folder.py",), False),
+])
+def test_a_connection_reset_counts_as_a_dead_worker_only_inside_the_loader(files, died):
+    error = raised_through(ConnectionResetError(104, "Connection reset by peer"), *files)
+    assert main.died_in_loader_worker(error) is died
+
+
+def test_torchs_late_worker_error_still_gives_the_one_line(tmp_path, monkeypatch, capsys):
+    """torch's SIGCHLD handler may raise its RuntimeError after the guard has handled the first
+    sign of the death (e.g. while the message is printed): run() still says it in one line."""
+    monkeypatch.setitem(main.SETUP, "folder", str(tmp_path / "run"))
+    monkeypatch.setitem(main.SETUP, "kernels", 4)
+
+    def late_signal(argv):
+        try:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        except ConnectionResetError:
+            raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed.")
+
+    monkeypatch.setattr(main, "main", late_signal)
+    assert main.run([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: a data loader worker died (DataLoader worker (pid 4242) is "
+                          "killed by signal: Killed")
+    assert f"Continue with: python main.py --resume {tmp_path / 'run'} --kernels 2" in err

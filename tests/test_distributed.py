@@ -14,6 +14,7 @@ import architectures
 import criteria
 import main
 from das import build_producer
+from evaluation import sharded_embeddings
 from parameters import parse_options
 from utilities import distributed
 
@@ -119,8 +120,8 @@ def embedding_rank_main(rank: int, init_file: str, out_file: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        embeddings, labels = distributed.sharded_embeddings(build_model(), TinyImages(),
-                                                            torch.device("cpu"), 2, 0)
+        embeddings, labels = sharded_embeddings(build_model(), TinyImages(),
+                                                torch.device("cpu"), 2, 0)
         if rank == 0:
             torch.save({"embeddings": torch.from_numpy(embeddings),
                         "labels": torch.from_numpy(labels)}, out_file)

@@ -116,7 +116,7 @@ def test_evaluate_on_another_dataset_omniglot(run, omniglot_root, tmp_path, caps
     import datasets
     from datasets import ImageDataset
     from evaluation import compute_embeddings
-    from utilities.trained_model import load_trained_model
+    from tools._trained_model import load_trained_model
 
     out = tmp_path / "omniglot.json"
     assert evaluate_tool.main([str(run), "--dataset", "folder", "--source", str(omniglot_root),
@@ -138,7 +138,7 @@ def test_evaluate_on_another_dataset_omniglot(run, omniglot_root, tmp_path, caps
 def test_embed_a_class_tree_skipping_an_unreadable_image(run, test_tree, tmp_path, capsys):
     from datasets import ImageDataset, Split
     from evaluation import compute_embeddings
-    from utilities.trained_model import load_trained_model
+    from tools._trained_model import load_trained_model
 
     out = tmp_path / "gallery.npz"
     assert embed_tool.main([str(run), "--images", str(test_tree), "--out", str(out),
@@ -261,7 +261,7 @@ def test_search_without_labels_draws_grey_frames(gallery, tmp_path):
 # ----------------------------------------------------------------------------- export
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_export_matches_pytorch(run, test_tree, tmp_path, capsys, fmt):
-    from utilities.trained_model import load_trained_model
+    from tools._trained_model import load_trained_model
 
     out = tmp_path / ("model.pt" if fmt == "torchscript" else "model.onnx")
     assert export_tool.main([str(run), "--format", fmt, "--out", str(out)]) == 0

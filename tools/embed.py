@@ -19,7 +19,7 @@ import numpy as np
 
 from tools._common import (EmbeddingFile, ImageList, ToolError, choose_device, default_workers,
                            embed_images, list_images, run_cli)
-from utilities.trained_model import load_trained_model
+from tools._trained_model import load_trained_model
 
 
 def embed_to_file(trained, images: ImageList, device, batch_size: int,

@@ -23,8 +23,8 @@ import metrics
 from datasets import ImageDataset, QueryGallery
 from main import evaluate_all
 from tools._common import ToolError, choose_device, run_cli
+from tools._trained_model import load_trained_model
 from utilities.run_folder import _fmt
-from utilities.trained_model import load_trained_model
 
 SPLITS = ("test", "val", "train")
 

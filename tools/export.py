@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from tools._common import ToolError, run_cli
-from utilities.trained_model import load_trained_model
+from tools._trained_model import load_trained_model
 
 FORMATS = ("torchscript", "onnx")
 TOLERANCE = 1e-4

@@ -44,11 +44,11 @@ from das import figure as das_figure
 from datasets import DataError, ImageDataset, QueryGallery
 from datasets._base import load_image
 from evaluation import compute_embeddings
+from tools._trained_model import load_trained_model
 from utilities import run_folder as rf
 from utilities.checkpoint import CheckpointError
 from utilities.options import ConfigError
 from utilities.plotting import DPI, FigureError, pyplot, save_figure
-from utilities.trained_model import load_trained_model
 
 CURVES_FIGSIZE = (15.0, 4.2)  # inches: 1500 x 420 pixels at DPI
 EMBEDDING_FIGSIZE = (8.0, 8.0)  # 800 x 800 pixels

@@ -23,9 +23,9 @@ import numpy as np
 
 from tools._common import (EmbeddingFile, ToolError, choose_device, default_workers, list_images,
                            run_cli)
+from tools._trained_model import load_trained_model
 from tools.embed import embed_to_file
 from tools.figures import compose_grid, draw_grid
-from utilities.trained_model import load_trained_model
 
 NORM_TOLERANCE = 1e-3
 

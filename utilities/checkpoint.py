@@ -94,26 +94,3 @@ def load_checkpoint(path: str, required: Sequence[str] = ()) -> Dict[str, Any]:
             raise CheckpointError(f"'{path}' is not a checkpoint of main.py (no "
                                   f"{', '.join(repr(k) for k in missing)})")
     return state
-
-
-def check_compatible(checkpoint: Dict[str, Any], arch: str, embed_dim: int, path: str) -> None:
-    """Refuse a checkpoint trained with another backbone or embedding size, saying what differs."""
-    saved = checkpoint.get("network", {})
-    from architectures import parse_arch  # architectures loads weights with this module: a cycle
-
-    differences = []
-    if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):
-        raise CheckpointError(f"'{path}' is not a checkpoint of main.py (no network weights)")
-    if saved.get("embed_dim") != embed_dim:
-        differences.append(f"--embed_dim {saved.get('embed_dim')} there, {embed_dim} here")
-    saved_arch = saved.get("arch", "")
-    try:
-        saved_spec, spec = parse_arch(saved_arch), parse_arch(arch)
-        same = (saved_spec.backbone == spec.backbone and saved_spec.double == spec.double)
-    except ValueError:
-        same = saved_arch == arch
-    if not same:
-        differences.append(f"--arch '{saved_arch}' there, '{arch}' here")
-    if differences:
-        raise CheckpointError(f"checkpoint '{path}' does not fit this run: "
-                              + "; ".join(differences))

@@ -10,11 +10,9 @@ from __future__ import annotations
 import os
 from typing import List, Tuple
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Subset
 
 
 def is_distributed() -> bool:
@@ -97,27 +95,3 @@ def barrier() -> None:
 def cleanup() -> None:
     if is_distributed():
         dist.destroy_process_group()
-
-
-def sharded_embeddings(model: nn.Module, dataset, device: torch.device, batch_size: int,
-                       num_workers: int):
-    """Embeddings of ``dataset`` in dataset order. Under torchrun every rank embeds every
-    world_size-th image and rank 0 receives them all (other ranks get ``(None, None)``)."""
-    # a building block does not import the concepts above it at load time
-    from evaluation import compute_embeddings
-
-    if not is_distributed():
-        return compute_embeddings(model, dataset, device, batch_size, num_workers)
-    size, me = world_size(), rank()
-    shard = Subset(dataset, list(range(me, len(dataset), size)))
-    local = compute_embeddings(model, shard, device, batch_size, num_workers)
-    gathered = [None] * size if me == 0 else None
-    dist.gather_object(local, gathered, dst=0)
-    if me != 0:
-        return None, None
-    embeddings = np.empty((len(dataset), gathered[0][0].shape[1]), dtype=np.float32)
-    labels = np.empty(len(dataset), dtype=np.int64)
-    for source_rank, (part, part_labels) in enumerate(gathered):
-        embeddings[source_rank::size] = part
-        labels[source_rank::size] = part_labels
-    return embeddings, labels

@@ -2,7 +2,7 @@
 batch-match samplers, see datasampler/_storage.py).
 
 - full refresh: the whole training set through the evaluation path
-  (``distributed.sharded_embeddings`` -> ``evaluation.compute_embeddings``: test transform, eval
+  (``evaluation.sharded_embeddings`` -> ``evaluation.compute_embeddings``: test transform, eval
   mode, batches of ``--eval_bs``), at the start of the first epoch, before every later epoch with
   ``--data_idx_full_prec``, and after every ``--data_storage_update_every`` global steps. It runs
   inside the epoch, so its time counts in ``epoch_time_s``.
@@ -19,7 +19,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from . import distributed
+from evaluation import sharded_embeddings
+from utilities import distributed
 
 
 class StorageFeed:
@@ -53,8 +54,8 @@ class StorageFeed:
             self._captured = embeddings.detach()
 
     def refresh(self) -> None:
-        embeddings, _ = distributed.sharded_embeddings(self.model, self.dataset, self.device,
-                                                       self.batch_size, self.num_workers)
+        embeddings, _ = sharded_embeddings(self.model, self.dataset, self.device,
+                                           self.batch_size, self.num_workers)
         if distributed.is_distributed():
             holder = [embeddings]
             dist.broadcast_object_list(holder, src=0)

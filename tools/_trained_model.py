@@ -68,13 +68,8 @@ def check_against_config(network: Dict, config: Dict, checkpoint_path: str) -> N
     """Refuse a checkpoint of another backbone, pooling or embedding size than config.json."""
 
     saved_arch, arch = str(network.get("arch", "")), str(config.get("arch", ""))
-    try:
-        saved, expected = architectures.parse_arch(saved_arch), architectures.parse_arch(arch)
-        same_arch = (saved.backbone, saved.double) == (expected.backbone, expected.double)
-    except ValueError:
-        same_arch = saved_arch == arch
     problems = []
-    if not same_arch:
+    if not architectures.same_weight_layout(saved_arch, arch):
         problems.append(f"--arch '{saved_arch}' in the checkpoint, '{arch}' in config.json")
     if network.get("embed_dim") != config.get("embed_dim"):
         problems.append(f"--embed_dim {network.get('embed_dim')} in the checkpoint, "
