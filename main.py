@@ -35,12 +35,12 @@ import datasets
 import evaluation
 import metrics
 from datasampler._feed import StorageFeed
-from datasets import DataError, ImageDataset, QueryGallery
+from datasets import DataError, ImageDataset, QueryGallery, device_decoding, image_dataset
 from parameters import FILLED_IN, build_parser, parse_command_line, resolve_dataset_defaults
 from utilities import checkpoint as ckpt
 from utilities import distributed
 from utilities import run_folder as rf
-from utilities.data import SeededBatches, SeededDataset, device_decoding, image_dataset
+from utilities.data import SeededBatches, SeededDataset
 from utilities.grad_stats import gradient_norms
 from utilities.options import ConfigError, check_saved_options, option_name
 from utilities.registry import UnknownNameError

@@ -500,8 +500,7 @@ def make_loader(opt: argparse.Namespace, model: torch.nn.Module, sources: List, 
     it), old (the PIL reference: PIL decode, v1 transforms, float32 normalized in the workers)."""
     import datasampler
 
-    from datasets import ImageDataset, Split, build_pil_transform, resolve_decode
-    from utilities.data import image_dataset
+    from datasets import ImageDataset, Split, build_pil_transform, image_dataset, resolve_decode
 
     main = import_main()
     labels = class_labels(num_images, num_classes)

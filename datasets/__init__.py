@@ -12,7 +12,7 @@ from utilities.registry import Registry
 from ._base import (DataError, DatasetSplits, ImageDataset, QueryGallery, Split, TransformConfig,
                     build_pil_transform)
 from ._transforms import InputNormalizer, build_transform
-from ._batch import resolve_decode
+from ._batch import device_decoding, image_dataset, resolve_decode
 from ._class_split import SPLIT_CHOICES, apply_class_split
 from ._integrity import check_integrity
 from ._split import split_train_validation
@@ -44,5 +44,5 @@ def load(name: str, source: Optional[str], use_tv_split: bool = False, tv_split_
 
 
 __all__ = ["REGISTRY", "load", "DataError", "DatasetSplits", "ImageDataset", "QueryGallery",
-           "Split", "TransformConfig", "build_transform", "build_pil_transform", "InputNormalizer",
-           "resolve_decode"]
+           "image_dataset", "device_decoding", "Split", "TransformConfig", "build_transform",
+           "build_pil_transform", "InputNormalizer", "resolve_decode"]

@@ -23,9 +23,9 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
-from ._base import (JPEG_MAGIC, DataError, ImageSource, Split, TransformConfig, decode_bytes,
-                    decode_image_tensor, read_bytes)
-from ._transforms import crop_and_resize_sizes
+from ._base import (JPEG_MAGIC, DataError, ImageDataset, ImageSource, Split, TransformConfig,
+                    decode_bytes, decode_image_tensor, read_bytes)
+from ._transforms import build_transform, crop_and_resize_sizes
 
 BATCH_AUGMENTATIONS = ("base", "big")  # RandomResizedCrop + flip: what the batch path implements
 DECODE_CHOICES = ("auto", "cpu", "gpu")
@@ -242,3 +242,19 @@ def resolve_decode(choice: str, device: torch.device, config: TransformConfig) -
         return "gpu"
     return "gpu" if usable and config.augmentation in BATCH_AUGMENTATIONS else "cpu"
 
+
+def device_decoding(loader, dataset: torch.utils.data.Dataset, device: torch.device):
+    """``loader`` itself, or, for a dataset of encoded images (``--decode gpu``), a wrapper that
+    decodes and crops each batch on ``device`` (see this module)."""
+    if not hasattr(dataset, "batch_decoder"):
+        return loader
+    return DeviceDecodingLoader(loader, dataset.batch_decoder(device))
+
+
+def image_dataset(split: Split, config: TransformConfig, train: bool,
+                  decode: str) -> torch.utils.data.Dataset:
+    """A split's dataset for ``--decode`` resolved to cpu (uint8 transforms in the workers) or
+    gpu (encoded bytes plus crop boxes, decoded batch-wise on the device)."""
+    if decode == "gpu":
+        return EncodedImageDataset(split, config, train)
+    return ImageDataset(split, build_transform(config, train))

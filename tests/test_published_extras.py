@@ -21,7 +21,7 @@ from datasets._class_split import apply_class_split
 from criteria import SphericalEmbeddingConstraint
 from parameters import build_parser
 from utilities import checkpoint as ckpt
-from utilities import data as data_plumbing
+from datasets import _batch as data_plumbing
 from das import figure as das_figure
 from tools import figures
 from utilities import run_folder as rf

@@ -7,17 +7,14 @@ from typing import Iterator, List, Tuple
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from datasampler import BaseBatchSampler
-from datasets import ImageDataset, build_transform
-from datasets._batch import DeviceDecodingLoader, EncodedImageDataset
-
 from .seeding import sample_seeds
 
 
 class SeededBatches(Sampler[List[Tuple[int, int]]]):
-    """Wraps a batch sampler: every index becomes ``(index, augmentation_seed)``."""
+    """Wraps a batch sampler (a ``datasampler.BaseBatchSampler``: ``epoch``, ``start_batch``):
+    every index becomes ``(index, augmentation_seed)``."""
 
-    def __init__(self, batch_sampler: BaseBatchSampler, seed: int) -> None:
+    def __init__(self, batch_sampler: Sampler[List[int]], seed: int) -> None:
         self.batch_sampler = batch_sampler
         self.seed = seed
 
@@ -46,19 +43,3 @@ class SeededDataset(Dataset):
         with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream untouched
             torch.manual_seed(seed)
             return self.dataset[index]
-
-
-def device_decoding(loader, dataset: Dataset, device: torch.device):
-    """``loader`` itself, or, for a dataset of encoded images (``--decode gpu``), a wrapper that
-    decodes and crops each batch on ``device`` (see datasets._batch)."""
-    if not hasattr(dataset, "batch_decoder"):
-        return loader
-    return DeviceDecodingLoader(loader, dataset.batch_decoder(device))
-
-
-def image_dataset(split, config, train: bool, decode: str) -> Dataset:
-    """A split's dataset for ``--decode`` resolved to cpu (uint8 transforms in the workers) or
-    gpu (encoded bytes plus crop boxes, decoded batch-wise on the device)."""
-    if decode == "gpu":
-        return EncodedImageDataset(split, config, train)
-    return ImageDataset(split, build_transform(config, train))
