@@ -34,14 +34,11 @@ class D2CoresetSampler(StorageBatchSampler):
                help="d2_coreset: exponent on the distance weights."),
     )
 
-    def __init__(self, labels: np.ndarray, batch_size: int, samples_per_class: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, class_names=None, bigbs: int = 512,
-                 ncomps: int = 10, lowproj_dim: int = -1, mb_mom: float = -1.0,
-                 mb_lr: float = 1.0, d2_lambda: float = 1.0) -> None:
-        super().__init__(labels, batch_size, samples_per_class, seed, rank, world_size,
-                         class_names, bigbs=bigbs, ncomps=ncomps, lowproj_dim=lowproj_dim,
-                         mb_mom=mb_mom, mb_lr=mb_lr)
+    def __init__(self, labels: np.ndarray, batch_size: int, samples_per_class: int, *,
+                 d2_lambda: float = 1.0, **storage_arguments) -> None:
+        """``storage_arguments``: the keywords of StorageBatchSampler (seed, rank, bigbs, ...)."""
         self.d2_lambda = d2_lambda
+        super().__init__(labels, batch_size, samples_per_class, **storage_arguments)
 
     @classmethod
     def own_arguments(cls, opt: argparse.Namespace,

@@ -33,14 +33,11 @@ class GreedyCoresetSampler(StorageBatchSampler):
                     "farthest."),
     )
 
-    def __init__(self, labels: np.ndarray, batch_size: int, samples_per_class: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, class_names=None, bigbs: int = 512,
-                 ncomps: int = 10, lowproj_dim: int = -1, mb_mom: float = -1.0,
-                 mb_lr: float = 1.0, softened: bool = False) -> None:
-        super().__init__(labels, batch_size, samples_per_class, seed, rank, world_size,
-                         class_names, bigbs=bigbs, ncomps=ncomps, lowproj_dim=lowproj_dim,
-                         mb_mom=mb_mom, mb_lr=mb_lr)
+    def __init__(self, labels: np.ndarray, batch_size: int, samples_per_class: int, *,
+                 softened: bool = False, **storage_arguments) -> None:
+        """``storage_arguments``: the keywords of StorageBatchSampler (seed, rank, bigbs, ...)."""
         self.softened = softened
+        super().__init__(labels, batch_size, samples_per_class, **storage_arguments)
 
     @classmethod
     def own_arguments(cls, opt: argparse.Namespace,
