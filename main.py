@@ -501,6 +501,61 @@ def evaluate_all(model, eval_sets, opt, device, writer=None, epoch: int = 0) -> 
     return results
 
 
+# ----------------------------------------------------------------------------- checkpoints
+def run_state(training: Training, epoch: int, global_step: int, best: Dict,
+              epoch_stats: EpochStats) -> Dict:
+    """Everything a resume needs after ``epoch`` (and ``epoch_stats.steps`` steps into the next
+    one): the checkpoint format of checkpoint_last.pth / checkpoint_best.pth
+    (ckpt.RUN_STATE_KEYS), read back by :func:`restore_run_state`."""
+    opt, scheduler = training.opt, training.scheduler
+    return {"epoch": epoch, "global_step": global_step, "best": best,
+            "network": {"arch": opt.arch, "embed_dim": opt.embed_dim,
+                        "state_dict": training.model.state_dict()},
+            "optimizer": training.optimizer.state_dict(),
+            "scheduler": {k: (dict(v) if k == "milestones" else v)
+                          for k, v in scheduler.state_dict().items()},
+            "criterion": training.criterion.state_dict(),
+            "das": training.das.state_dict() if training.das is not None else {},
+            "sec": training.sec.state_dict() if training.sec is not None else {},
+            "sampler": training.sampler.state_dict(), "epoch_stats": epoch_stats.state_dict(),
+            "rng": rng_state()}
+
+
+def restore_run_state(training: Training, path: str,
+                      epoch_stats: EpochStats) -> Tuple[int, int, Dict]:
+    """Load the checkpoint at ``path`` (checked against the run's arch and embedding size first)
+    into ``training`` and ``epoch_stats``; returns ``(epoch, global_step, best)``."""
+    state = ckpt.load_checkpoint(path, required=ckpt.RUN_STATE_KEYS)
+    architectures.check_checkpoint(state, training.opt.arch, training.opt.embed_dim, path)
+    training.model.load_state_dict(state["network"]["state_dict"])
+    training.optimizer.load_state_dict(state["optimizer"])
+    training.scheduler.load_state_dict(state["scheduler"])
+    training.criterion.load_state_dict(state["criterion"])
+    if training.das is not None:
+        training.das.load_state_dict(state["das"])
+    if training.sec is not None:
+        training.sec.load_state_dict(state["sec"])
+    training.sampler.load_state_dict(state["sampler"])
+    epoch_stats.load_state_dict(state["epoch_stats"], training.device)
+    set_rng_state(state["rng"])
+    return state["epoch"], state["global_step"], state["best"]
+
+
+def epoch_row(epoch: int, train_means: Dict[str, float], optimizer: torch.optim.Optimizer,
+              epoch_time_s: float, results: Dict[str, float]) -> Dict[str, float]:
+    """One row of metrics.csv: the epoch's mean training figures (``stats/...``) and its
+    evaluation ``results``."""
+    train_means = dict(train_means)
+    row = {"epoch": epoch, "loss": train_means.pop("loss"),
+           "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": epoch_time_s}
+    if "criterion/tuples_with_generated" in train_means:
+        train_means["criterion/tuples_real_only"] = (
+            train_means["criterion/tuples"] - train_means["criterion/tuples_with_generated"])
+    row.update({f"stats/{k}": v for k, v in train_means.items()})
+    row.update(results)
+    return row
+
+
 def died_in_loader_worker(error: BaseException) -> bool:
     """Whether ``error`` says a DataLoader worker died. torch reports it as a RuntimeError
     "DataLoader worker (pid ...) exited unexpectedly / is killed by signal" (the latter from its
@@ -584,9 +639,10 @@ def train(argv: Optional[List[str]] = None) -> str:
     is_main = distributed.is_main_process()
 
     training = build_training(opt, device)
-    model, criterion, das, sec = training.model, training.criterion, training.das, training.sec
-    optimizer, scheduler, sampler = training.optimizer, training.scheduler, training.sampler
-    splits, eval_sets, selection_key = training.splits, training.eval_sets, training.selection_key
+    model, das, optimizer, scheduler = (training.model, training.das, training.optimizer,
+                                        training.scheduler)
+    sampler, splits, eval_sets = training.sampler, training.splits, training.eval_sets
+    selection_key = training.selection_key
     data_record = rf.training_data_record(splits.train.class_names, len(splits.train))
     if opt.resume:  # before any state is loaded: the checkpoint belongs to the data it saw
         rf.check_same_training_data(vars(opt), data_record,
@@ -597,22 +653,8 @@ def train(argv: Optional[List[str]] = None) -> str:
     epoch_stats = EpochStats()
     if opt.resume:
         folder = opt.resume
-        state = ckpt.load_checkpoint(os.path.join(folder, rf.LAST_CHECKPOINT),
-                                     required=ckpt.RUN_STATE_KEYS)
-        architectures.check_checkpoint(state, opt.arch, opt.embed_dim,
-                                       os.path.join(folder, rf.LAST_CHECKPOINT))
-        model.load_state_dict(state["network"]["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        criterion.load_state_dict(state["criterion"])
-        if das is not None:
-            das.load_state_dict(state["das"])
-        if sec is not None:
-            sec.load_state_dict(state["sec"])
-        sampler.load_state_dict(state["sampler"])
-        epoch_stats.load_state_dict(state["epoch_stats"], device)
-        start_epoch, global_step, best = state["epoch"], state["global_step"], state["best"]
-        set_rng_state(state["rng"])
+        start_epoch, global_step, best = restore_run_state(
+            training, os.path.join(folder, rf.LAST_CHECKPOINT), epoch_stats)
         if is_main:
             rf.MetricsTable(folder).truncate_after(start_epoch)
     elif is_main:
@@ -636,17 +678,7 @@ def train(argv: Optional[List[str]] = None) -> str:
     metrics_table = rf.MetricsTable(folder) if is_main else None
 
     def checkpoint_state(epoch: int) -> Dict:
-        return {"epoch": epoch, "global_step": global_step, "best": best,
-                "network": {"arch": opt.arch, "embed_dim": opt.embed_dim,
-                            "state_dict": model.state_dict()},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": {k: (dict(v) if k == "milestones" else v)
-                              for k, v in scheduler.state_dict().items()},
-                "criterion": criterion.state_dict(),
-                "das": das.state_dict() if das is not None else {},
-                "sec": sec.state_dict() if sec is not None else {},
-                "sampler": sampler.state_dict(), "epoch_stats": epoch_stats.state_dict(),
-                "rng": rng_state()}
+        return run_state(training, epoch, global_step, best, epoch_stats)
 
     if start_epoch == 0 and sampler.start_batch == 0 and opt.eval_initial:
         initial = evaluate_all(model, eval_sets, opt, device, writer, 0)
@@ -682,14 +714,7 @@ def train(argv: Optional[List[str]] = None) -> str:
         with loader_worker_guard(folder, opt):
             results = evaluate_all(model, eval_sets, opt, device, writer, epoch + 1)
         if is_main:
-            row = {"epoch": epoch + 1, "loss": train_means.pop("loss"),
-                   "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": time.time() - started}
-            if "criterion/tuples_with_generated" in train_means:
-                train_means["criterion/tuples_real_only"] = (
-                    train_means["criterion/tuples"]
-                    - train_means["criterion/tuples_with_generated"])
-            row.update({f"stats/{k}": v for k, v in train_means.items()})
-            row.update(results)
+            row = epoch_row(epoch + 1, train_means, optimizer, time.time() - started, results)
             metrics_table.append(row)
             for key, value in row.items():
                 if key != "epoch":
