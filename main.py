@@ -781,8 +781,8 @@ def run(argv: Optional[List[str]] = None) -> int:
     try:
         return run_reporting_errors(argv)
     except (RuntimeError, ConnectionError, EOFError) as error:
-        # torch's SIGCHLD handler raised while a dead worker was being reported (see
-        # loader_worker_guard)
+        # a dead worker outside loader_worker_guard, or torch's SIGCHLD handler raising while
+        # one was being reported
         if not died_in_loader_worker(error):
             raise
         message = worker_death_message(SETUP["folder"], SETUP["kernels"], error)
@@ -809,10 +809,8 @@ def run_reporting_errors(argv: Optional[List[str]] = None) -> int:
         print(f"\nerror: interrupted{hint}", file=sys.stderr)
         return 130
     except OSError as error:  # e.g. a full disk while writing metrics.csv
-        if died_in_loader_worker(error):  # outside loader_worker_guard
-            print(f"error: {worker_death_message(SETUP['folder'], SETUP['kernels'], error)}",
-                  file=sys.stderr)
-            return 2
+        if died_in_loader_worker(error):  # outside loader_worker_guard: run() reports it
+            raise
         where = f" '{error.filename}'" if error.filename else ""
         print(f"error: cannot access{where}: {error.strerror or error}", file=sys.stderr)
         return 2

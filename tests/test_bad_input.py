@@ -478,3 +478,24 @@ def test_torchs_late_worker_error_still_gives_the_one_line(tmp_path, monkeypatch
     assert err.startswith("error: a data loader worker died (DataLoader worker (pid 4242) is "
                           "killed by signal: Killed")
     assert f"Continue with: python main.py --resume {tmp_path / 'run'} --kernels 2" in err
+
+
+def test_a_worker_death_outside_the_guard_is_not_called_a_file_error(tmp_path, monkeypatch,
+                                                                      capsys):
+    """A ConnectionResetError from inside the loader (e.g. while the storage sampler's embeddings
+    are refreshed, outside loader_worker_guard) is a dead worker, not "cannot access"."""
+    monkeypatch.setitem(main.SETUP, "folder", str(tmp_path / "run"))
+    monkeypatch.setitem(main.SETUP, "kernels", 2)
+    error = raised_through(ConnectionResetError(104, "Connection reset by peer"),
+                           "/x/torch/utils/data/dataloader.py",
+                           "/x/multiprocessing/resource_sharer.py")
+
+    def dies(argv):
+        raise error
+
+    monkeypatch.setattr(main, "main", dies)
+    assert main.run([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: a data loader worker died ([Errno 104] Connection reset by peer")
+    assert "cannot access" not in err
+    assert f"Continue with: python main.py --resume {tmp_path / 'run'} --kernels 1" in err
