@@ -13,9 +13,10 @@ from torch import nn
 from datasets._base import TransformConfig
 from datasets._transforms import InputNormalizer
 from utilities.checkpoint import unloadable_reason
+from utilities.errors import UserError
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(UserError, RuntimeError):
     """ImageNet weights are neither cached nor downloadable, or a --pretrained_path is unusable."""
 
 

@@ -1,9 +1,9 @@
 """What every dataset parser returns, the image dataset shared by all of them, and transforms."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import io
 import warnings
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -12,8 +12,10 @@ from PIL import Image, UnidentifiedImageError
 from torchvision import transforms
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from utilities.errors import UserError
 
-class DataError(RuntimeError):
+
+class DataError(UserError, RuntimeError):
     """Bad dataset input: the message names the path and what was expected.
 
     main.py catches it and prints only the message (no stack trace). When raised inside a

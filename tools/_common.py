@@ -14,12 +14,13 @@ from datasets._base import DataError, load_image
 from datasets._layout import IMAGE_EXTENSIONS, is_image_name
 from evaluation import compute_embeddings
 from utilities.checkpoint import CheckpointError
+from utilities.errors import UserError
 from utilities.registry import UnknownNameError
 
 EMBEDDING_FORMAT = 1  # version of the .npz layout written by tools.embed
 
 
-class ToolError(ValueError):
+class ToolError(UserError, ValueError):
     """Bad input to a tools command; the message names the file, flag or value."""
 
 

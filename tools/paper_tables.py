@@ -47,6 +47,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from architectures import parse_arch
 from utilities import run_folder as rf
+from utilities.errors import UserError
 from utilities.registry import UnknownNameError
 from utilities.seed_groups import group_by_settings, mean_std
 
@@ -70,7 +71,7 @@ BEST_CHOICES = ("per_metric", "storage_metric")
 DEFAULT_BEST = "per_metric"  # the published convention (utilities/logger.py of the DAS code)
 
 
-class TablesError(ValueError):
+class TablesError(UserError, ValueError):
     """Bad input to the tool (paper file, runs folder); the message names the path."""
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from utilities import run_folder as rf
+from utilities.errors import UserError
 from utilities.run_folder import RunRecord as Run
 from utilities.seed_groups import NOT_SETTINGS, group_by_settings, mean_std, settings_of  # noqa: F401
 
@@ -32,7 +33,7 @@ MODES = ("last", "best")
 RAW_METRICS = ("dists@", "rho_spectrum@")  # not in [0, 1]: shown as they are, not in percent
 
 
-class SummarizeError(ValueError):
+class SummarizeError(UserError, ValueError):
     """Bad input (folder, metric name); the message names it."""
 
 

@@ -38,6 +38,7 @@ import architectures
 import main as training
 from parameters import parse_options
 from utilities import run_folder as rf
+from utilities.errors import UserError
 from utilities.registry import UnknownNameError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +68,7 @@ VOLATILE_OPTIONS = {"n_epochs", "kernels", "gpu", "device", "log_every", "save_p
                     "train_metrics"}  # train-split metrics change time only (docs/PARITY.md)
 
 
-class SweepError(ValueError):
+class SweepError(UserError, ValueError):
     """Bad sweep input; the message says what to fix. Nothing has run when it is raised."""
 
 

@@ -11,13 +11,15 @@ from typing import Any, Dict, Sequence
 
 import torch
 
+from utilities.errors import UserError
+
 FORMAT_VERSION = 1
 # What main.py's checkpoint_last.pth / checkpoint_best.pth hold (see main.py, checkpoint_state).
 RUN_STATE_KEYS = ("epoch", "global_step", "best", "network", "optimizer", "scheduler", "criterion",
                   "das", "sampler", "epoch_stats", "rng")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, unreadable or does not fit the current configuration."""
 
 

@@ -17,6 +17,8 @@ import argparse
 import math
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from utilities.errors import UserError
+
 
 class OptionParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (``main.py: error: argument --bs: ...``)
@@ -186,7 +188,7 @@ def given_options(parser: argparse.ArgumentParser, argv: Optional[Iterable[str]]
     return vars(quiet.parse_args(None if argv is None else list(argv)))
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A damaged config.json; the message names the file and the key."""
 
 

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import os
 
+from utilities.errors import UserError
+
 DPI = 100
 
 
-class FigureError(ValueError):
+class FigureError(UserError, ValueError):
     """Bad input to a figure command; the message names the run folder, file or flag."""
 
 

@@ -11,10 +11,12 @@ import importlib
 import pkgutil
 from typing import Callable, Dict, Generic, List, TypeVar
 
+from utilities.errors import UserError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(ValueError):
+class UnknownNameError(UserError, ValueError):
     """Raised for a name that is not registered; the message lists the valid names."""
 
 

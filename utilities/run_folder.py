@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
+from utilities.errors import UserError
 from utilities.options import ConfigError
 
 CONFIG_FILE = "config.json"
@@ -29,7 +30,7 @@ LOCK_FILE = ".lock"
 _LOCKS: Dict[str, int] = {}  # run folder -> open descriptor holding its lock
 
 
-class RunFolderBusy(ValueError):
+class RunFolderBusy(UserError, ValueError):
     """Another process trains in (or resumes) this run folder."""
 
 
@@ -264,7 +265,7 @@ def find_run_folders(root: str) -> List[str]:
     return sorted(found)
 
 
-class NotARunsFolder(ValueError):
+class NotARunsFolder(UserError, ValueError):
     """The folder given to search for run folders is not a folder."""
 
 
