@@ -45,7 +45,7 @@ from utilities.grad_stats import gradient_norms
 from utilities.options import ConfigError, check_saved_options, option_name
 from utilities.registry import UnknownNameError
 from utilities.schedulers import make_scheduler
-from utilities.seeding import rng_state, seed_everything, set_rng_state
+from utilities.seeding import rng_state, seed_everything, set_backend_flags, set_rng_state
 
 # see run(): ValueErrors before "finished" are bad input; folder and kernels for its messages
 SETUP = {"finished": False, "folder": "", "kernels": 0}
@@ -403,11 +403,9 @@ def train_one_epoch(training: Training, epoch: int, stats: EpochStats, writer,
     storage = training.storage
     model.train()
     use_amp = bf16_autocast(opt, device)
-    if device.type == "cuda":
-        # float32 with TF32 matmuls/convolutions, as the published code ran (torch < 1.12 allowed
-        # TF32 matmuls by default); --no_amp is an accepted no-op.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    if device.type == "cuda":  # --tf32 / --cudnn_deterministic (docs/PARITY.md); CPU: no effect
+        set_backend_flags(tf32=getattr(opt, "tf32", True),
+                          cudnn_deterministic=getattr(opt, "cudnn_deterministic", True))
     batches = training.sampler  # its start_batch: the position in the epoch (resume)
     first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
     bad_weights_step = torch.full((), -1, dtype=torch.long, device=device)
@@ -487,7 +485,9 @@ def evaluate_all(model, eval_sets, opt, device, writer=None, epoch: int = 0) -> 
     for split_name, eval_set in eval_sets.items():
         values = evaluation.evaluate(model, eval_set, opt.evaluation_metrics, device, opt.eval_bs,
                                      opt.kernels, kmeans_iterations=opt.kmeans_iterations,
-                                     seed=opt.seed, backend=eval_backend)
+                                     seed=evaluation.kmeans_seed(
+                                         getattr(opt, "kmeans_seed", "published"), opt.seed),
+                                     backend=eval_backend)
         if values is None:  # not rank 0
             continue
         for name, value in values.items():

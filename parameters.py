@@ -177,6 +177,9 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                        help="Do not evaluate the untrained network.")
     group.add_argument("--kmeans_iterations", default=20, type=positive_int,
                        help="k-means iterations for NMI/F1.")
+    group.add_argument("--kmeans_seed", default="published", choices=["published", "run"],
+                       help="Seed of the NMI/F1 k-means: published (faiss's default seed 1234 "
+                            "whatever --seed is, as the published evaluation) or run (--seed).")
     group.add_argument("--eval_bs", default=None, type=positive_int,
                        help="Batch size for computing evaluation embeddings (default: --bs).")
     group.add_argument("--eval_backend", default="auto", choices=["auto", "faiss", "torch"],
@@ -187,6 +190,20 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
     group = parser.add_argument_group("setup")
     group.add_argument("--seed", default=0, type=between(0, 2**32 - 1),
                        help="Seeds Python, NumPy and torch.")
+    group.add_argument("--cudnn_deterministic", dest="cudnn_deterministic", action="store_true",
+                       default=True,
+                       help="CUDA: cudnn picks deterministic kernels, as the published code sets "
+                            "with its seed (the default).")
+    group.add_argument("--no_cudnn_deterministic", dest="cudnn_deterministic",
+                       action="store_false",
+                       help="CUDA: let cudnn pick non-deterministic kernels (faster for some "
+                            "convolutions; the same seed no longer gives the same figures).")
+    group.add_argument("--tf32", dest="tf32", action="store_true", default=True,
+                       help="CUDA: TF32 matmuls and convolutions on Ampere and later GPUs (the "
+                            "default; see docs/PARITY.md for what it trades).")
+    group.add_argument("--no_tf32", dest="tf32", action="store_false",
+                       help="CUDA: true float32 matmuls and convolutions, as the published runs "
+                            "on a Pascal GPU (slower on Ampere and later).")
     group.add_argument("--gpu", default=[0], nargs="+", type=non_negative_int,
                        help="CUDA card to use.")
     group.add_argument("--device", default=None, type=torch_device,

@@ -8,7 +8,7 @@ from typing import Dict, List, Optional
 from utilities.options import (Option, add_declared, non_negative_float, option_name,
                                positive_float, positive_int)
 
-from .sampling import DenselyAnchoredSampling, check_settings
+from .sampling import BANK_RULES, DenselyAnchoredSampling, check_settings
 
 SWITCH = "embedding_producer_used"  # turns DAS on; the group's other options need it
 PRODUCE_TYPES = ("DAS",)
@@ -31,6 +31,10 @@ OPTIONS = (
            help="Q: differences kept per class by MTS."),
     Option("--das_mts_scale", default=0.01, type=non_negative_float,
            help="Scale of the MTS shift."),
+    Option("--das_mts_bank", default="published", choices=list(BANK_RULES),
+           help="MTS bank write when one class brings more than Q pairs in a batch: published "
+                "(its last Q fill slots 0..Q-1, the write pointer stays; the published code) or "
+                "fifo (a true first-in-first-out ring). See docs/DAS.md."),
     Option("--detach", action="store_true", help="Generated rows carry no gradient."),
     Option("--aux_loss", action="store_true", help="Loss = L(real) + w * L(real + generated)."),
     Option("--aux_loss_weight", default=1.0, type=non_negative_float),
@@ -64,7 +68,8 @@ def settings(opt: argparse.Namespace) -> Dict:
                 normalize=not opt.das_not_normalize, dfs_num_scale=opt.das_dfs_num_scale,
                 dfs_scale_left=opt.das_dfs_scale_left, dfs_scale_right=opt.das_dfs_scale_right,
                 mts_bank_size=opt.das_mts_num_transformation_bank, mts_scale=opt.das_mts_scale,
-                detach=opt.detach, aux_loss=opt.aux_loss, aux_loss_weight=opt.aux_loss_weight)
+                detach=opt.detach, aux_loss=opt.aux_loss, aux_loss_weight=opt.aux_loss_weight,
+                mts_bank=opt.das_mts_bank)
 
 
 def check_options(opt: argparse.Namespace, given: Optional[Dict] = None) -> None:

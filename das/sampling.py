@@ -6,9 +6,14 @@ loss. It keeps two statistics over the whole training run:
 * Discriminative Feature Scaling (DFS): a per-class counter ``F`` (C x D). Each real row adds 1 at
   (its class, d) for each of its K largest dimensions d. A generated copy of a row multiplies the K
   dimensions counted most often for the row's class by factors drawn uniformly from [left, right).
-* Memorized Transformation Shifting (MTS): per class, a first-in-first-out bank of the latest Q
-  differences ``e_i - e_j`` between two distinct rows of that class. A generated row adds one
-  difference drawn uniformly from its class's bank, times ``mts_scale``.
+* Memorized Transformation Shifting (MTS): per class, a bank of Q differences ``e_i - e_j``
+  between two distinct rows of that class, written at a per-class pointer that wraps around. A
+  generated row adds one difference drawn uniformly from its class's filled slots, times
+  ``mts_scale``. Two write rules (``mts_bank``, ``--das_mts_bank``) differ only when one class
+  brings more than Q pairs in one batch: ``published`` (default, the published
+  ``MemoryBank.enqueue_dequeue``) puts that batch's last Q pairs in slots 0..Q-1 and leaves the
+  pointer where it was, so later pushes do not overwrite the oldest entries; ``fifo`` pushes the
+  pairs one by one into a true first-in-first-out ring (the last Q stay, the pointer moves on).
 
 One step (``forward``): update F and the banks with the batch (so the batch's own statistics are
 usable at once), then build ``num_produce`` generated copies of the batch and return
@@ -38,6 +43,9 @@ from torch import nn
 _FINGERPRINTS = 2
 _FINGERPRINT_WEIGHT_BITS = 20  # |bits| < 2**31, so sums of up to 4096 terms stay below 2**63
 
+# MTS bank write rules (see the module docstring and docs/DAS.md); the first is the default.
+BANK_RULES = ("published", "fifo")
+
 
 def check_settings(embed_dim: int, num_produce: int, dfs_num_scale: int, dfs_scale_left: float,
                    dfs_scale_right: float, mts_bank_size: int, mts_scale: float) -> None:
@@ -65,7 +73,9 @@ class DenselyAnchoredSampling(nn.Module):
     Buffers (all part of ``state_dict``):
     ``dfs_counter`` (C x D, int64): how often each dimension was among a row's K largest, per class.
     ``mts_bank`` (C x Q x D, float32): each class's differences; slots ``0 .. fill-1`` hold data.
-    ``mts_write_position`` (C, int64): the slot the class's next difference goes to.
+    ``mts_write_position`` (C, int64): the slot the class's next difference goes to (in [0, Q);
+    the published pointer's value Q, reached when a push ends exactly at the bank's end, acts
+    as 0 in every branch of its write, so it is stored as 0).
     ``mts_fill`` (C, int64): how many slots of the class's bank hold a difference (at most Q).
 
     Random draws use ``self.generator`` when set (it must live on the embeddings' device),
@@ -77,11 +87,14 @@ class DenselyAnchoredSampling(nn.Module):
                  normalize: bool = True, dfs_num_scale: int = 4, dfs_scale_left: float = 0.5,
                  dfs_scale_right: float = 2.0, mts_bank_size: int = 10, mts_scale: float = 0.01,
                  detach: bool = False, aux_loss: bool = False,
-                 aux_loss_weight: float = 1.0) -> None:
+                 aux_loss_weight: float = 1.0, mts_bank: str = "published") -> None:
         super().__init__()
         if num_classes < 1 or embed_dim < 1:
             raise ValueError(f"DAS needs at least one class and one embedding dimension "
                              f"(got num_classes={num_classes}, embed_dim={embed_dim})")
+        if mts_bank not in BANK_RULES:
+            raise ValueError(f"--das_mts_bank '{mts_bank}' is not one of {', '.join(BANK_RULES)}")
+        self.mts_bank_rule = mts_bank
         check_settings(embed_dim, num_produce, dfs_num_scale, dfs_scale_left, dfs_scale_right,
                        mts_bank_size, mts_scale)
         self.num_classes = num_classes
@@ -116,7 +129,8 @@ class DenselyAnchoredSampling(nn.Module):
                 f"num_produce={self.num_produce}, normalize={self.normalize}, "
                 f"dfs_num_scale={self.dfs_num_scale}, dfs_scale=[{self.dfs_scale_left}, "
                 f"{self.dfs_scale_right}), mts_bank_size={self.mts_bank_size}, "
-                f"mts_scale={self.mts_scale}, detach={self.detach}, aux_loss={self.aux_loss}, "
+                f"mts_scale={self.mts_scale}, mts_bank={self.mts_bank_rule}, "
+                f"detach={self.detach}, aux_loss={self.aux_loss}, "
                 f"aux_loss_weight={self.aux_loss_weight}")
 
     # ----------------------------------------------------------------------------- random draws
@@ -161,6 +175,24 @@ class DenselyAnchoredSampling(nn.Module):
         bits = (embeddings + 0.0).contiguous().view(torch.int32).long()
         return torch.stack([(bits * weights).sum(1) for weights in self.fingerprint_weights])
 
+    def _landing_slot(self, position: torch.Tensor, rank: torch.Tensor,
+                      pairs: torch.Tensor) -> torch.Tensor:
+        """Bank slot of the pair with push rank ``rank`` (0-based within its class this step) of a
+        class whose pointer is at ``position`` and which brings ``pairs`` pairs (broadcast).
+        Meaningful only for the class's last Q pairs (the ones kept)."""
+        ring = (position + rank) % self.mts_bank_size
+        if self.mts_bank_rule == "fifo":
+            return ring
+        # published: more than Q pairs replace the bank by the last Q, in slots 0..Q-1
+        return torch.where(pairs > self.mts_bank_size, rank - (pairs - self.mts_bank_size), ring)
+
+    def _next_position(self, position: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        """The write pointer after a class at ``position`` pushed ``pairs`` pairs."""
+        moved = (position + pairs) % self.mts_bank_size
+        if self.mts_bank_rule == "fifo":
+            return moved
+        return torch.where(pairs > self.mts_bank_size, position, moved)  # published: stays
+
     def _use_sync_free_bank_writes(self, device: torch.device) -> bool:
         if self.sync_free_bank_writes is None:
             return device.type != "cpu"
@@ -169,10 +201,11 @@ class DenselyAnchoredSampling(nn.Module):
     @torch.no_grad()
     def update_statistics(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
         """Steps 1 and 2 of DAS: count each row's K largest dimensions in F and push every
-        ordered same-class difference of the batch into its class's FIFO bank.
+        ordered same-class difference of the batch into its class's bank.
 
         Push order within a class: pairs (i, j) in row-major batch order (i, then j). When a class
-        brings more than Q pairs only its last Q land in the bank, as if pushed one by one.
+        brings more than Q pairs only its last Q land in the bank: in slots 0..Q-1 with the
+        pointer unchanged (``published``), or as if pushed one by one (``fifo``).
         ``embeddings`` must be float32 (B x D); ``labels`` int64 (B,) on the same device.
         """
         # Step 1: DFS counter.
@@ -188,8 +221,8 @@ class DenselyAnchoredSampling(nn.Module):
             pushed = same_class & (fingerprints.unsqueeze(2) != fingerprints.unsqueeze(1)).any(0)
             kept, slot, pairs_of_class = self._bank_slots(labels, same_class, pushed)
             self._write_fixed_size(embeddings, labels, same_class, kept, slot)
-            position = self.mts_write_position[labels]
-            self.mts_write_position[labels] = (position + pairs_of_class) % self.mts_bank_size
+            self.mts_write_position[labels] = self._next_position(
+                self.mts_write_position[labels], pairs_of_class)
             self.mts_fill[labels] = (self.mts_fill[labels] + pairs_of_class).clamp(
                 max=self.mts_bank_size)
             self.stats["mts_pairs_pushed"] = pushed.sum().float()
@@ -217,12 +250,14 @@ class DenselyAnchoredSampling(nn.Module):
         pushed_per_class = running[-1] if len(pair_class) else one_hot.sum(0)
         rank = (running * one_hot).sum(1) - 1  # 0 for a class's first pair of this batch
         kept = rank >= pushed_per_class[pair_class] - capacity  # only the last Q of a class stay
-        slot = (self.mts_write_position[pair_class] + rank) % capacity
+        slot = self._landing_slot(self.mts_write_position[pair_class], rank,
+                                  pushed_per_class[pair_class])
         if bool(kept.all()):
             self.mts_bank[pair_class, slot] = difference
         else:
             self.mts_bank[pair_class[kept], slot[kept]] = difference[kept]
-        self.mts_write_position.add_(pushed_per_class).remainder_(capacity)
+        self.mts_write_position.copy_(self._next_position(self.mts_write_position,
+                                                          pushed_per_class))
         self.mts_fill.add_(pushed_per_class).clamp_(max=capacity)
         self.stats["mts_pairs_pushed"] = torch.tensor(float(len(pair_class)))
 
@@ -242,7 +277,8 @@ class DenselyAnchoredSampling(nn.Module):
         pairs_before_row = (same_long.tril(-1) * pairs_per_row).sum(1)
         ordinal = pairs_before_row.unsqueeze(1) + pushed_long.cumsum(1) - 1  # push order in class
         kept = pushed & (ordinal >= (pairs_of_class - capacity).unsqueeze(1))
-        slot = (self.mts_write_position[labels].unsqueeze(1) + ordinal) % capacity
+        slot = self._landing_slot(self.mts_write_position[labels].unsqueeze(1), ordinal,
+                                  pairs_of_class.unsqueeze(1))
         return kept, slot, pairs_of_class
 
     def _write_fixed_size(self, embeddings: torch.Tensor, labels: torch.Tensor,

@@ -4,8 +4,9 @@
 ``compute_metrics(names, embeddings, labels, ...)`` works on numpy arrays (tests, benchmarks).
 """
 from .backend import EvaluationBackend, faiss_gpu_available, select_backend
-from .compute import compute_metrics, evaluate
+from .compute import KMEANS_SEEDS, PUBLISHED_KMEANS_SEED, compute_metrics, evaluate, kmeans_seed
 from .embeddings import compute_embeddings, sharded_embeddings
 
 __all__ = ["EvaluationBackend", "select_backend", "compute_embeddings", "sharded_embeddings",
-           "compute_metrics", "evaluate", "faiss_gpu_available"]
+           "compute_metrics", "evaluate", "faiss_gpu_available", "kmeans_seed", "KMEANS_SEEDS",
+           "PUBLISHED_KMEANS_SEED"]

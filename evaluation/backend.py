@@ -56,7 +56,9 @@ class EvaluationBackend:
         return _faiss_ops().NeighbourIndex(references, max_k)
 
     def kmeans_cluster_ids(self, embeddings: np.ndarray, num_clusters: int, iterations: int,
-                           seed: int = 0, cosine: bool = False) -> np.ndarray:
+                           seed: int = 1234, cosine: bool = False) -> np.ndarray:
+        """Cluster ids of the rows; ``seed`` defaults to faiss's own (1234, see
+        ``compute.kmeans_seed``)."""
         if self.name == "torch":
             return torch_ops.kmeans_cluster_ids(embeddings, num_clusters, iterations, seed,
                                                 self.device, cosine=cosine)

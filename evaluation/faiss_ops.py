@@ -65,7 +65,7 @@ class NeighbourIndex:
 
 
 def kmeans_cluster_ids(embeddings: np.ndarray, num_clusters: int, iterations: int,
-                       seed: int = 0, cosine: bool = False) -> np.ndarray:
+                       seed: int = 1234, cosine: bool = False) -> np.ndarray:
     """Cluster id (int64, N) of each row: faiss k-means with ``num_clusters`` centroids trained on
     every row (no subsampling) for ``iterations`` rounds (faiss stops earlier once the objective
     stops improving), then one pass assigning each row to its nearest final centroid.

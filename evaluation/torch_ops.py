@@ -92,7 +92,7 @@ class TorchNeighbourIndex:
 
 
 def kmeans_cluster_ids(embeddings: np.ndarray, num_clusters: int, iterations: int,
-                       seed: int = 0, device: Union[str, torch.device] = "cpu",
+                       seed: int = 1234, device: Union[str, torch.device] = "cpu",
                        block_bytes: Optional[int] = None, cosine: bool = False) -> np.ndarray:
     """Cluster id (int64, N) of each row after ``iterations`` rounds of k-means on every row
     (faiss's semantics, see the module docstring), computed with torch on ``device``.

@@ -41,9 +41,15 @@ class RecordingDAS(DenselyAnchoredSampling):
 
 
 class LoopDAS:
-    """Independent oracle: DAS written as plain per-sample Python loops over a ring buffer."""
+    """Independent oracle: DAS written as plain per-sample Python loops over a ring buffer.
 
-    def __init__(self, num_classes, embed_dim, num_produce, normalize, k, bank_size, mts_scale):
+    ``rule``: "fifo" pushes a class's pairs one by one; "published" does the same unless the class
+    brings more than Q pairs, which then fill slots 0..Q-1 (its last Q) with the pointer left
+    where it was (tests/test_parity_round2.py checks this against the published bank's lines)."""
+
+    def __init__(self, num_classes, embed_dim, num_produce, normalize, k, bank_size, mts_scale,
+                 rule="published"):
+        self.rule = rule
         self.counter = [[0] * embed_dim for _ in range(num_classes)]
         self.bank = [[torch.zeros(embed_dim) for _ in range(bank_size)] for _ in range(num_classes)]
         self.position = [0] * num_classes
@@ -56,6 +62,15 @@ class LoopDAS:
         self.position[c] = (self.position[c] + 1) % self.bank_size
         self.fill[c] = min(self.fill[c] + 1, self.bank_size)
 
+    def push_class(self, c, differences):
+        if self.rule == "published" and len(differences) > self.bank_size:
+            for slot, difference in enumerate(differences[-self.bank_size:]):
+                self.bank[c][slot] = difference
+            self.fill[c] = self.bank_size
+            return
+        for difference in differences:
+            self.push(c, difference)
+
     def chosen(self, c):
         return sorted(range(self.dim), key=lambda d: (-self.counter[c][d], d))[:self.k]
 
@@ -66,10 +81,13 @@ class LoopDAS:
             values = row.tolist()
             for d in sorted(range(self.dim), key=lambda d: -values[d])[:self.k]:
                 self.counter[c][d] += 1
+        pairs = {c: [] for c in ys}
         for i, ci in enumerate(ys):
             for j, cj in enumerate(ys):
                 if i != j and ci == cj and not torch.equal(rows[i], rows[j]):
-                    self.push(ci, rows[i] - rows[j])
+                    pairs[ci].append(rows[i] - rows[j])
+        for c, differences in pairs.items():
+            self.push_class(c, differences)
         generated = []
         for n in range(self.num_produce):
             for i, c in enumerate(ys):
@@ -107,13 +125,14 @@ def random_batch(labels, dim, generator):
 
 
 # --------------------------------------------------------------------------------- oracle
+@pytest.mark.parametrize("rule", ["published", "fifo"])
 @pytest.mark.parametrize("sync_free", [False, True])
 @pytest.mark.parametrize("normalize", [True, False])
-def test_matches_loop_oracle_under_recorded_draws(sync_free, normalize):
+def test_matches_loop_oracle_under_recorded_draws(sync_free, normalize, rule):
     torch.manual_seed(0)
-    das = make_das(RecordingDAS, normalize=normalize)
+    das = make_das(RecordingDAS, normalize=normalize, mts_bank=rule)
     das.sync_free_bank_writes = sync_free
-    oracle = LoopDAS(6, 16, 3, normalize, 4, 3, 0.5)
+    oracle = LoopDAS(6, 16, 3, normalize, 4, 3, 0.5, rule=rule)
     data = torch.Generator().manual_seed(1)
     for labels in LABEL_SEQUENCE * 2:
         embeddings, labels = random_batch(labels, 16, data)
@@ -132,9 +151,11 @@ def test_matches_loop_oracle_under_recorded_draws(sync_free, normalize):
 
 
 def test_matches_oracle_with_fixed_factor_and_newest_slot():
-    das = make_das(RecordingDAS, dfs_scale_left=1.5, dfs_scale_right=1.5, normalize=False)
+    # "newest" = the slot before the pointer: the most recent write only under the fifo rule.
+    das = make_das(RecordingDAS, dfs_scale_left=1.5, dfs_scale_right=1.5, normalize=False,
+                   mts_bank="fifo")
     das.fixed_slot = "newest"
-    oracle = LoopDAS(6, 16, 3, False, 4, 3, 0.5)
+    oracle = LoopDAS(6, 16, 3, False, 4, 3, 0.5, rule="fifo")
     data = torch.Generator().manual_seed(2)
     for labels in LABEL_SEQUENCE:
         embeddings, labels = random_batch(labels, 16, data)
@@ -158,7 +179,8 @@ def test_counter_equals_hand_counts():
 
 
 def test_bank_is_fifo_with_wrap_around():
-    das = make_das(num_classes=2, embed_dim=2, dfs_num_scale=1, mts_bank_size=3)
+    # The fifo rule (--das_mts_bank fifo; it was the default before issue 24).
+    das = make_das(num_classes=2, embed_dim=2, dfs_num_scale=1, mts_bank_size=3, mts_bank="fifo")
     a, b, c, d = (torch.tensor(v) for v in ([1.0, 0.0], [0.0, 2.0], [3.0, 3.0], [4.0, -1.0]))
     das(torch.stack([a, b]), torch.tensor([1, 1]))  # pushes a-b, b-a into slots 0, 1
     assert das.mts_fill.tolist() == [0, 2] and das.mts_write_position.tolist() == [0, 2]
@@ -171,6 +193,21 @@ def test_bank_is_fifo_with_wrap_around():
     das(torch.stack([a, b, c]), torch.tensor([1, 1, 1]))
     # Push order: a-b, a-c, b-a, b-c, c-a, c-b at slots 1, 2, 0, 1, 2, 0.
     assert torch.equal(das.mts_bank[1], torch.stack([c - b, b - c, c - a]))
+    assert das.mts_write_position.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_published_bank_overflow_keeps_pointer(sync_free):
+    # The default rule: more than Q pairs fill slots 0..Q-1 and the pointer stays put.
+    das = make_das(num_classes=2, embed_dim=2, dfs_num_scale=1, mts_bank_size=3)
+    das.sync_free_bank_writes = sync_free
+    a, b, c, d = (torch.tensor(v) for v in ([1.0, 0.0], [0.0, 2.0], [3.0, 3.0], [4.0, -1.0]))
+    das(torch.stack([a, b]), torch.tensor([1, 1]))  # a-b, b-a into slots 0, 1; pointer 2
+    das(torch.stack([a, b, c]), torch.tensor([1, 1, 1]))  # 6 pairs > 3: the last three
+    assert torch.equal(das.mts_bank[1], torch.stack([b - c, c - a, c - b]))
+    assert das.mts_write_position.tolist() == [0, 2] and das.mts_fill.tolist() == [0, 3]
+    das(torch.stack([c, d]), torch.tensor([1, 1]))  # c-d at slot 2, d-c at slot 0 (wraps)
+    assert torch.equal(das.mts_bank[1], torch.stack([d - c, c - a, c - d]))
     assert das.mts_write_position.tolist() == [0, 1]
 
 

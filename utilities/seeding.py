@@ -15,6 +15,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def set_backend_flags(tf32: bool = True, cudnn_deterministic: bool = True) -> None:
+    """CUDA kernel choices (``--tf32``/``--no_tf32``, ``--cudnn_deterministic``/
+    ``--no_cudnn_deterministic``): TF32 for float32 matmuls and cuDNN convolutions, and whether
+    cuDNN must pick deterministic algorithms (the published ``set_seed`` sets it to True with the
+    seed). These are process-wide flags read only by CUDA kernels."""
+    torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+    torch.backends.cudnn.allow_tf32 = bool(tf32)
+    torch.backends.cudnn.deterministic = bool(cudnn_deterministic)
+
+
 def rng_state() -> Dict[str, Any]:
     """The global RNG states in a form ``torch.load(weights_only=True)`` accepts (no pickled
     NumPy objects): Python's as nested lists, NumPy's as a tensor plus scalars."""
