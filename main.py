@@ -157,15 +157,20 @@ def choose_device(opt: argparse.Namespace) -> torch.device:
 def make_optimizer(opt: argparse.Namespace, model: architectures.EmbeddingNetwork,
                    criterion: criteria.BaseCriterion) -> torch.optim.Optimizer:
     """Parameter groups as the published code builds them (scripts/standard.py): the network
-    (backbone at --lr, embedding layer at --fc_lr) with weight decay --decay; the criterion's
+    (backbone at --lr, embedding layer at --fc_lr) with weight decay --decay (--layer_decay:
+    the backbone's layers at decaying rates, timm backbones); the criterion's
     learnable parameters at their own lr with the weight decay their loss defines (proxyanchor:
     --loss_proxyanchor_decay) and otherwise none of ours, so the optimizer's own default applies
     (0 for Adam and SGD, torch's 0.01 for AdamW). No global weight decay: decaying e.g. the margin
     loss's beta would pull it to 0 on every step its class is absent (docs/PARITY.md)."""
     fc_lr = opt.fc_lr if opt.fc_lr > 0 else opt.lr
-    groups = [
-        {"params": list(model.backbone_parameters()), "lr": opt.lr, "weight_decay": opt.decay,
-         "name": "backbone"},
+    layer_decay = getattr(opt, "layer_decay", 1.0)  # configs saved before the option: off
+    if layer_decay != 1.0:  # --layer_decay: one group per layer of a timm backbone
+        groups = architectures.layer_decay_groups(model, opt.lr, opt.decay, layer_decay)
+    else:
+        groups = [{"params": list(model.backbone_parameters()), "lr": opt.lr,
+                   "weight_decay": opt.decay, "name": "backbone"}]
+    groups += [
         {"params": list(model.embedding_parameters()), "lr": fc_lr, "weight_decay": opt.decay,
          "name": "embedding"},
     ]

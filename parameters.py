@@ -128,6 +128,9 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
     group.add_argument("--fc_lr", default=-1, type=greater_than(0.0, also=(-1,)),
                        help="Learning rate of the embedding layer; -1 uses --lr.")
     group.add_argument("--decay", default=0.0004, type=non_negative_float, help="Weight decay.")
+    group.add_argument("--layer_decay", default=1.0, type=between(0.0, 1.0, open_low=True),
+                       help="Layer-wise lr decay of a timm backbone: layer i of L trains at "
+                            "--lr * layer_decay ** (L - 1 - i) (ViT fine-tuning); 1: off.")
     group.add_argument("--n_epochs", default=None, type=non_negative_int, help="Training epochs.")
     group.add_argument("--n_warm", default=0, type=non_negative_int,
                        help="Warm-up: during the first N epochs only the embedding layer trains.")
