@@ -36,6 +36,7 @@ import evaluation
 import metrics
 from datasampler._feed import StorageFeed
 from datasets import DataError, ImageDataset, QueryGallery, device_decoding, image_dataset
+from datasets._batch import evaluation_decode
 from parameters import FILLED_IN, build_parser, parse_command_line, resolve_dataset_defaults
 from utilities import checkpoint as ckpt
 from utilities import distributed
@@ -314,10 +315,13 @@ def build_training(opt: argparse.Namespace, device: torch.device) -> Training:
     train_set = image_dataset(splits.train, transform_config, not opt.no_random_augmentation,
                               decode)
 
+    # evaluation images: the per-image (published) test transform unless --eval_transform batch
+    eval_decode = evaluation_decode(decode, getattr(opt, "eval_transform", "published"))
+
     def eval_dataset(split):
         if isinstance(split, QueryGallery):  # In-Shop
-            return split.map(lambda s: image_dataset(s, transform_config, False, decode))
-        return image_dataset(split, transform_config, False, decode)
+            return split.map(lambda s: image_dataset(s, transform_config, False, eval_decode))
+        return image_dataset(split, transform_config, False, eval_decode)
 
     eval_sets = {name: eval_dataset(split) for name, split in splits.evaluation.items()}
     if opt.train_metrics:

@@ -92,6 +92,11 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                             "torchvision.io + transforms.v2 on uint8), gpu (workers read bytes; "
                             "nvJPEG batch decode and one batched crop on the device; base/big "
                             "augmentation), auto (gpu on CUDA with nvJPEG when it applies).")
+    group.add_argument("--eval_transform", default="published", choices=["published", "batch"],
+                       help="Evaluation images: published (per-image Resize + CenterCrop in the "
+                            "workers, within one uint8 level of the published PIL transform, on "
+                            "every device) or batch (as --decode: on CUDA the batched roi_align "
+                            "crop, which moves figures; see docs/PARITY.md).")
 
     group = parser.add_argument_group("batches")
     group.add_argument("--data_sampler", default="class_random", type=str,

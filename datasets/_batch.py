@@ -6,9 +6,12 @@ same seed the same box, as the per-image CPU pipeline). The main process then de
 batch in one nvJPEG call (``torchvision.io.decode_jpeg(list, device=...)``) and crops, resizes and
 flips it as a batch: one ``torchvision.ops.roi_align`` over the per-image boxes, whose adaptive
 sampling grid (ceil(box / output) bilinear samples averaged per output pixel) antialiases
-downscaling much as the per-image antialiased resize does. Evaluation's Resize + CenterCrop is
-the same box crop with a fixed box. Files nvJPEG cannot decode (and non-JPEG files, decoded by
-the worker) take the CPU decoder for that image only.
+downscaling much as the per-image antialiased resize does (not exactly: a box average, where
+PIL's and torchvision's antialiased bilinear use a triangle filter). Evaluation's Resize +
+CenterCrop is the same box crop with a fixed box; evaluation uses it only with
+``--eval_transform batch`` (by default evaluation images take the per-image transform, see
+:func:`evaluation_decode` and docs/PARITY.md). Files nvJPEG cannot decode (and non-JPEG files,
+decoded by the worker) take the CPU decoder for that image only.
 
 Everything here also runs on the CPU (tests compare it with the per-image pipeline there).
 """
@@ -29,6 +32,9 @@ from ._transforms import build_transform, crop_and_resize_sizes
 
 BATCH_AUGMENTATIONS = ("base", "big")  # RandomResizedCrop + flip: what the batch path implements
 DECODE_CHOICES = ("auto", "cpu", "gpu")
+# --eval_transform: "published", the per-image Resize + CenterCrop (within one uint8 level of the
+# published PIL transform, docs/PARITY.md) on every device; "batch", evaluation follows --decode.
+EVAL_TRANSFORMS = ("published", "batch")
 
 # torchvision's box sampler (make_params reads only the input's size; scale/ratio: defaults)
 _RANDOM_RESIZED_CROP = v2.RandomResizedCrop(1)
@@ -241,6 +247,15 @@ def resolve_decode(choice: str, device: torch.device, config: TransformConfig) -
                              f"use --decode cpu")
         return "gpu"
     return "gpu" if usable and config.augmentation in BATCH_AUGMENTATIONS else "cpu"
+
+
+def evaluation_decode(decode: str, eval_transform: str = "published") -> str:
+    """The decode mode of the evaluation sets, from the training's resolved ``decode`` (cpu or
+    gpu): cpu (per-image transform, the published one) unless ``--eval_transform batch``."""
+    if eval_transform not in EVAL_TRANSFORMS:
+        raise ValueError(f"--eval_transform '{eval_transform}' is not one of "
+                         f"{', '.join(EVAL_TRANSFORMS)}")
+    return decode if eval_transform == "batch" else "cpu"
 
 
 def device_decoding(loader, dataset: torch.utils.data.Dataset, device: torch.device):
