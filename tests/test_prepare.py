@@ -2,6 +2,7 @@
 folders, Stanford Cars' .mat files written with scipy.io.savemat), and every refusal."""
 from __future__ import annotations
 
+import io
 import os
 import tarfile
 import zipfile
@@ -14,6 +15,7 @@ import scipy.io
 
 import datasets
 from datasets import DataError
+import datasets.prepare as prepare_module
 from datasets.prepare import main as prepare_main
 from datasets.prepare import prepare
 from tests.test_datasets import (INSHOP_ROWS, SOP_HEADER, SOP_TEST, SOP_TRAIN, class_sizes,
@@ -265,7 +267,7 @@ def test_command_line_prints_the_one_line_refusal(tmp_path, capsys):
                          "--to", str(tmp_path / "data")]) == 0
     assert "python main.py --dataset cub200 --source" in capsys.readouterr().out
     assert prepare_main(["cub200", "--from", str(tmp_path / "download"),
-                         "--to", str(tmp_path / "data")]) == 1
+                         "--to", str(tmp_path / "data")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "already exists" in err and err.count("\n") == 1
 
@@ -339,3 +341,256 @@ def test_inputs_that_are_not_a_download_are_refused(tmp_path):
     refusal("cars196", empty, data, "found no Stanford Cars files", "cars_annos.mat")
     with pytest.raises(DataError, match="unknown dataset 'mnist'"):
         prepare("mnist", str(empty), str(data))
+
+
+# ----------------------------------------------------------------------------- hostile downloads
+# (issue 20: partial or hostile downloads, messages that name what the user has)
+
+
+def cub_members(home: Path) -> List[Path]:
+    """CUB_200_2011/ files with the images first, the lists last (as a download cut before
+    images.txt sees them)."""
+    files = sorted(p for p in home.rglob("*") if p.is_file())
+    return [p for p in files if "images" in p.relative_to(home).parts[:1]] + \
+        [p for p in files if p.parent == home]
+
+
+def tar_of(home: Path, path: Path, members: List[Path]) -> Path:
+    with tarfile.open(path, "w:gz" if path.suffix == ".tgz" else "w") as bundle:
+        for file in members:
+            bundle.add(file, f"{home.name}/{file.relative_to(home)}", recursive=False)
+    return path
+
+
+def assert_nothing_written(data: Path) -> None:
+    assert not data.exists() or sorted(p.name for p in data.iterdir()) == []
+
+
+def test_a_cub_archive_cut_before_images_txt_is_not_taken_for_the_prepared_layout(tmp_path):
+    home = make_cub_download(tmp_path / "download")
+    members = cub_members(home)
+    assert members[6].name.endswith(".jpg") and members[-1].name.endswith(".txt")
+    # A well-formed tar holding only the first 6 of the 10 images: no images.txt.
+    cut = tar_of(home, tmp_path / "CUB_200_2011.tgz", members[:6])
+    message = refusal("cub200", cut, tmp_path / "data", "is the publisher's CUB-200-2011 "
+                      "download, but it lacks images.txt", "incomplete download")
+    assert ".unpacked" not in message and "CUB_200_2011' in '" in message
+    assert_nothing_written(tmp_path / "data")
+    # The same folder unpacked by hand is refused the same way.
+    partial = tmp_path / "partial"
+    for file in members[:6]:
+        (partial / file.relative_to(home.parent)).parent.mkdir(parents=True, exist_ok=True)
+        (partial / file.relative_to(home.parent)).write_bytes(file.read_bytes())
+    refusal("cub200", partial, tmp_path / "data", "lacks images.txt, image_class_labels.txt, "
+            "classes.txt")
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".tgz", ".zip"])
+def test_an_archive_that_ends_early_is_refused_naming_it(tmp_path, suffix):
+    home = make_cub_download(tmp_path / "download")
+    whole = tmp_path / f"whole{suffix}"
+    if suffix == ".zip":
+        archive(home, whole)
+    else:
+        tar_of(home, whole, cub_members(home))
+    data = whole.read_bytes()
+    cut = tmp_path / f"CUB_200_2011{suffix}"
+    if suffix == ".tar":  # cut exactly after a member: tarfile itself reports no error
+        with tarfile.open(whole) as bundle:
+            sixth = bundle.getmembers()[6]
+        cut.write_bytes(data[:sixth.offset])
+        expected = "the archive ends early (after 6 member(s)"
+    else:
+        cut.write_bytes(data[:len(data) * 2 // 3])
+        expected = "download it again"
+    message = refusal("cub200", cut, tmp_path / "data", f"cannot unpack '{cut}'", expected)
+    assert "\n" not in message and not message.rstrip().endswith(":")
+
+
+def test_archives_are_read_by_content_and_garbage_gets_a_whole_message(tmp_path):
+    home = make_cub_download(tmp_path / "download")
+    zipped_as_tgz = archive(home, tmp_path / "CUB.zip").rename(tmp_path / "CUB_200_2011.tgz")
+    prepare("cub200", str(zipped_as_tgz), str(tmp_path / "data"))  # a zip named .tgz unpacks
+    assert len(datasets.load("cub200", str(tmp_path / "data")).train) == 5
+    garbage = tmp_path / "other.tgz"
+    garbage.write_bytes(b"<html>not found</html>" * 40)
+    message = refusal("cub200", garbage, tmp_path / "data2", f"cannot unpack '{garbage}': neither "
+                      "a tar (.tgz, .tar.gz, .tar) nor a zip archive", "download it again")
+    assert "could not be opened successfully" not in message
+    empty = tmp_path / "empty.zip"
+    empty.write_bytes(b"")
+    refusal("cub200", empty, tmp_path / "data2", f"cannot unpack '{empty}': the file is empty")
+
+
+def test_a_wrong_archive_for_the_dataset_names_the_archive(tmp_path):
+    sop = archive(make_sop_download(tmp_path / "download"),
+                  tmp_path / "Stanford_Online_Products.zip")
+    message = refusal("cub200", sop, tmp_path / "data", f"found no CUB-200-2011 files under "
+                      f"'{sop}'")
+    assert ".unpacked" not in message
+
+
+def test_a_damaged_image_inside_an_archive_names_the_member_and_the_archive(tmp_path):
+    home = make_cub_download(tmp_path / "download")
+    bad = home / "images" / CUB_CLASSES[2] / "Sooty_Albatross_0001_3.jpg"
+    bad.write_bytes(bad.read_bytes()[:40])
+    tgz = archive(home, tmp_path / "CUB_200_2011.tgz")
+    refusal("cub200", tgz, tmp_path / "data", f"image 'CUB_200_2011/images/{CUB_CLASSES[2]}/"
+            f"Sooty_Albatross_0001_3.jpg' in '{tgz}' does not decode")
+
+
+def member_bytes(bundle: zipfile.ZipFile, name: str, data: bytes) -> None:
+    bundle.writestr(zipfile.ZipInfo(name), data)
+
+
+@pytest.mark.parametrize("member,problem", [("../evil.jpg", "contains '..'"),
+                                            ("/tmp/evil.jpg", "is an absolute path"),
+                                            ("CUB_200_2011\\..\\evil.jpg", "contains a backslash")])
+def test_zip_members_that_leave_the_archive_are_refused(tmp_path, member, problem):
+    home = make_cub_download(tmp_path / "download")
+    zipped = archive(home, tmp_path / "CUB_200_2011.zip")
+    with zipfile.ZipFile(zipped, "a") as bundle:
+        member_bytes(bundle, member, b"x")
+    refusal("cub200", zipped, tmp_path / "data", f"cannot unpack '{zipped}': member "
+            f"'{member}' {problem}")
+    assert not (tmp_path / "evil.jpg").exists()
+
+
+def test_tar_members_that_leave_the_archive_are_refused(tmp_path):
+    home = make_cub_download(tmp_path / "download")
+    tgz = archive(home, tmp_path / "CUB_200_2011.tar")
+    with tarfile.open(tgz, "a") as bundle:
+        info = tarfile.TarInfo("../evil.jpg")
+        info.size = 1
+        bundle.addfile(info, io.BytesIO(b"x"))
+    refusal("cub200", tgz, tmp_path / "data", f"cannot unpack '{tgz}'", "evil.jpg")
+    assert not (tmp_path / "evil.jpg").exists()
+    linked = tmp_path / "linked.tar"  # a link member pointing outside
+    with tarfile.open(linked, "w") as bundle:
+        bundle.add(home, "CUB_200_2011")
+        info = tarfile.TarInfo("CUB_200_2011/images/link.jpg")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/hostname"
+        bundle.addfile(info)
+    refusal("cub200", linked, tmp_path / "data", f"cannot unpack '{linked}'", "link.jpg")
+
+
+def rewrite_images_txt(home: Path, index: int, path: str) -> None:
+    lines = (home / "images.txt").read_text().splitlines()
+    lines[index] = f"{index + 1} {path}"
+    (home / "images.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("listed,problem", [
+    ("/etc/hostname", "is an absolute path"),
+    (f"{CUB_CLASSES[0]}/../../../outside.jpg", "contains '..'"),
+    (f"{CUB_CLASSES[0]}/./x.jpg", "'.' component"),
+    (f"{CUB_CLASSES[0]}/linked.jpg", "outside the download"),
+], ids=["absolute", "dotdot", "dot", "symlink-out"])
+def test_paths_in_the_publishers_lists_are_data_not_trusted_paths(tmp_path, listed, problem):
+    home = make_cub_download(tmp_path / "download")
+    outside = tmp_path / "outside.jpg"
+    write_image(outside)
+    rewrite_images_txt(home, 0, listed)
+    tgz = archive(home, tmp_path / "CUB_200_2011.tgz")
+    os.symlink(outside, home / "images" / CUB_CLASSES[0] / "linked.jpg")
+    refusal("cub200", home, tmp_path / "data", f"'{home / 'images.txt'}'", f"'{listed}'", problem)
+    # inside an archive the message names the list as a member of the archive
+    if "linked" not in listed:
+        refusal("cub200", tgz, tmp_path / "data", f"'CUB_200_2011/images.txt' in '{tgz}'",
+                problem)
+
+
+def test_list_paths_of_the_other_datasets_are_checked_too(tmp_path):
+    home = make_sop_download(tmp_path / "sop")
+    text = (home / "Ebay_train.txt").read_text().replace("bicycle_final/", "../bicycle_final/", 1)
+    (home / "Ebay_train.txt").write_text(text)
+    refusal("online_products", home, tmp_path / "data", "Ebay_train.txt' line 4 names "
+            "'../bicycle_final/", "contains '..'")
+    download = make_inshop_download(tmp_path / "inshop", zipped=False)
+    partition = download / "Eval" / "list_eval_partition.txt"
+    partition.write_text(partition.read_text().replace(INSHOP_ROWS[0][0], "/etc/hostname"))
+    refusal("in-shop", download, tmp_path / "data", "names '/etc/hostname'", "expected a path "
+            "inside img/")
+    cars = make_cars_annos_download(tmp_path / "cars")
+    rows = [dict(relative_im_path="car_ims/../../x.jpg" if i == 1 else f"car_ims/{i:06d}.jpg",
+                 **{"class": c}) for i, c in enumerate(CARS_IMAGES, start=1)]
+    savemat_annotations(cars / "cars_annos.mat", rows, class_names=class_names_cell(CARS_NAMES))
+    refusal("cars196", cars, tmp_path / "data", "cars_annos.mat' names 'car_ims/../../x.jpg'",
+            "contains '..'")
+
+
+def test_lists_cut_or_edited_are_refused(tmp_path):
+    home = make_cub_download(tmp_path / "cub")
+    rewrite_images_txt(home, 4, (home / "images.txt").read_text().splitlines()[3].split()[1])
+    refusal("cub200", home, tmp_path / "data", "images.txt' lists 'images/", "twice")
+    home = make_cub_download(tmp_path / "cub2")
+    lines = (home / "classes.txt").read_text().splitlines()
+    (home / "classes.txt").write_text("\n".join(lines[:1] + lines[2:]) + "\n")
+    refusal("cub200", home, tmp_path / "data", "classes.txt' line 2: id '3', expected 2")
+    download = make_inshop_download(tmp_path / "inshop", zipped=False)
+    partition = download / "Eval" / "list_eval_partition.txt"
+    partition.write_text("\n".join(partition.read_text().splitlines()[:-2]) + "\n")
+    refusal("in-shop", download, tmp_path / "data", "lists 9 image(s), but its first line says "
+            "'11'")
+
+
+def test_prepared_class_folders_with_a_numbering_gap_are_refused(tmp_path):
+    images = make_cub_download(tmp_path / "download") / "images"
+    for file in (images / CUB_CLASSES[1]).iterdir():
+        file.unlink()
+    (images / CUB_CLASSES[1]).rmdir()
+    tar = archive(images, tmp_path / "cub200.tar", "cub200/images")
+    refusal("cub200", tar, tmp_path / "data", "no class folder numbered 002", "1 of 1..4")
+
+
+def test_to_a_file_and_ctrl_c_are_one_line(tmp_path, capsys, monkeypatch):
+    tgz = archive(make_cub_download(tmp_path / "download"), tmp_path / "CUB_200_2011.tgz")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert prepare_main(["cub200", "--from", str(tgz), "--to", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --to '{a_file}' is a file; expected the folder (DATA_ROOT) to write " \
+                  f"cub200/ into (it is created when missing)\n"
+
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    data = tmp_path / "data"
+    monkeypatch.setattr(prepare_module, "decode_problem", interrupted)
+    assert prepare_main(["cub200", "--from", str(tgz), "--to", str(data)]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("error: interrupted") and err.count("\n") == 1
+    assert_nothing_written(data)  # nothing half-written to be taken for a prepared layout
+    monkeypatch.undo()
+    assert prepare_main(["cub200", "--from", str(tgz), "--to", str(data)]) == 0
+
+
+def test_list_files_without_their_header_lines_are_refused(tmp_path):
+    home = make_sop_download(tmp_path / "sop")
+    lines = (home / "Ebay_test.txt").read_text().splitlines()
+    (home / "Ebay_test.txt").write_text("\n".join(lines[1:]) + "\n")  # first image taken as header
+    refusal("online_products", home, tmp_path / "data", "Ebay_test.txt' does not start with the "
+            "line 'image_id class_id super_class_id path'")
+    download = make_inshop_download(tmp_path / "inshop", zipped=False)
+    partition = download / "Eval" / "list_eval_partition.txt"
+    lines = partition.read_text().splitlines()
+    partition.write_text("\n".join(lines[:1] + lines[2:]) + "\n")
+    refusal("in-shop", download, tmp_path / "data", "list_eval_partition.txt' line 2 is not "
+            "'image_name item_id evaluation_status'")
+
+
+def test_a_full_disk_while_writing_names_the_to_folder_and_leaves_nothing(tmp_path, monkeypatch):
+    home = make_cub_download(tmp_path / "download")
+    real_place, calls = prepare_module.place, {"n": 0}
+
+    def fills_up(source, destination, move):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise OSError(28, "No space left on device", destination)
+        return real_place(source, destination, move)
+
+    monkeypatch.setattr(prepare_module, "place", fills_up)
+    message = refusal("cub200", home, tmp_path / "data", f"cannot write under --to "
+                      f"'{tmp_path / 'data'}': No space left on device; nothing was kept there")
+    assert ".preparing" not in message
+    assert_nothing_written(tmp_path / "data")

@@ -26,16 +26,27 @@ agree; an inconsistent download is refused naming what is missing. The result is
 a temporary name, loaded with :func:`datasets.load` (which runs the checks of every training
 run) and only then renamed to ``DATA_ROOT/NAME``. The counts are printed next to the published
 ones, with a warning when a consistent download is smaller.
+
+What a download may not do (each refused in one line naming the archive or list file, exit
+status 2): end early (a tar without its end-of-archive blocks, a gzip/bz2/xz stream cut short,
+a zip without its central directory or with a bad CRC), hold files that do not decode, lack one
+of the publisher's list files while other publisher files are there (a CUB archive cut before
+``images.txt`` is not taken for the prepared ``images/<class>/`` layout), or name paths that are
+absolute, contain ``..`` or resolve outside the unpacked download (in archive members and in the
+publisher's list files alike). Ctrl-C removes what was written; ``DATA_ROOT/NAME`` only appears
+once everything was written and checked.
 """
 from __future__ import annotations
 
-import argparse
 import errno
+import lzma
 import os
+import re
 import shutil
 import sys
 import tarfile
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -43,9 +54,14 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from utilities.errors import run_command
+from utilities.options import OptionParser
+
 from .._base import DataError
 from .._layout import is_image_name, read_list_file, visible_entries
 
+SOP_HEADER = ["image_id", "class_id", "super_class_id", "path"]
+INSHOP_HEADER = ["image_name", "item_id", "evaluation_status"]
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".zip")
 SEARCH_DEPTH = 3  # how deep below --from the publisher's files are looked for
 
@@ -73,7 +89,12 @@ class Plan:
     images: List[str] = field(default_factory=list)  # destinations that must decode
     described: str = ""
 
-    def add(self, destination: str, source: str, image: bool = True) -> None:
+    def add(self, destination: str, source: str, image: bool = True,
+            list_file: str = "") -> None:
+        if destination in self.files:
+            where = f"'{list_file}' lists" if list_file else "the download holds"
+            raise DataError(f"{where} '{destination}' twice (from '{self.files[destination]}' and "
+                            f"'{source}'); expected every image once")
         self.files[destination] = source
         if image:
             self.images.append(destination)
@@ -83,22 +104,134 @@ class Plan:
 
 
 def is_archive(path: str) -> bool:
-    return os.path.isfile(path) and path.lower().endswith(ARCHIVE_SUFFIXES)
+    return os.path.isfile(path) and is_archive_file(path)
 
 
-def unpack(archive: str, into: str) -> None:
-    """Unpack a tar (any compression) or zip archive; member paths cannot leave ``into``."""
+def one_line(text: str) -> str:
+    """``text`` with its line breaks and runs of spaces collapsed (library errors span lines)."""
+    return " ".join(str(text).split())
+
+
+def unsafe_member(name: str) -> Optional[str]:
+    """Why an archive member or list-file path may not be used, or None: absolute paths, drive
+    letters, backslashes and '..' components could write or read outside the download."""
+    if not name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "is an absolute path"
+    if "\\" in name:
+        return "contains a backslash"
+    parts = name.rstrip("/").split("/")
+    if ".." in parts:
+        return "contains '..'"
+    if "." in parts or "" in parts:
+        return "contains an empty or '.' component"
+    return None
+
+
+def safe_roots(root: str) -> List[str]:
+    """Real paths that files named by list files under ``root`` may resolve into: ``root`` and
+    what its top-level links point to (the loose files of a folder of downloads)."""
+    roots = [os.path.realpath(root)]
+    roots += [os.path.realpath(e.path) for e in visible_entries(root) if e.is_symlink()]
+    return roots
+
+
+def listed_path(base: str, relative: str, list_file: str, roots: Sequence[str],
+                line: Optional[int] = None) -> str:
+    """``base/relative`` for a path named in a publisher's list file. Such paths are data: one
+    that is absolute, has '..' or resolves outside ``roots`` (the unpacked download) is refused."""
+    where = f"'{list_file}'" + (f" line {line}" if line else "")
+    problem = unsafe_member(relative)
+    if problem:
+        raise DataError(f"{where} names '{relative}', which {problem}; expected a path relative "
+                        f"to the download, inside it")
+    path = os.path.join(base, relative)
+    real = os.path.realpath(path)
+    if not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots):
+        raise DataError(f"{where} names '{relative}', which resolves to '{real}', outside the "
+                        f"download; expected a file inside it")
+    return path
+
+
+def tar_ends_properly(bundle: tarfile.TarFile) -> bool:
+    """Whether a fully read tar ends with its end-of-archive block and its compressed stream is
+    complete. tarfile stops without an error at a file that ends between two members, which is
+    how a download cut at the wrong moment (or a tar of only its first members) looks."""
+    handle = bundle.fileobj
+    handle.seek(bundle.offset)
+    block = handle.read(tarfile.BLOCKSIZE)
+    if len(block) != tarfile.BLOCKSIZE or block.count(b"\0") != tarfile.BLOCKSIZE:
+        return False
+    while handle.read(1 << 20):  # a gzip/bz2/xz stream cut short raises EOFError here
+        pass
+    return True
+
+
+def archive_problem(archive: str) -> str:
+    """Why ``archive`` opens neither as a tar nor as a zip, from its first bytes."""
+    with open(archive, "rb") as handle:
+        head = handle.read(8)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK"):
+        return "a zip archive that ends early or is damaged (no central directory)"
+    if head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ")):
+        return "a compressed stream that ends early or is damaged"
+    return "neither a tar (.tgz, .tar.gz, .tar) nor a zip archive"
+
+
+def unpack(archive: str, into: str) -> List[str]:
+    """Unpack a tar (any compression) or zip archive, whatever its name says, into ``into``;
+    returns its member paths. Refuses, naming ``archive``: an archive that ends early or is
+    damaged, members with absolute or '..' paths or links leaving ``into``, and a zip whose
+    content exceeds the free space."""
     print(f"unpacking {archive} ...", flush=True)
+    os.makedirs(into, exist_ok=True)
+    expected = "expected a complete .tgz/.tar.gz/.tar/.zip download; download it again"
     try:
-        if archive.lower().endswith(".zip"):
-            with zipfile.ZipFile(archive) as bundle:
-                bundle.extractall(into)  # drops absolute and '..' member paths
-        else:
-            with tarfile.open(archive) as bundle:
+        try:
+            bundle = tarfile.open(archive)
+        except tarfile.ReadError:
+            bundle = None
+        if bundle is not None:
+            with bundle:
                 bundle.extractall(into, filter="data")  # refuses links and paths leaving `into`
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as error:
-        raise DataError(f"cannot unpack '{archive}': {error}; expected a complete .tgz/.tar/.zip "
-                        f"download") from None
+                names = [member.name for member in bundle.getmembers()]
+                if not tar_ends_properly(bundle):
+                    raise DataError(f"cannot unpack '{archive}': the archive ends early (after "
+                                    f"{len(names)} member(s), without its end-of-archive "
+                                    f"blocks); {expected}")
+            return names
+        if not zipfile.is_zipfile(archive):
+            raise DataError(f"cannot unpack '{archive}': {archive_problem(archive)}; {expected}")
+        with zipfile.ZipFile(archive) as bundle:
+            infos = bundle.infolist()
+            for info in infos:
+                problem = unsafe_member(info.filename)
+                if problem:
+                    raise DataError(f"cannot unpack '{archive}': member '{info.filename}' "
+                                    f"{problem}; expected paths inside the archive")
+            needed, free = sum(info.file_size for info in infos), shutil.disk_usage(into).free
+            if needed > free:
+                raise DataError(f"cannot unpack '{archive}': it holds {needed / 2**30:.1f} GiB, "
+                                f"but '{into}' has {free / 2**30:.1f} GiB free; expected room "
+                                f"for the unpacked download under --to")
+            bundle.extractall(into)
+            return [info.filename for info in infos]
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError,
+            ValueError) as error:
+        raise DataError(f"cannot unpack '{archive}': {one_line(error) or type(error).__name__}; "
+                        f"{expected}") from None
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DataError(f"cannot unpack '{archive}' into '{into}': no space left on the "
+                            f"device; expected room for the unpacked download under --to") \
+                from None
+        if error.filename is None or os.path.abspath(error.filename) == os.path.abspath(archive):
+            raise DataError(f"cannot unpack '{archive}': {one_line(error.strerror or error)}; "
+                            f"{expected}") from None
+        raise
 
 
 def find_dir(root: str, accept: Callable[[str], bool], depth: int = SEARCH_DEPTH) -> Optional[str]:
@@ -137,8 +270,17 @@ def has_class_folders(images_dir: str) -> bool:
 
 
 def class_folder_plan(images_dir: str, plan: Plan) -> Plan:
-    """An already prepared ``images/<class>/*`` tree (the DAS repository's tar files)."""
-    for folder in (e for e in visible_entries(images_dir) if e.is_dir()):
+    """An already prepared ``images/<class>/*`` tree (the DAS repository's tar files). Class
+    folders numbered as published (``001.Name``) must run 1, 2, 3, ... without a gap."""
+    folders = [e for e in visible_entries(images_dir) if e.is_dir()]
+    numbers = [int(m.group(1)) for m in (re.match(r"^(\d+)\.", f.name) for f in folders) if m]
+    if numbers and len(numbers) == len(folders):
+        absent = sorted(set(range(1, max(numbers) + 1)) - set(numbers))
+        if absent:
+            raise DataError(f"'{images_dir}' has no class folder numbered {absent[0]:03d} "
+                            f"({len(absent)} of 1..{max(numbers)} are missing); expected every "
+                            f"published class (an incomplete download or unpack?)")
+    for folder in folders:
         images = [e for e in visible_entries(folder.path) if is_image_name(e.name) and e.is_file()]
         if not images:
             raise DataError(f"class folder '{folder.path}' holds no images; expected the "
@@ -168,11 +310,24 @@ def missing_files(listed: Sequence[Tuple[str, str]], list_file: str) -> None:
 # --------------------------------------------------------------------------- per dataset
 
 
+CUB_LISTS = ("images.txt", "image_class_labels.txt", "classes.txt")
+# Files and folders of CUB_200_2011.tgz besides images/: one of them without the lists means the
+# publisher's download, cut short or partly unpacked, never the prepared class-folder layout.
+CUB_MARKERS = CUB_LISTS + ("train_test_split.txt", "bounding_boxes.txt", "attributes", "parts",
+                           "attributes.txt")
+
+
 def plan_cub200(root: str) -> Plan:
     plan = Plan()
-    home = find_dir(root, lambda f: has(f, "images.txt", "image_class_labels.txt", "classes.txt",
-                                        "images"))
+    home = find_dir(root, lambda f: has(f, *CUB_LISTS, "images"))
     if home is None:
+        partial = find_dir(root, lambda f: os.path.basename(f) == "CUB_200_2011" or
+                           any(os.path.exists(os.path.join(f, m)) for m in CUB_MARKERS))
+        if partial is not None:
+            absent = [name for name in CUB_LISTS + ("images",) if not has(partial, name)]
+            raise DataError(f"'{partial}' is the publisher's CUB-200-2011 download, but it lacks "
+                            f"{', '.join(absent)}; an incomplete download or unpack (expected "
+                            f"images/, {', '.join(CUB_LISTS)})")
         prepared = find_dir(root, lambda f: os.path.basename(f) == "images" and
                             has_class_folders(f))
         if prepared is not None:
@@ -180,20 +335,33 @@ def plan_cub200(root: str) -> Plan:
         raise DataError(f"found no CUB-200-2011 files under '{root}'; expected CUB_200_2011.tgz, "
                         f"its CUB_200_2011/ folder (images/, images.txt, image_class_labels.txt, "
                         f"classes.txt) or the prepared cub200.tar (cub200/images/<class>/)")
+
     def table(name: str) -> Dict[str, str]:
+        """``<id> <value>`` rows; the publisher numbers them 1, 2, 3, ... without gaps."""
         path = os.path.join(home, name)
-        rows = {}
+        rows: Dict[str, str] = {}
         for number, fields in read_list_file(path):
             if len(fields) != 2:
                 raise DataError(f"'{path}' line {number}: expected '<id> <value>', found "
                                 f"'{' '.join(fields)}'")
+            if fields[0] != str(len(rows) + 1):
+                raise DataError(f"'{path}' line {number}: id '{fields[0]}', expected "
+                                f"{len(rows) + 1} (the published ids run 1, 2, 3, ... without "
+                                f"gaps or repeats; a damaged or edited file?)")
             rows[fields[0]] = fields[1]
+        if not rows:
+            raise DataError(f"'{path}' is empty; expected the publisher's list")
         return rows
 
     classes, images, labels = (table(n) for n in ("classes.txt", "images.txt",
                                                   "image_class_labels.txt"))
     images_file = os.path.join(home, "images.txt")
     labels_file = os.path.join(home, "image_class_labels.txt")
+    classes_file = os.path.join(home, "classes.txt")
+    for class_id, class_name in classes.items():
+        if "/" in class_name or "\\" in class_name or class_name in (".", ".."):
+            raise DataError(f"'{classes_file}': class {class_id} is named '{class_name}'; "
+                            f"expected a folder name (no '/', not '.' or '..')")
     unlabelled = sorted(set(images) - set(labels), key=int)
     unknown = sorted(set(labels) - set(images), key=int)
     if unlabelled or unknown:
@@ -202,7 +370,9 @@ def plan_cub200(root: str) -> Plan:
                                     f"'{images_file}'")
         raise DataError(f"{first}; {len(unlabelled) + len(unknown)} image id(s) disagree; "
                         f"expected both files to list the same images")
-    classes_file = os.path.join(home, "classes.txt")
+    roots = safe_roots(root)
+    images_dir = os.path.join(home, "images")
+    listed = [(rel, listed_path(images_dir, rel, images_file, roots)) for rel in images.values()]
     for image_id, relative in images.items():
         class_id = labels[image_id]
         if class_id not in classes:
@@ -216,10 +386,9 @@ def plan_cub200(root: str) -> Plan:
     if empty:
         raise DataError(f"class {empty[0]} '{classes[empty[0]]}' of '{classes_file}' has no "
                         f"image; {len(empty)} class(es) are empty; expected images of every class")
-    listed = [(rel, os.path.join(home, "images", rel)) for rel in images.values()]
     missing_files(listed, images_file)
     for relative, path in listed:
-        plan.add(f"images/{relative}", path)
+        plan.add(f"images/{relative}", path, list_file=images_file)
     plan.described = f"CUB-200-2011 '{home}'"
     return plan
 
@@ -274,7 +443,8 @@ def _add_cars(plan: Plan, entries: List[Tuple[str, str, int]], names: List[str],
                         f"'{annotation_file}'; {len(empty)} class(es) are empty; expected images "
                         f"of every class")
     for name, path, class_id in entries:
-        plan.add(f"images/{_cars_folder(class_id, names)}/{name}", path)
+        plan.add(f"images/{_cars_folder(class_id, names)}/{name}", path,
+                 list_file=annotation_file)
 
 
 def plan_cars196(root: str) -> Plan:
@@ -284,12 +454,15 @@ def plan_cars196(root: str) -> Plan:
         home = os.path.dirname(annos)
         records = _annotations(annos, ("relative_im_path", "class"))
         entries = []
+        roots = safe_roots(root)
+        ims = None
         for relative, class_id in zip(records["relative_im_path"], records["class"]):
             relative = str(relative)
-            path = os.path.join(home, relative)
+            path = listed_path(home, relative, annos, roots)
             if not os.path.exists(path):  # car_ims/ unpacked elsewhere under --from
-                ims = find_dir(root, lambda f: os.path.basename(f) == "car_ims")
-                path = os.path.join(ims, os.path.basename(relative)) if ims else path
+                ims = ims or find_dir(root, lambda f: os.path.basename(f) == "car_ims")
+                if ims:
+                    path = listed_path(ims, os.path.basename(relative), annos, roots)
             entries.append((os.path.basename(relative), path, int(class_id)))
         _add_cars(plan, entries, _class_names(annos), annos)
         plan.described = f"Stanford Cars '{annos}' with car_ims/"
@@ -311,7 +484,9 @@ def plan_cars196(root: str) -> Plan:
                                           and os.path.isdir(f)),
                                  f"the folder cars_{split}/ of cars_{split}.tgz", root)
             records = _annotations(annos_file, ("fname", "class"))
-            entries += [(f"{split}_{fname}", os.path.join(images_dir, str(fname)), int(c))
+            roots = safe_roots(root)
+            entries += [(f"{split}_{fname}",
+                         listed_path(images_dir, str(fname), annos_file, roots), int(c))
                         for fname, c in zip(records["fname"], records["class"])]
         _add_cars(plan, entries, names, f"{train_annos}' and '{test_annos}")
         plan.described = f"Stanford Cars devkit '{os.path.dirname(train_annos)}'"
@@ -340,15 +515,22 @@ def plan_online_products(root: str) -> Plan:
     for split in ("train", "test"):
         list_file = os.path.join(home, f"Ebay_{split}.txt")
         rows = read_list_file(list_file)
+        if not rows or rows[0][1] != SOP_HEADER:
+            raise DataError(f"'{list_file}' does not start with the line '{' '.join(SOP_HEADER)}'"
+                            f"; expected the publisher's list (a damaged or edited file?)")
         listed = []
+        roots = safe_roots(root)
         for number, fields in rows[1:]:
             if len(fields) != 4:
                 raise DataError(f"'{list_file}' line {number}: expected 4 fields (image_id "
                                 f"class_id super_class_id path), found {len(fields)}")
-            listed.append((fields[3], os.path.join(images_dir, fields[3])))
+            listed.append((fields[3], listed_path(images_dir, fields[3], list_file, roots,
+                                                  number)))
+        if not listed:
+            raise DataError(f"'{list_file}' lists no images; expected the publisher's list")
         missing_files(listed, list_file)
         for relative, path in listed:
-            plan.add(f"images/{relative}", path)
+            plan.add(f"images/{relative}", path, list_file=list_file)
         plan.add(f"Info_Files/Ebay_{split}.txt", list_file, image=False)
     plan.described = f"Stanford Online Products '{home}'"
     return plan
@@ -365,14 +547,28 @@ def plan_in_shop(root: str) -> Plan:
         raise DataError(f"found no img/ folder (nor img.zip) under '{root}'; expected In-Shop's "
                         f"images next to Eval/list_eval_partition.txt")
     listed = []
-    for number, fields in read_list_file(partition)[2:]:
+    rows = read_list_file(partition)
+    if len(rows) < 2 or rows[1][1] != INSHOP_HEADER:
+        raise DataError(f"'{partition}' line 2 is not '{' '.join(INSHOP_HEADER)}'; expected the "
+                        f"publisher's partition file (count line, column names, rows)")
+    roots = safe_roots(root)
+    for number, fields in rows[2:]:
         if len(fields) != 3:
             raise DataError(f"'{partition}' line {number}: expected 3 fields (image_name item_id "
                             f"evaluation_status), found {len(fields)}")
-        listed.append((fields[0], os.path.join(images_parent, fields[0])))
+        if not fields[0].startswith("img/"):
+            raise DataError(f"'{partition}' line {number} names '{fields[0]}'; expected a path "
+                            f"inside img/")
+        listed.append((fields[0], listed_path(images_parent, fields[0], partition, roots,
+                                              number)))
+    count = rows[0][1] if rows else []
+    if len(count) != 1 or not count[0].isdigit() or int(count[0]) != len(listed):
+        raise DataError(f"'{partition}' lists {len(listed)} image(s), but its first line says "
+                        f"'{' '.join(count)}'; expected the count line to match the rows (a "
+                        f"truncated or edited file?)")
     missing_files(listed, partition)
     for relative, path in listed:
-        plan.add(relative, path)
+        plan.add(relative, path, list_file=partition)
     plan.add("Eval/list_eval_partition.txt", partition, image=False)
     plan.described = f"In-Shop '{partition}' with '{os.path.join(images_parent, 'img')}'"
     return plan
@@ -401,10 +597,13 @@ def check_decodes(plan: Plan) -> None:
     sources = [plan.files[destination] for destination in plan.images]
     workers = max(1, min(8, os.cpu_count() or 1))
     print(f"decoding {len(sources)} images ...", flush=True)
-    with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding
+    pool = ThreadPoolExecutor(workers)  # PIL releases the GIL while decoding
+    try:
         problems = [(path, problem) for path, problem in zip(sources, pool.map(decode_problem,
                                                                                  sources))
                     if problem]
+    finally:  # Ctrl-C: drop the queued images instead of decoding all of them first
+        pool.shutdown(wait=True, cancel_futures=True)
     if problems:
         path, problem = problems[0]
         raise DataError(f"image '{path}' does not decode ({problem}); {len(problems)} of the "
@@ -447,9 +646,70 @@ def report_counts(name: str, splits) -> List[str]:
              f"{published.class_word} (published {published.classes:,}); train "
              f"{len(splits.train):,} images / {splits.train.num_classes:,} {published.class_word}"]
     if images < published.images or classes < published.classes:
-        lines.append(f"warning: {name} is smaller than published; it is consistent and will be "
-                     f"used, but figures are not comparable with the paper's")
+        lines.append(f"warning: {name} is smaller than published; its files agree with its own "
+                     f"lists and it will be used, but figures are not comparable with the "
+                     f"paper's (if you did not make this subset yourself, the download is "
+                     f"incomplete)")
     return lines
+
+
+class Download:
+    """Where the files of --from came from, so that a message names the archive (or the loose
+    file) instead of the temporary folder it was unpacked into and that is deleted by then."""
+
+    def __init__(self, source: str, unpacked: str) -> None:
+        self.source, self.unpacked = source, unpacked
+        self.owner: Dict[str, str] = {}  # member path inside `unpacked` -> archive or loose file
+
+    def add(self, origin: str, members: Iterable[str]) -> None:
+        for member in members:
+            member = os.path.normpath(member).lstrip("/")
+            member = "" if member == "." else member
+            while member and member not in self.owner:  # the member and its folders
+                self.owner[member] = origin
+                member = os.path.dirname(member)
+
+    def name(self, path: str) -> str:
+        """A path inside ``unpacked`` as '<member>' in '<archive>'."""
+        if path == self.unpacked:
+            return f"'{self.source}'"
+        relative = os.path.relpath(path, self.unpacked)
+        probe = relative
+        while probe not in self.owner and os.path.dirname(probe):
+            probe = os.path.dirname(probe)
+        origin = self.owner.get(probe)
+        if origin is None:
+            return f"'{relative}' (unpacked from '{self.source}')"
+        if os.path.isdir(origin) or not is_archive_file(origin):  # a loose file of --from
+            return f"'{os.path.join(os.path.dirname(origin), relative)}'"
+        return f"'{relative}' in '{origin}'"
+
+    def rewrite(self, error: DataError) -> DataError:
+        prefix = self.unpacked
+
+        def replace(match: "re.Match[str]") -> str:
+            path = match.group(1)
+            if path == prefix or path.startswith(prefix + os.sep):
+                return self.name(path)
+            return match.group(0)
+
+        return DataError(re.sub(r"'([^']*)'", replace, error.short_message()))
+
+
+def is_archive_file(path: str) -> bool:
+    return path.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def check_data_root(data_root: str, name: str) -> str:
+    """``data_root/name``, refusing a --to that is a file or already holds ``name``."""
+    if os.path.exists(data_root) and not os.path.isdir(data_root):
+        raise DataError(f"--to '{data_root}' is a file; expected the folder (DATA_ROOT) to write "
+                        f"{name}/ into (it is created when missing)")
+    target = os.path.join(data_root, name)
+    if os.path.lexists(target):
+        raise DataError(f"'{target}' already exists; remove it (or choose another --to) to "
+                        f"prepare {name} again")
+    return target
 
 
 def prepare(name: str, source: str, data_root: str) -> str:
@@ -464,20 +724,22 @@ def prepare(name: str, source: str, data_root: str) -> str:
     if not os.path.exists(source):
         raise DataError(f"--from '{source}' does not exist; expected the downloaded archive or "
                         f"the folder holding the download")
-    target = os.path.join(data_root, name)
-    if os.path.exists(target):
-        raise DataError(f"'{target}' already exists; remove it (or choose another --to) to "
-                        f"prepare {name} again")
-    os.makedirs(data_root, exist_ok=True)
+    target = check_data_root(data_root, name)
+    archives = [source] if os.path.isfile(source) else []
+    if archives and not is_archive_file(source) and not (tarfile.is_tarfile(source) or
+                                                         zipfile.is_zipfile(source)):
+        raise DataError(f"--from '{source}' is a file but not an archive; expected one of "
+                        f"{', '.join(ARCHIVE_SUFFIXES)} or a folder")
+    try:
+        os.makedirs(data_root, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"cannot create --to '{data_root}': {error.strerror or error}") from None
     staging = os.path.join(data_root, f".{name}.preparing")
     unpacked = os.path.join(data_root, f".{name}.unpacked")
+    download = Download(source, unpacked)
     for leftover in (staging, unpacked):  # from an interrupted earlier run
         shutil.rmtree(leftover, ignore_errors=True)
     try:
-        archives = [source] if is_archive(source) else []
-        if os.path.isfile(source) and not archives:
-            raise DataError(f"--from '{source}' is a file but not an archive; expected one of "
-                            f"{', '.join(ARCHIVE_SUFFIXES)} or a folder")
         if not archives:
             try:
                 plan = PLANNERS[name](source)
@@ -487,12 +749,13 @@ def prepare(name: str, source: str, data_root: str) -> str:
                     raise
         if archives:
             for archive in archives:
-                unpack(archive, unpacked)
+                download.add(archive, unpack(archive, unpacked))
             if not archives[0] == source:  # a folder of downloads: archives plus loose files
                 for entry in visible_entries(source):
                     beside = os.path.join(unpacked, entry.name)
                     if not is_archive(entry.path) and not os.path.lexists(beside):
                         os.symlink(entry.path, beside)
+                        download.add(entry.path, [entry.name])
             plan = PLANNERS[name](unpacked)
         print(f"found {plan.described}: {len(plan.images):,} images", flush=True)
         check_decodes(plan)
@@ -503,6 +766,17 @@ def prepare(name: str, source: str, data_root: str) -> str:
             done[how] = done.get(how, 0) + 1
         splits = load(name, staging)
         os.rename(os.path.join(staging, name), target)
+    except DataError as error:
+        raise download.rewrite(error) from None
+    except OSError as error:  # a full disk or a read-only --to while unpacking or placing files
+        if error.filename is None:
+            raise
+        name_ = os.path.abspath(str(error.filename))
+        reason = error.strerror or type(error).__name__
+        if name_.startswith(data_root + os.sep):
+            raise DataError(f"cannot write under --to '{data_root}': {reason}; nothing was "
+                            f"kept there") from None
+        raise DataError(f"cannot read '{name_}' of --from '{source}': {reason}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(unpacked, ignore_errors=True)
@@ -514,7 +788,9 @@ def prepare(name: str, source: str, data_root: str) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
+    """Command-line entry: bad input is one ``error: ...`` line and exit status 2, Ctrl-C 130;
+    nothing half-written is left under --to either way."""
+    parser = OptionParser(
         prog="python -m datasets.prepare",
         description="Write a benchmark, from what its publisher ships, in the layout "
                     "`main.py --dataset NAME --source DATA_ROOT` reads.")
@@ -525,9 +801,4 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--to", dest="data_root", required=True,
                         help="DATA_ROOT: NAME/ is written inside it")
     args = parser.parse_args(argv)
-    try:
-        prepare(args.name, args.source, args.data_root)
-    except DataError as error:
-        print(f"error: {error.short_message()}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(lambda: prepare(args.name, args.source, args.data_root) and 0)
