@@ -5,10 +5,11 @@ small 1" zip and retrieves among the other 68 (the ``folder`` dataset's class sp
 batch 112 with 2 images per class, lr 1e-3, 10 epochs, for every chosen config and seed. Each run is
 a full ``main.py`` run in this process; its ``metrics.csv`` gives the figures.
 
-Configs: ``ms`` (multi-similarity), ``triplet_semihard``, each as the baseline and ``+das`` (the
-CUB200/CARS196 flags of table2.sh: DFS range 0.99-1.01, ``--detach``; see docs/DAS.md).
+Configs: ``ms`` (multi-similarity), ``triplet_semihard``, ``margin`` (with the ``distance`` miner,
+as table2.sh's Margin row), each as the baseline and ``+das`` (the CUB200/CARS196 flags of
+table2.sh: DFS range 0.99-1.01, ``--detach``; see docs/DAS.md).
 
-    python bench/omniglot_parity.py                          # 4 configs x seeds 0 1 2
+    python bench/omniglot_parity.py                          # 6 configs x seeds 0 1 2
     python -m bench.omniglot_parity --configs ms ms+das --seeds 0 --epochs 2 --csv part.csv
 
 Prints one line per run as it finishes, then a table of R@1 mean +- std per config (at the last
@@ -46,6 +47,7 @@ DAS = ["--embedding_producer_used", "--produce_type", "DAS", "--das_dfs_scale_le
 LOSSES = {
     "ms": ["--loss", "multisimilarity"],
     "triplet_semihard": ["--loss", "triplet", "--batch_mining", "semihard"],
+    "margin": ["--loss", "margin", "--batch_mining", "distance"],
 }
 CONFIGS = {name: flags for loss, flags in LOSSES.items()
            for name, flags in ((loss, flags), (f"{loss}+das", flags + DAS))}

@@ -15,7 +15,7 @@ from batchminer._base import TRIPLETS
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import full_precision, mine_triplets, triplet_stats
+from ._functional import full_precision, mine_triplets, row_differences, triplet_stats
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -90,10 +90,11 @@ class AdversarialSeparationCriterion(BaseCriterion):
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        distances, triplets = mine_triplets(self.miner, embeddings, labels)
+        triplets = mine_triplets(self.miner, embeddings, labels)
         anchors, positives, negatives = triplets.unbind(dim=1)
-        triplet_losses = F.relu(distances[anchors, positives] - distances[anchors, negatives]
-                                + self.margin)
+        d_ap = row_differences(embeddings, anchors, positives).norm(dim=1)
+        d_an = row_differences(embeddings, anchors, negatives).norm(dim=1)
+        triplet_losses = F.relu(d_ap - d_an + self.margin)
         separation = self.separation(embeddings)
         self.stats = triplet_stats(triplets, num_real, self.miner)
         self.stats["separation"] = separation.detach()

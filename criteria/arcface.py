@@ -15,13 +15,22 @@ from . import REGISTRY
 from ._base import BaseCriterion
 from ._functional import cosine_to, full_precision, row_stats
 
+FORMULATIONS = ("published", "paper")
+
 
 @REGISTRY.register("arcface")
 class ArcFaceCriterion(BaseCriterion):
-    """CE over scale x cos(theta_c), the own class's angle increased by the margin:
-    cos(min(theta_y + m, pi)). Class weights learn with ``--loss_arcface_lr``. (Revisiting-DML
-    clamps cosines to [1e-10, 1), which zeroes the gradient of every negative cosine; here they
-    are clamped to (-1, 1) only, like the paper.)"""
+    """Additive angular margin softmax; class weights learn with ``--loss_arcface_lr``.
+
+    ``formulation='published'`` (default): the published loss takes c = clamp(x . w_c / |w_c|,
+    1e-10, 1 - 1e-10) (the embeddings are already normalized) and adds the margin correction
+    cos(theta_y + m) - cos(theta_y) of the own class to **every** logit of the row, where it
+    cancels in the softmax: the loss is exactly cross-entropy over scale x c, without margin, and
+    the clamp at 1e-10 zeroes the gradient of every negative cosine. It is computed in that form
+    (the cancelling correction would only add acos's unbounded slope near c = 1).
+    ``formulation='paper'`` (``--loss_arcface_formulation paper``): Deng et al. 2019, the margin
+    on the own class's logit only, cos(min(theta_y + m, pi)), cosines clamped to (-1, 1), as
+    pytorch-metric-learning's ArcFaceLoss. docs/PARITY.md has a worked example."""
 
     requires_miner = False
     requires_normalized = True
@@ -30,11 +39,20 @@ class ArcFaceCriterion(BaseCriterion):
         Option("--loss_arcface_lr", default=0.0005, type=positive_float),
         Option("--loss_arcface_angular_margin", default=0.5, type=between(0.0, 3.141592653589793)),
         Option("--loss_arcface_feature_scale", default=16, type=positive_float),
+        Option("--loss_arcface_formulation", default="published", choices=["published", "paper"],
+               help="arcface: 'published' (default) is what the published loss computes, "
+                    "cross-entropy of the scaled clamped cosines (its margin cancels); 'paper' "
+                    "puts the angular margin on the own class's logit. See docs/PARITY.md."),
     )
 
     def __init__(self, num_classes: int, embed_dim: int, angular_margin: float = 0.5,
-                 feature_scale: float = 16.0, lr: float = 0.0005) -> None:
+                 feature_scale: float = 16.0, lr: float = 0.0005,
+                 formulation: str = "published") -> None:
         super().__init__()
+        if formulation not in FORMULATIONS:
+            raise ValueError(f"--loss_arcface_formulation: expected one of "
+                             f"{', '.join(FORMULATIONS)}, got '{formulation}'")
+        self.formulation = formulation
         self.class_weights = nn.Parameter(torch.empty(num_classes, embed_dim))
         bound = 1.0 / math.sqrt(embed_dim)
         nn.init.uniform_(self.class_weights, -bound, bound)
@@ -46,7 +64,8 @@ class ArcFaceCriterion(BaseCriterion):
     def from_options(cls, opt: argparse.Namespace, num_classes: int,
                      miner=None) -> "ArcFaceCriterion":
         return cls(num_classes, opt.embed_dim, opt.loss_arcface_angular_margin,
-                   opt.loss_arcface_feature_scale, opt.loss_arcface_lr)
+                   opt.loss_arcface_feature_scale, opt.loss_arcface_lr,
+                   opt.loss_arcface_formulation)
 
     def param_groups(self) -> List[dict]:
         return [{"params": [self.class_weights], "lr": self.lr}]
@@ -54,10 +73,13 @@ class ArcFaceCriterion(BaseCriterion):
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
+        self.stats = row_stats(len(labels), num_real, embeddings.device)
+        if self.formulation == "published":
+            cosine = embeddings @ F.normalize(self.class_weights, dim=1).T
+            return F.cross_entropy(self.feature_scale * cosine.clamp(1e-10, 1.0 - 1e-10), labels)
         cosine = cosine_to(embeddings, self.class_weights)
         own = F.one_hot(labels, cosine.shape[1]).bool()
         angle = torch.acos(cosine.gather(1, labels[:, None]).clamp(-1 + 1e-7, 1 - 1e-7))
         with_margin = torch.cos((angle + self.angular_margin).clamp(max=math.pi))
         logits = torch.where(own, with_margin, cosine)
-        self.stats = row_stats(len(labels), num_real, embeddings.device)
         return F.cross_entropy(self.feature_scale * logits, labels)

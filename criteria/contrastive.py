@@ -16,17 +16,19 @@ from ._base import BaseCriterion
 from ._functional import full_precision, mine_triplets, triplet_stats
 
 
-def row_distances(embeddings: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
-                  detach_second: bool) -> torch.Tensor:
-    """|x_first - x_second| per pair, the second row detached when asked (stop-gradient)."""
+def pair_distances(embeddings: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
+                   detach_second: bool, eps: float = 1e-6) -> torch.Tensor:
+    """|x_first - x_second + eps| per pair (``nn.PairwiseDistance``'s form, which the published
+    loss calls), from row differences, the second row detached when asked (stop-gradient)."""
     other = embeddings[second]
-    return (embeddings[first] - (other.detach() if detach_second else other)).norm(dim=1)
+    return (embeddings[first] - (other.detach() if detach_second else other) + eps).norm(dim=1)
 
 
 @REGISTRY.register("contrastive")
 class ContrastiveCriterion(BaseCriterion):
     """Each mined triplet (a, p, n) gives a positive pair (a, p) and a negative pair (a, n):
-    mean relu(d(a,p) - pos_margin) + mean relu(neg_margin - d(a,n)), Euclidean d (not squared).
+    mean relu(d(a,p) - pos_margin) + mean relu(neg_margin - d(a,n)), with the published
+    d(x, y) = |x - y + 1e-6| (``nn.PairwiseDistance``'s eps; Euclidean, not squared).
     ``stop_pos`` / ``stop_neg`` (published options ``--loss_contrastive_stop_pos/neg``): no
     gradient through the positive / negative row of each pair."""
 
@@ -63,13 +65,11 @@ class ContrastiveCriterion(BaseCriterion):
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        distances, triplets = mine_triplets(self.miner, embeddings, labels)
+        triplets = mine_triplets(self.miner, embeddings, labels)
         anchors, positives, negatives = triplets.unbind(dim=1)
         count = max(len(triplets), 1)
-        d_ap = (row_distances(embeddings, anchors, positives, self.stop_pos) if self.stop_pos
-                else distances[anchors, positives])
-        d_an = (row_distances(embeddings, anchors, negatives, self.stop_neg) if self.stop_neg
-                else distances[anchors, negatives])
+        d_ap = pair_distances(embeddings, anchors, positives, self.stop_pos)
+        d_an = pair_distances(embeddings, anchors, negatives, self.stop_neg)
         pos_loss = F.relu(d_ap - self.pos_margin).sum() / count
         neg_loss = F.relu(self.neg_margin - d_an).sum() / count
         self.stats = triplet_stats(triplets, num_real, self.miner)

@@ -13,11 +13,41 @@ from batchminer._base import ANCHOR_SETS
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import (anchored_pair_stats, full_precision, masked_log_sum_exp,
-                          mean_norm, miner_stats, pairwise_distances)
+from ._functional import (accurate_pairwise_distances, anchored_pair_stats, full_precision,
+                          masked_log_sum_exp, mean_norm, miner_stats)
 
 
 FORMULATIONS = ("published", "corrected")
+
+
+class _SetSpreads(torch.autograd.Function):
+    """s2[a, d] = sum_k w[a, k] (y[a, d] - x[k, d])^2 with y = x[anchors] + eps, by the expansion
+    n y^2 - 2 y (w @ x) + w @ x^2 taken in float64, returned in x's dtype; backward in x's dtype
+    with the saved float64 w @ x for the anchor side (two products, as autograd's float32
+    expansion would need)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, anchors: torch.Tensor, weights: torch.Tensor,
+                eps: float) -> torch.Tensor:
+        wide, wide_weights = x.double(), weights.double()
+        shifted = wide[anchors] + eps
+        weighted_sum = wide_weights @ wide
+        counts = wide_weights.sum(dim=1, keepdim=True)
+        squares = (counts * shifted.pow(2) - 2.0 * shifted * weighted_sum
+                   + wide_weights @ wide.pow(2))
+        # anchor-side factor n y - w @ x, kept exact for the backward
+        ctx.save_for_backward(x, anchors, weights, (counts * shifted - weighted_sum).to(x.dtype))
+        ctx.eps = eps
+        return squares.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, anchors, weights, anchor_factor = ctx.saved_tensors
+        shifted = x[anchors] + ctx.eps
+        # d/dx_k: 2 sum_a w[a, k] g[a] (x_k - y_a)
+        grad_x = 2.0 * ((weights.T @ grad) * x - weights.T @ (grad * shifted))
+        grad_x = grad_x.index_add(0, anchors, 2.0 * grad * anchor_factor)
+        return grad_x, None, None, None
 
 
 def published_lifted_terms(embeddings: torch.Tensor, anchors: torch.Tensor,
@@ -30,19 +60,19 @@ def published_lifted_terms(embeddings: torch.Tensor, anchors: torch.Tensor,
     ``s[a, d] = sqrt(sum_k (x[a, d] - x[k, d] + eps)^2)``; then ``pos = logsumexp_d s_pos[a, d]``
     and ``neg = logsumexp_d (neg_margin - s_neg[a, d])``. Here the sums over k are matrix products
     with the (A x B) masks: sum_k m_k (y - x_k)^2 = n y^2 - 2 y (m @ x) + m @ x^2, on embeddings
-    centred per dimension (differences do not change; it keeps the expansion well conditioned).
+    centred per dimension (differences do not change). For the positives, often near-duplicates
+    of the anchor in a DAS batch, the expansion cancels in float32, so it is taken in float64
+    (:class:`_SetSpreads`); a negative set is spread around the anchor, and its float32 expansion
+    keeps its digits.
     """
     centred = embeddings - embeddings.detach().mean(dim=0, keepdim=True)
+    positive_squares = _SetSpreads.apply(centred, anchors, positives.to(centred.dtype), eps)
     shifted = centred[anchors] + eps
-
-    def per_dimension_norms(mask: torch.Tensor) -> torch.Tensor:
-        weights = mask.to(centred.dtype)
-        squares = (weights.sum(dim=1, keepdim=True) * shifted.pow(2)
-                   - 2.0 * shifted * (weights @ centred) + weights @ centred.pow(2))
-        return squares.clamp_min(1e-12).sqrt()
-
-    pos_term = torch.logsumexp(per_dimension_norms(positives), dim=1)
-    neg_term = torch.logsumexp(neg_margin - per_dimension_norms(negatives), dim=1)
+    weights = negatives.to(centred.dtype)
+    negative_squares = (weights.sum(dim=1, keepdim=True) * shifted.pow(2)
+                        - 2.0 * shifted * (weights @ centred) + weights @ centred.pow(2))
+    pos_term = torch.logsumexp(positive_squares.clamp_min(1e-12).sqrt(), dim=1)
+    neg_term = torch.logsumexp(neg_margin - negative_squares.clamp_min(1e-12).sqrt(), dim=1)
     return F.relu(pos_term + neg_term)
 
 
@@ -97,7 +127,7 @@ class LiftedCriterion(BaseCriterion):
             losses = published_lifted_terms(embeddings, anchors, positives, negatives,
                                             self.neg_margin)
         else:
-            distances = pairwise_distances(embeddings)
+            distances = accurate_pairwise_distances(embeddings)
             anchors, positives, negatives = self.miner(embeddings, labels, distances.detach())
             anchor_distances = distances[anchors]
             pos_term = masked_log_sum_exp(anchor_distances, positives)

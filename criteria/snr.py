@@ -13,20 +13,16 @@ from batchminer._base import TRIPLETS
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import (full_precision, pairwise_distances,
-                          triplet_stats)
+from ._functional import full_precision, mine_triplets, row_differences, triplet_stats
 
 
-def snr_distances(embeddings: torch.Tensor) -> torch.Tensor:
-    """SNR distance matrix var(x_j - x_i) / var(x_i) (unbiased variances over the dimensions),
-    from the pairwise squared distances and row sums rather than a B x B x D difference tensor:
-    (D - 1) var(x_i - x_j) = |x_i - x_j|^2 - (s_i - s_j)^2 / D, s the row sums."""
-    dim = embeddings.shape[1]
-    sums = embeddings.sum(dim=1)
-    squared = pairwise_distances(embeddings, squared=True)
-    noise = squared - (sums[:, None] - sums[None, :]).pow(2) / dim
-    signal = embeddings.pow(2).sum(dim=1) - sums.pow(2) / dim
-    return noise / signal[:, None]
+def snr_distances(embeddings: torch.Tensor, anchors: torch.Tensor,
+                  others: torch.Tensor) -> torch.Tensor:
+    """SNR distance var(x_other - x_anchor) / var(x_anchor) per pair (unbiased variances over the
+    dimensions), from row differences as published (a distance matrix would lose the digits of
+    near-duplicate rows)."""
+    return (row_differences(embeddings, others, anchors).var(dim=1)
+            / embeddings[anchors].var(dim=1))
 
 
 @REGISTRY.register("snr")
@@ -61,11 +57,11 @@ class SNRCriterion(BaseCriterion):
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        snr = snr_distances(embeddings)
-        triplets = self.miner(embeddings, labels, pairwise_distances(embeddings.detach()))
+        triplets = mine_triplets(self.miner, embeddings, labels)
         anchors, positives, negatives = triplets.unbind(dim=1)
         count = max(len(triplets), 1)
-        losses = F.relu(snr[anchors, positives] - snr[anchors, negatives] + self.margin)
+        losses = F.relu(snr_distances(embeddings, anchors, positives)
+                        - snr_distances(embeddings, anchors, negatives) + self.margin)
         regularizer = embeddings.sum(dim=1)[anchors].abs().sum() / count
         self.stats = triplet_stats(triplets, num_real, self.miner)
         active = (losses > 0).sum().clamp_min(1)

@@ -13,8 +13,7 @@ from batchminer._base import TRIPLETS
 
 from . import REGISTRY
 from ._base import BaseCriterion
-from ._functional import (full_precision, pairwise_distances, mine_triplets,
-                          triplet_stats)
+from ._functional import full_precision, mine_triplets, row_differences, triplet_stats
 
 DISTANCES = ("squared", "plain")
 
@@ -57,13 +56,15 @@ class TripletCriterion(BaseCriterion):
     @full_precision
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
                 num_real: Optional[int] = None) -> torch.Tensor:
-        if self.distance == "squared":
-            distances = pairwise_distances(embeddings, squared=True)
-            triplets = self.miner(embeddings, labels, distances.detach().sqrt())
-        else:
-            distances, triplets = mine_triplets(self.miner, embeddings, labels)
+        triplets = mine_triplets(self.miner, embeddings, labels)
         anchors, positives, negatives = triplets.unbind(dim=1)
-        losses = F.relu(distances[anchors, positives] - distances[anchors, negatives] + self.margin)
+        to_positive = row_differences(embeddings, anchors, positives)
+        to_negative = row_differences(embeddings, anchors, negatives)
+        if self.distance == "squared":
+            d_ap, d_an = to_positive.pow(2).sum(dim=1), to_negative.pow(2).sum(dim=1)
+        else:
+            d_ap, d_an = to_positive.norm(dim=1), to_negative.norm(dim=1)
+        losses = F.relu(d_ap - d_an + self.margin)
         self.stats = triplet_stats(triplets, num_real, self.miner)
         self.stats["active_fraction"] = ((losses > 0).float().sum()
                                          / max(len(losses), 1)).detach()

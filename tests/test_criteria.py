@@ -204,8 +204,10 @@ def test_contrastive_matches_pml_on_the_pairs_of_the_triplets():
 def test_margin_matches_pml_including_the_beta_gradient():
     raw, labels = raw_batch(num_classes=4, per_class=3, dim=6, seed=3)
     triplets = all_triplets(labels)
+    # PML divides by the number of active terms: our --loss_margin_divisor active_terms (the
+    # default follows the published count of active triplets, tests/test_parity_losses_round2.py)
     ours = criteria.REGISTRY.get("margin")(FixedMiner(triplets), num_classes=4, margin=0.2,
-                                           beta=1.2).double()
+                                           beta=1.2, divisor="active_terms").double()
     theirs = pml_losses.MarginLoss(margin=0.2, nu=0, beta=1.2, learn_beta=True, num_classes=4)
     betas = torch.tensor([1.1, 1.2, 1.3, 1.25], dtype=torch.float64)
     with torch.no_grad():
@@ -413,7 +415,10 @@ def test_softtriple_matches_pml_and_the_regularizer_by_hand():
 
 def test_arcface_matches_pml():
     raw, labels = raw_batch(num_classes=5, per_class=2, dim=8, seed=13)
-    ours = criteria.REGISTRY.get("arcface")(5, 8, angular_margin=0.5, feature_scale=16).double()
+    # PML follows the paper: our --loss_arcface_formulation paper (the default follows the
+    # published loss, tests/test_parity_losses_round2.py)
+    ours = criteria.REGISTRY.get("arcface")(5, 8, angular_margin=0.5, feature_scale=16,
+                                            formulation="paper").double()
     theirs = pml_losses.ArcFaceLoss(5, 8, margin=math.degrees(0.5), scale=16)
     theirs.W.data = ours.class_weights.detach().clone().T.contiguous()
     assert_same(lambda z: ours(z, labels), lambda z: theirs(z, labels), raw, rtol=1e-5)

@@ -428,8 +428,10 @@ def test_quadruplet_fourth_rows_follow_the_published_index_rule():
                            ).fourth_by_class
 
 
-def test_quadruplet_published_loss_matches_a_loop_with_the_same_fourth_rows(monkeypatch):
-    """Control the fourth-row draw: the loss equals the published loop on those rows."""
+def test_quadruplet_own_fourth_option_matches_a_loop_with_the_same_fourth_rows(monkeypatch):
+    """Control the fourth-row draw: with ``--loss_quadruplet_second_term own_fourth`` the loss is
+    the one-to-one loop on those rows (the published all-pairs default is pinned in
+    tests/test_parity_losses_round2.py)."""
     import criteria.quadruplet as quadruplet_module
     x, labels = normalized_batch(num_classes=4, per_class=2, seed=7)
     triplets = torch.tensor([[0, 1, 2], [1, 0, 2], [2, 3, 4], [3, 2, 0], [4, 5, 6], [5, 4, 6],
@@ -439,7 +441,8 @@ def test_quadruplet_published_loss_matches_a_loop_with_the_same_fourth_rows(monk
     assert torch.all(negatives[fourth] != negatives)
     monkeypatch.setattr(quadruplet_module, "random_choice",
                         lambda mask: (fourth, torch.ones(len(mask), dtype=torch.bool)))
-    criterion = criteria.REGISTRY.get("quadruplet")(FixedMiner(triplets), 0.2, 0.3)
+    criterion = criteria.REGISTRY.get("quadruplet")(FixedMiner(triplets), 0.2, 0.3,
+                                                    second_term="own_fourth")
 
     def loop(z):
         first = [F.relu((z[a] - z[p]).norm() - (z[a] - z[n]).norm() + 0.2)
