@@ -418,3 +418,29 @@ def test_identical_rows_at_two_indices_get_no_spurious_gradient():
     accurate_pairwise_distances(x)[0, 2].backward()
     (reference[0] - reference[2]).norm().backward()
     torch.testing.assert_close(x.grad, reference.grad)
+
+
+def test_parity_worked_examples():
+    """docs/PARITY.md's margin and ArcFace examples."""
+    # margin: a = 0; triplet 1 (p at 1.5, n at 1.2), triplet 2 (p at 0.8, n at 1.1)
+    x = torch.tensor([[0.0, 0.0], [1.5, 0.0], [0.0, 1.2], [-0.8, 0.0], [0.0, -1.1]])
+    labels = torch.tensor([0, 0, 1, 0, 1])
+    triplets = torch.tensor([[0, 1, 2], [0, 3, 4]])
+    margin = criteria.REGISTRY.get("margin")
+    published = margin(FixedMiner(triplets), 2, margin=0.2, beta=1.2, beta_constant=True)
+    per_term = margin(FixedMiner(triplets), 2, margin=0.2, beta=1.2, beta_constant=True,
+                      divisor="active_terms")
+    assert math.isclose(published(x, labels).item(), 0.5, rel_tol=1e-5)
+    assert math.isclose(per_term(x, labels).item(), 1.0 / 3.0, rel_tol=1e-5)
+    # arcface: cosines 0.8 (own class 0) and 0.3 (class 1)
+    embedding = torch.tensor([[0.8, 0.6]], dtype=torch.float64)
+    along, across = embedding[0], torch.tensor([-0.6, 0.8], dtype=torch.float64)
+    weights = torch.stack([0.8 * along + 0.6 * across, 0.3 * along + math.sqrt(0.91) * across])
+    expected = {"published": 0.000335406, "paper": 0.148697465}
+    for formulation, value in expected.items():
+        arcface = criteria.REGISTRY.get("arcface")(2, 2, 0.5, 16.0, formulation=formulation)
+        arcface = arcface.double()
+        with torch.no_grad():
+            arcface.class_weights.copy_(weights)
+        loss = arcface(embedding, torch.tensor([0]))
+        assert math.isclose(loss.item(), value, rel_tol=1e-5), formulation
