@@ -19,7 +19,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -299,14 +299,27 @@ def build_learner(opt: argparse.Namespace, num_classes: int, device: torch.devic
                     scheduler)
 
 
+def load_run_data(config: Dict[str, Any], source: Optional[str] = None,
+                  folder_name: Optional[str] = None) -> datasets.DatasetSplits:
+    """The splits a run trains and evaluates on, from its options (``vars(opt)`` or its
+    config.json): the one place that turns a run's data options into data, shared by training
+    and the tools that re-read a run's data (evaluate, figures). ``source``/``folder_name``
+    replace the run's when its data has moved; older configs lacking an option get its default."""
+    return datasets.load(config["dataset"], source or config.get("source"),
+                         use_tv_split=config.get("use_tv_split", False),
+                         tv_split_perc=config.get("tv_split_perc", 0.8),
+                         tv_split_by_samples=config.get("tv_split_by_samples", False),
+                         seed=config.get("seed", 0),
+                         folder_name=folder_name or config.get("folder_name"),
+                         data_split=config.get("data_split", "default"),
+                         data_split_path=config.get("data_split_path"),
+                         data_split_id=config.get("data_split_id", 0))
+
+
 def build_training(opt: argparse.Namespace, device: torch.device) -> Training:
     """Data (splits, sampler, training loader, evaluation sets) and :func:`build_learner`.
     The network decides the input convention (BN-Inception: BGR, 0-255)."""
-    splits = datasets.load(opt.dataset, opt.source, use_tv_split=opt.use_tv_split,
-                           tv_split_perc=opt.tv_split_perc,
-                           tv_split_by_samples=opt.tv_split_by_samples, seed=opt.seed,
-                           folder_name=opt.folder_name, data_split=opt.data_split,
-                           data_split_path=opt.data_split_path, data_split_id=opt.data_split_id)
+    splits = load_run_data(vars(opt))
     validate_data(opt, splits)
     training = build_learner(opt, splits.train.num_classes, device)
     transform_config = training.model.transform_config(opt.crop_size, opt.augmentation)

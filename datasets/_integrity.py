@@ -6,7 +6,9 @@ its own neighbour. A parsed dataset is refused, with one message naming what ove
 - a class name appears in both the training and an evaluation split (not class-disjoint),
 - one image file (same path, or a hard or symbolic link to the same file) is in the training
   split and in an evaluation split, twice in one evaluation split, or a query that is also a
-  gallery image (In-Shop).
+  gallery image (In-Shop),
+- (``folder`` datasets, the user's own trees) two byte-identical files in one evaluation split
+  that is searched against itself: each would find the other at distance 0.
 
 The published list files are checked line by line in their parsers (duplicated lines, query
 rows repeated as gallery rows, ``Ebay_test.txt`` sharing images with ``Ebay_train.txt``), where
@@ -14,7 +16,9 @@ the message can name the file and line; this module catches what remains, whatev
 """
 from __future__ import annotations
 
+import hashlib
 import os
+from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ._base import DataError, DatasetSplits, QueryGallery, Split
@@ -49,6 +53,34 @@ def _repeated_within(split: Split, keys: List[FileKey], name: str) -> None:
                         f"its own neighbour and inflates Recall@K)")
 
 
+def _digest(path: str, limit: int = -1) -> bytes:
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read(limit)).digest()
+
+
+def _byte_copies_within(split: Split, name: str) -> None:
+    """Refuse byte-identical files in one split. Only files of equal size are read, first their
+    first 4 KiB, then whole where those agree, so distinct photos cost one stat each."""
+    groups: Dict[object, List[int]] = defaultdict(list)
+    for index, path in enumerate(split.images):
+        groups[os.path.getsize(path)].append(index)
+    for stage in (4096, -1):
+        refined: Dict[object, List[int]] = defaultdict(list)
+        for key, members in groups.items():
+            if len(members) > 1:
+                for index in members:
+                    refined[(key, _digest(split.images[index], stage))].append(index)
+        groups = refined
+    copies = sorted(members for members in groups.values() if len(members) > 1)
+    if copies:
+        a, b = copies[0][:2]
+        extra = sum(len(members) - 1 for members in copies)
+        raise DataError(f"the {name} split holds image '{split.images[b]}', a byte-identical copy "
+                        f"of '{split.images[a]}'; {extra} of its {len(split.images)} images "
+                        f"repeat an earlier one; expected each image once (a repeated image is "
+                        f"found as its own neighbour and inflates Recall@K)")
+
+
 def _shared(a: Split, a_keys: List[FileKey], a_name: str, b: Split, b_keys: List[FileKey],
             b_name: str, why: str) -> None:
     where_a = {key: index for index, key in enumerate(a_keys)}
@@ -80,6 +112,8 @@ def check_integrity(splits: DatasetSplits) -> None:
             if part_keys is None:
                 continue
             _repeated_within(part, part_keys, label)
+            if splits.name == "folder" and len(parts) == 1:  # searched against itself
+                _byte_copies_within(part, label)
             if train_keys is not None:
                 _shared(train, train_keys, "training", part, part_keys, label,
                         "class-disjoint splits without shared images")

@@ -36,8 +36,8 @@ def runs(tmp_path):
     make_run(tmp_path / "nested", "a2", 2, [{"test/recall@1": 0.1, "test/dists@intra": 0.1},
                                             {"test/recall@1": 0.7, "test/dists@intra": 0.9}])
     # margin: 0.4, 0.5
-    make_run(tmp_path, "b0", 0, [{"test/recall@1": 0.4}], loss="margin")
-    make_run(tmp_path, "b1", 1, [{"test/recall@1": 0.5}], loss="margin")
+    make_run(tmp_path, "b0", 0, [{"test/recall@1": 0.3}, {"test/recall@1": 0.4}], loss="margin")
+    make_run(tmp_path, "b1", 1, [{"test/recall@1": 0.2}, {"test/recall@1": 0.5}], loss="margin")
     return tmp_path
 
 
@@ -76,9 +76,17 @@ def test_command_prints_percent_and_raw_figures_and_writes_csv(runs, tmp_path, c
 
 
 def test_single_seed_has_no_spread(tmp_path, capsys):
-    make_run(tmp_path, "only", 0, [{"test/recall@1": 0.25}])
+    make_run(tmp_path, "only", 0, [{"test/recall@1": 0.25}], n_epochs=1)
     assert summarize.main([str(tmp_path)]) == 0
     assert "| all runs | 0 | 25.00 (1) |" in capsys.readouterr().out
+
+
+def test_a_run_stopped_before_its_n_epochs_is_not_averaged_with_finished_ones(runs, capsys):
+    make_run(runs, "a3", 3, [{"test/recall@1": 0.0}])  # stopped after epoch 1 of 2
+    groups = summarize.group_runs(summarize.read_runs(str(runs)))
+    last = {e["group"]: e for e in summarize.summarize(groups, ["test/recall@1"], "last")}
+    assert last["loss=triplet"]["test/recall@1"][0] == pytest.approx(0.6)  # still 3 finished
+    assert last["loss=triplet (stopped early: seed 3 at epoch 1 of 2)"]["seeds"] == [3]
 
 
 def test_bad_input_is_one_message(runs, tmp_path, capsys):

@@ -247,10 +247,13 @@ def test_search_recall_matches_the_evaluation_on_omniglot(run, omniglot_root, tm
 
 def test_search_without_labels_draws_grey_frames(gallery, tmp_path):
     data = search_tool.EmbeddingFile.load(str(gallery), "g")
-    unlabelled = search_tool.EmbeddingFile(data.embeddings * 2, data.paths)  # not normalized
-    ids, scores, inner_product, matches = search_tool.search(data, unlabelled, 2)
+    # both sides unnormalized (a normalized side with an unnormalized one is refused)
+    labelled = search_tool.EmbeddingFile(data.embeddings * 2, data.paths, data.labels,
+                                         data.class_names)
+    unlabelled = search_tool.EmbeddingFile(data.embeddings * 3, data.paths)
+    ids, scores, inner_product, matches = search_tool.search(labelled, unlabelled, 2)
     assert not inner_product and matches is None
-    l2 = ((unlabelled.embeddings[:, None] - data.embeddings[None]) ** 2).sum(-1)
+    l2 = ((unlabelled.embeddings[:, None] - labelled.embeddings[None]) ** 2).sum(-1)
     np.fill_diagonal(l2, np.inf)
     np.testing.assert_allclose(scores, np.sort(l2, axis=1)[:, :2], rtol=1e-4)
     grid, tops = figures.compose_grid([str(p) for p in data.paths[:1]],

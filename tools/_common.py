@@ -1,21 +1,32 @@
-"""What the tools commands share: one-line errors, image lists, embedding files."""
+"""What the tools commands share: safe output files, image lists, embedding files.
+
+Every command reports bad input through ``utilities.errors.run_command`` (one line, exit 2) and
+writes every output through :func:`check_output` (before any work) and :func:`atomic_output`
+(a temporary file in the same folder, renamed into place only when complete, removed on any
+failure or Ctrl-C), so that no command writes over a run's own files or a file it did not write.
+"""
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
 import os
-import sys
+import shutil
+import struct
+import tempfile
+import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from architectures import PretrainedWeightsError
+from das.figure import FREQUENCY_PATTERN
 from datasets._base import DataError, load_image
 from datasets._layout import IMAGE_EXTENSIONS, is_image_name
 from evaluation import compute_embeddings
-from utilities.checkpoint import CheckpointError
+from utilities import run_folder as rf
 from utilities.errors import UserError
-from utilities.registry import UnknownNameError
 
 EMBEDDING_FORMAT = 1  # version of the .npz layout written by tools.embed
 
@@ -24,16 +35,170 @@ class ToolError(UserError, ValueError):
     """Bad input to a tools command; the message names the file, flag or value."""
 
 
-def run_cli(command: Callable[[], int]) -> int:
-    """Run ``command``; known bad input prints one line ``error: ...`` and returns 2."""
+# ----------------------------------------------------------------------------- output files
+WRITTEN_BY = "written_by"  # key naming the tools command in every JSON a command writes
+PNG_MARK = b"Written-By"  # PNG text chunk key marking a figure a tools command drew
+RUN_FILES = (rf.CONFIG_FILE, rf.METRICS_FILE, rf.SUMMARY_FILE, rf.LAST_CHECKPOINT,
+             rf.BEST_CHECKPOINT, rf.LOCK_FILE)
+# Headers of the CSV files the commands write (tools.search, tools.summarize, paper_tables).
+CSV_HEADERS = ("query,rank,neighbour,", "group,seeds", "table,method,", "folder,used,")
 
+
+def is_run_folder(folder: str) -> bool:
+    """A folder main.py trains in (its config.json, metrics.csv or a checkpoint)."""
+    return any(os.path.exists(os.path.join(folder, name))
+               for name in (rf.CONFIG_FILE, rf.METRICS_FILE, rf.LAST_CHECKPOINT))
+
+
+def run_file_reason(path: str) -> Optional[str]:
+    """Why ``path`` (after links) is one of a training run's own files, or None."""
+    real = os.path.realpath(path)
+    folder, name = os.path.split(real)
+    if not is_run_folder(folder):
+        return None
+    if (name in RUN_FILES or name.startswith(("events.out.tfevents", FREQUENCY_PATTERN, ".tmp_"))
+            or name.endswith((".pth", ".pt.tmp"))):
+        return f"'{real}' is a file of run folder '{folder}', written by main.py"
+    return None
+
+
+def _json_is_ours(path: str) -> bool:
     try:
-        return command()
-    except DataError as error:
-        print(f"error: {error.short_message()}", file=sys.stderr)
-    except (ToolError, CheckpointError, UnknownNameError, PretrainedWeightsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-    return 2
+        with open(path) as handle:
+            data = json.load(handle)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    if str(data.get(WRITTEN_BY, "")).startswith("tools."):
+        return True
+    # written before WRITTEN_BY existed: tools.evaluate's report, tools.export's description
+    return {"checkpoint", "metrics", "split"} <= set(data) or {"format", "input", "check"} <= set(
+        data)
+
+
+def _png_is_ours(path: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return False
+    return data.startswith(b"\x89PNG") and b"tEXt" + PNG_MARK + b"\0" in data
+
+
+def written_by_tools(path: str) -> bool:
+    """Whether the existing file ``path`` was written by a tools command (so writing it again
+    replaces the command's own earlier output, not a user's file or a run's)."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".json":
+        return _json_is_ours(path)
+    if suffix == ".png":
+        return _png_is_ours(path)
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {"format", "embeddings", "paths"} <= set(data.files)
+        except Exception:  # noqa: BLE001 - any unreadable file is not ours
+            return False
+    if suffix in (".csv", ".md"):
+        try:
+            with open(path) as handle:
+                first = handle.readline()
+        except (OSError, UnicodeDecodeError):
+            return False
+        return first.startswith(CSV_HEADERS) if suffix == ".csv" else first.startswith("## Table")
+    if suffix in (".pt", ".onnx"):  # tools.export: its description FILE.json says so
+        description = path + ".json"
+        if not (os.path.isfile(description) and _json_is_ours(description)):
+            return False
+        with open(description) as handle:
+            return json.load(handle).get("file") == os.path.basename(path)
+    return False
+
+
+def check_output(path: str, flag: str, suffixes: Sequence[str]) -> str:
+    """Refuse, before any work, an output path the command must not write: a folder, a wrong
+    suffix, a missing or read-only folder, one of a run's own files, or an existing file that no
+    tools command wrote. Returns ``path``."""
+    if path.endswith(os.sep) or os.path.isdir(path):
+        raise ToolError(f"{flag} '{path}' is a folder; expected a file name ending in "
+                        f"{' or '.join(suffixes)}")
+    reason = run_file_reason(path)
+    if reason:
+        raise ToolError(f"{flag} '{path}': {reason}; refusing to write over it (choose another "
+                        f"file name)")
+    if os.path.splitext(path)[1].lower() not in suffixes:
+        raise ToolError(f"{flag} '{path}' must end in {' or '.join(suffixes)}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ToolError(f"{flag} '{path}': folder '{folder}' does not exist")
+    if os.path.lexists(path) and not (os.path.isfile(path) and written_by_tools(path)):
+        raise ToolError(f"{flag} '{path}' already exists and was not written by a tools command; "
+                        f"refusing to write over it (choose another file name or remove it)")
+    if not os.access(folder, os.W_OK):
+        raise ToolError(f"{flag} '{path}': folder '{folder}' is not writable (read-only?); "
+                        f"choose another folder")
+    return path
+
+
+def write_failure(path: str, error: OSError) -> ToolError:
+    """One line for a write that failed (full disk, read-only folder, quota)."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        try:
+            free = f"{shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free / 2**20:.1f}" \
+                   f" MiB free"
+        except OSError:
+            free = "free space unknown"
+        reason = f"the disk is full ({free})" if error.errno != errno.EFBIG else \
+            "the file size limit was reached"
+    else:
+        reason = error.strerror or type(error).__name__
+    return ToolError(f"cannot write '{path}': {reason}; nothing was written")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; when the block ends normally it is renamed to
+    ``path``, otherwise (an error, a full disk, Ctrl-C) it is removed and ``path`` is untouched.
+    An ``OSError`` becomes a one-line :class:`ToolError` naming ``path``."""
+    folder, name = os.path.split(os.path.abspath(path))
+    stem, suffix = os.path.splitext(name)
+    try:
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".tmp_{stem}_", suffix=suffix)
+    except OSError as error:
+        raise write_failure(path, error) from None
+    os.close(handle)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except OSError as error:
+        raise write_failure(path, error) from None
+    finally:
+        if os.path.exists(temporary):
+            try:
+                os.remove(temporary)
+            except OSError:
+                pass
+
+
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through :func:`atomic_output`."""
+    with atomic_output(path) as temporary:
+        with open(temporary, "w") as handle:
+            handle.write(text)
+
+
+def mark_png(path: str, command: str) -> None:
+    """Add a ``Written-By: <command>`` text chunk to the PNG at ``path`` (before IEND, without
+    re-encoding), so that a later run of a command knows the file is a figure it may replace."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if not data.startswith(b"\x89PNG") or data[-12:-8] != b"\0\0\0\0" or data[-8:-4] != b"IEND":
+        return  # not a PNG matplotlib/PIL wrote completely; left as it is
+    body = b"tEXt" + PNG_MARK + b"\0" + command.encode("latin-1")
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    with open(path, "wb") as handle:
+        handle.write(data[:-12] + chunk + data[-12:])
 
 
 def choose_device(name: Optional[str]) -> torch.device:
@@ -187,9 +352,8 @@ class EmbeddingFile:
         return np.asarray(self.class_names)[self.labels[rows]]
 
     def save(self, out: str) -> None:
-        folder = os.path.dirname(os.path.abspath(out))
-        if not os.path.isdir(folder):
-            raise ToolError(f"--out '{out}': folder '{folder}' does not exist")
+        """Write the ``.npz`` through :func:`atomic_output` (``out`` checked by
+        :func:`check_output` first)."""
         arrays = dict(embeddings=self.embeddings.astype(np.float32),
                       paths=np.asarray(self.paths, dtype=str),
                       normalized=np.array(self.normalized),
@@ -200,10 +364,8 @@ class EmbeddingFile:
         if self.labels is not None:
             arrays.update(labels=self.labels.astype(np.int64),
                           class_names=np.asarray(self.class_names, dtype=str))
-        target = out if out.endswith(".npz") else out + ".npz"  # np.savez appends it otherwise
-        temporary = target[:-4] + ".tmp.npz"
-        np.savez(temporary, **arrays)
-        os.replace(temporary, target)
+        with atomic_output(out) as temporary:  # ends in .npz: np.savez appends nothing
+            np.savez(temporary, **arrays)
 
     @classmethod
     def load(cls, path: str, what: str) -> "EmbeddingFile":
@@ -217,16 +379,47 @@ class EmbeddingFile:
             raise ToolError(f"{what} '{path}' is not a readable .npz file: {error}") from None
         missing = [key for key in ("embeddings", "paths") if key not in arrays]
         embeddings = arrays.get("embeddings")
-        if missing or embeddings.ndim != 2 or len(embeddings) != len(arrays["paths"]):
+        if missing or embeddings.ndim != 2 or arrays["paths"].ndim != 1 \
+                or len(embeddings) != len(arrays["paths"]):
             raise ToolError(f"{what} '{path}' lacks {' and '.join(missing) or 'matching'} "
                             f"'embeddings' (N, D) and 'paths' (N,) arrays; expected an .npz "
                             f"written by tools.embed")
-        has_labels = "labels" in arrays and "class_names" in arrays
-        return cls(embeddings.astype(np.float32), arrays["paths"],
-                   arrays["labels"] if has_labels else None,
-                   arrays["class_names"] if has_labels else None,
-                   bool(arrays.get("normalized", False)),
-                   arrays.get("skipped", np.zeros(0, dtype=str)),
-                   arrays.get("skipped_reasons", np.zeros(0, dtype=str)),
-                   str(arrays.get("run", "")), str(arrays.get("checkpoint", "")),
-                   str(arrays.get("arch", "")))
+        if not np.issubdtype(embeddings.dtype, np.floating) or embeddings.shape[1] == 0:
+            raise ToolError(f"{what} '{path}': 'embeddings' is {embeddings.dtype} of shape "
+                            f"{embeddings.shape}; expected float (N, D) with D >= 1")
+        if len(embeddings) == 0:
+            raise ToolError(f"{what} '{path}' holds no embeddings (0 rows); embed at least one "
+                            f"image with tools.embed")
+        bad_rows = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
+        if len(bad_rows):
+            raise ToolError(f"{what} '{path}': {len(bad_rows)} of its {len(embeddings)} "
+                            f"embeddings hold NaN or infinite values (first: row {bad_rows[0]}, "
+                            f"'{arrays['paths'][bad_rows[0]]}'); re-embed with a sound "
+                            f"checkpoint")
+        has_labels = "labels" in arrays or "class_names" in arrays
+        labels = class_names = None
+        if has_labels:
+            labels, class_names = arrays.get("labels"), arrays.get("class_names")
+            if labels is None or class_names is None:
+                present, absent = (("labels", "class_names") if labels is not None
+                                   else ("class_names", "labels"))
+                raise ToolError(f"{what} '{path}' holds '{present}' without '{absent}'; "
+                                f"expected both or neither")
+            if labels.shape != (len(embeddings),) or not np.issubdtype(labels.dtype, np.integer):
+                raise ToolError(f"{what} '{path}': 'labels' is {labels.dtype} of shape "
+                                f"{labels.shape}; expected {len(embeddings)} integers")
+            if class_names.ndim != 1 or ((labels < 0) | (labels >= len(class_names))).any():
+                bad = labels[(labels < 0) | (labels >= len(class_names))]
+                raise ToolError(f"{what} '{path}': label {bad[0] if len(bad) else '?'} is out "
+                                f"of range for its {len(class_names)} class_names; expected "
+                                f"labels in 0..{len(class_names) - 1}")
+        try:
+            return cls(embeddings.astype(np.float32), arrays["paths"].astype(str), labels,
+                       class_names, bool(arrays.get("normalized", False)),
+                       arrays.get("skipped", np.zeros(0, dtype=str)),
+                       arrays.get("skipped_reasons", np.zeros(0, dtype=str)),
+                       str(arrays.get("run", "")), str(arrays.get("checkpoint", "")),
+                       str(arrays.get("arch", "")))
+        except (TypeError, ValueError) as error:
+            raise ToolError(f"{what} '{path}' holds an array of the wrong kind ({error}); "
+                            f"expected an .npz written by tools.embed") from None

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
 import architectures
-from datasets import build_transform
+from datasets import DatasetSplits, build_transform
 from utilities.checkpoint import CheckpointError, load_checkpoint
 from utilities.run_folder import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, read_config
 
@@ -40,6 +40,14 @@ class TrainedModel:
     @property
     def normalized(self) -> bool:
         return bool(getattr(self.model, "normalize", False))
+
+    def splits(self, source: Optional[str] = None,
+               folder_name: Optional[str] = None) -> DatasetSplits:
+        """The run's data as it trained and evaluated on it (``main.load_run_data``: its
+        --data_split, class split file and train/validation options included)."""
+        from main import load_run_data  # late: main imports the whole training stack
+
+        return load_run_data(self.config, source, folder_name)
 
 
 def resolve_checkpoint(path: str, checkpoint: str = "last") -> Tuple[str, str]:
@@ -79,6 +87,56 @@ def check_against_config(network: Dict, config: Dict, checkpoint_path: str) -> N
                               f"config.json describes: " + "; ".join(problems))
 
 
+def _bytes_needed(tensor: torch.Tensor) -> int:
+    """Bytes of storage ``tensor``'s shape, strides and offset address."""
+    if tensor.numel() == 0:
+        return 0
+    last = tensor.storage_offset() + sum((size - 1) * stride
+                                         for size, stride in zip(tensor.shape, tensor.stride()))
+    return (last + 1) * tensor.element_size()
+
+
+def check_state_dict(saved: Dict, expected: Dict[str, torch.Tensor], checkpoint_path: str,
+                     arch: str) -> None:
+    """Refuse network weights that cannot be loaded or used, naming the first bad tensor: keys
+    missing or unexpected (renamed), an entry that is not a tensor, a tensor without data (a
+    meta tensor, or storage smaller than its shape), another shape or a non-float dtype, and
+    NaN or infinite values."""
+    where = f"checkpoint '{checkpoint_path}'"
+    missing = [key for key in expected if key not in saved]
+    unexpected = [key for key in saved if key not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} tensor(s) of --arch '{arch}' missing (e.g. "
+                         f"'{missing[0]}')")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. '{unexpected[0]}')")
+        raise CheckpointError(f"{where} does not hold the weights of --arch '{arch}' of its "
+                              f"config.json: {'; '.join(parts)}")
+    for key, reference in expected.items():
+        value = saved[key]
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{where} is damaged: '{key}' holds a {type(value).__name__} "
+                                  f"where a tensor of shape {tuple(reference.shape)} belongs")
+        if value.is_meta or value.untyped_storage().nbytes() < _bytes_needed(value):
+            raise CheckpointError(f"{where} is damaged: tensor '{key}' holds no data (shape "
+                                  f"{tuple(value.shape)} without its values)")
+        if tuple(value.shape) != tuple(reference.shape):
+            raise CheckpointError(f"{where} does not fit --arch '{arch}' of its config.json: "
+                                  f"'{key}' has shape {tuple(value.shape)}, the network's is "
+                                  f"{tuple(reference.shape)}")
+        if value.dtype.is_floating_point != reference.dtype.is_floating_point:
+            raise CheckpointError(f"{where} is damaged: tensor '{key}' is {value.dtype}, "
+                                  f"expected {reference.dtype}")
+    bad = [key for key, value in saved.items()
+           if value.dtype.is_floating_point and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise CheckpointError(f"{where} holds NaN or infinite weights in {len(bad)} tensor(s) "
+                              f"(first: '{bad[0]}'); it cannot give meaningful embeddings - use "
+                              f"another checkpoint (--checkpoint best) or retrain")
+
+
 def load_trained_model(path: str, checkpoint: str = "last") -> TrainedModel:
     """Rebuild the network of a run folder or checkpoint file, refusing a checkpoint whose
     backbone or embedding size differs from what the run's config.json says."""
@@ -89,6 +147,11 @@ def load_trained_model(path: str, checkpoint: str = "last") -> TrainedModel:
     except ValueError as error:
         raise CheckpointError(f"'{os.path.join(folder, CONFIG_FILE)}' is not valid JSON: "
                               f"{error}") from None
+    lacking = [key for key in ("dataset", "arch", "embed_dim", "crop_size")
+               if not isinstance(config, dict) or key not in config]
+    if lacking:
+        raise CheckpointError(f"'{os.path.join(folder, CONFIG_FILE)}' lacks {', '.join(lacking)}; "
+                              f"expected the config.json main.py writes")
     state = load_checkpoint(checkpoint_path)
     network = state.get("network") if isinstance(state, dict) else None
     if not isinstance(network, dict) or "state_dict" not in network:
@@ -96,16 +159,12 @@ def load_trained_model(path: str, checkpoint: str = "last") -> TrainedModel:
                               f"written by main.py")
     check_against_config(network, config, checkpoint_path)
     model = architectures.select(config["arch"], config["embed_dim"], pretrained=False)
-    try:
-        model.load_state_dict(network["state_dict"])
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()
-        raise CheckpointError(f"'{checkpoint_path}' does not fit --arch '{config['arch']}' of "
-                              f"its config.json: {first[1].strip() if len(first) > 1 else first[0]}"
-                              ) from None
+    check_state_dict(network["state_dict"], model.state_dict(), checkpoint_path, config["arch"])
+    model.load_state_dict(network["state_dict"])
     model.eval()
     transform = build_transform(model.transform_config(config["crop_size"],
                                                        config.get("augmentation", "base")),
                                 train=False)
+    epoch = state.get("epoch", -1)
     return TrainedModel(folder, checkpoint_path, config, model, transform,
-                        int(state.get("epoch", -1)))
+                        epoch if isinstance(epoch, int) else -1)

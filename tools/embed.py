@@ -12,14 +12,16 @@ not be read, skipped, in ``skipped`` with ``skipped_reasons``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
 import numpy as np
 
-from tools._common import (EmbeddingFile, ImageList, ToolError, choose_device, default_workers,
-                           embed_images, list_images, run_cli)
+from tools._common import (EmbeddingFile, ImageList, ToolError, check_output, choose_device,
+                           default_workers, embed_images, list_images)
 from tools._trained_model import load_trained_model
+from utilities.errors import run_command
 
 
 def embed_to_file(trained, images: ImageList, device, batch_size: int,
@@ -30,12 +32,19 @@ def embed_to_file(trained, images: ImageList, device, batch_size: int,
         first = next(iter(failed.items()))
         raise ToolError(f"none of the {len(images.paths)} images of '{images.root}' could be read "
                         f"(e.g. '{first[0]}' {first[1]})")
+    bad = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
+    if len(bad):
+        raise ToolError(f"checkpoint '{trained.checkpoint_path}' gives NaN or infinite embeddings "
+                        f"for {len(bad)} of {len(embeddings)} images (first: "
+                        f"'{images.paths[kept[bad[0]]]}'); nothing written - use another "
+                        f"checkpoint (--checkpoint best) or retrain")
     labels = None if images.labels is None else images.labels[kept]
     return EmbeddingFile(embeddings, np.asarray(images.paths, dtype=str)[kept], labels,
                          np.asarray(images.class_names, dtype=str) if labels is not None else None,
                          trained.normalized, np.asarray(list(failed), dtype=str),
-                         np.asarray(list(failed.values()), dtype=str), trained.folder,
-                         trained.checkpoint_path, trained.config["arch"])
+                         np.asarray(list(failed.values()), dtype=str),
+                         os.path.abspath(trained.folder),
+                         os.path.abspath(trained.checkpoint_path), trained.config["arch"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("run", help="Run folder, or a checkpoint file inside one.")
     parser.add_argument("--images", required=True,
                         help="Image folder (searched recursively), one image, or a list file.")
-    parser.add_argument("--out", required=True, help="Output .npz file.")
+    parser.add_argument("--out", required=True,
+                        help="Output .npz file (.npz is appended to a name without suffix).")
     parser.add_argument("--checkpoint", default="last", choices=["last", "best"])
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if any).")
     parser.add_argument("--batch_size", type=int, default=None,
@@ -61,6 +71,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         if args.num_workers < 0:
             raise ToolError(f"--num_workers must be >= 0, got {args.num_workers}")
+        out = args.out if os.path.splitext(args.out)[1] else args.out + ".npz"
+        check_output(out, "--out", (".npz",))
         device = choose_device(args.device)
         images = list_images(args.images)
         trained = load_trained_model(args.run, args.checkpoint)
@@ -68,8 +80,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if batch_size <= 0:
             raise ToolError(f"--batch_size must be positive, got {batch_size}")
         result = embed_to_file(trained, images, device, batch_size, args.num_workers)
-        result.save(args.out)
-        out = args.out if args.out.endswith(".npz") else args.out + ".npz"
+        result.save(out)
         labelled = (f", {len(result.class_names)} classes from the subfolders"
                     if result.labels is not None else "")
         print(f"wrote {out}: {len(result.paths)} embeddings of dimension "
@@ -80,7 +91,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"  {path}: {reason}")
         return 0
 
-    return run_cli(command)
+    return run_command(command)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ import datasets
 import metrics
 from datasets import ImageDataset, QueryGallery
 from main import evaluate_all
-from tools._common import ToolError, choose_device, run_cli
+from tools._common import WRITTEN_BY, ToolError, check_output, choose_device, write_text
 from tools._trained_model import load_trained_model
+from utilities.errors import run_command
 from utilities.run_folder import _fmt
 
 SPLITS = ("test", "val", "train")
@@ -37,13 +38,9 @@ def evaluation_set(trained, dataset: Optional[str], source: Optional[str],
     config = trained.config
     own = dataset is None or dataset == config["dataset"]
     name = dataset or config["dataset"]
-    if own:
+    if own:  # the run's data exactly as main.py built it (main.load_run_data)
+        splits = trained.splits(source, folder_name)
         source = source or config.get("source")
-        folder_name = folder_name or config.get("folder_name")
-        splits = datasets.load(name, source, use_tv_split=config.get("use_tv_split", False),
-                               tv_split_perc=config.get("tv_split_perc", 0.8),
-                               tv_split_by_samples=config.get("tv_split_by_samples", False),
-                               seed=config.get("seed", 0), folder_name=folder_name)
     else:  # another dataset: its validation split cut as the run cut its own
         splits = datasets.load(name, source, use_tv_split=split == "val",
                                tv_split_perc=config.get("tv_split_perc", 0.8),
@@ -64,12 +61,17 @@ def evaluate_checkpoint(path: str, checkpoint: str = "last", dataset: Optional[s
                         source: Optional[str] = None, folder_name: Optional[str] = None,
                         split: str = "test", metric_names: Optional[List[str]] = None,
                         device: Optional[str] = None, batch_size: Optional[int] = None,
-                        num_workers: int = 0) -> Tuple[object, Dict]:
-    """``(the loaded run, report)``; ``report['metrics']`` maps ``<split>/<metric>`` to values."""
+                        num_workers: int = 0, out: Optional[str] = None,
+                        out_for=None) -> Tuple[object, Dict]:
+    """``(the loaded run, report)``; ``report['metrics']`` maps ``<split>/<metric>`` to values.
+    ``out`` (or ``out_for(trained, dataset, split)``), the JSON to be written, is checked first."""
 
     if split not in SPLITS:
         raise ToolError(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
     trained = load_trained_model(path, checkpoint)
+    if out is not None or out_for is not None:  # refused before the evaluation runs
+        check_output(out if out is not None else out_for(trained, dataset, split), "--out",
+                     (".json",))
     config = trained.config
     metric_names = list(metric_names or config["evaluation_metrics"])
     metrics.select_all(metric_names)  # unknown names stop here, listing the valid ones
@@ -84,17 +86,20 @@ def evaluate_checkpoint(path: str, checkpoint: str = "last", dataset: Optional[s
                                  kmeans_iterations=config.get("kmeans_iterations", 20))
     trained.model.to(torch_device)
     results = evaluate_all(trained.model, {split: eval_set}, options, torch_device)
-    report = {"checkpoint": os.path.abspath(trained.checkpoint_path), "epoch": trained.epoch,
+    report = {WRITTEN_BY: "tools.evaluate",
+              "checkpoint": os.path.abspath(trained.checkpoint_path), "epoch": trained.epoch,
               "arch": config["arch"], "dataset": name, "source": used_source, "split": split,
               "metrics": results}
     return trained, report
 
 
-def default_out(trained, report: Dict, own_dataset: bool) -> str:
+def default_out(trained, dataset: Optional[str], split: str) -> str:
+    """``<checkpoint stem>_eval[_<dataset>]_<split>.json`` next to the checkpoint."""
     stem = os.path.splitext(os.path.basename(trained.checkpoint_path))[0]
-    dataset = "" if own_dataset else f"_{report['dataset']}"
+    own = dataset is None or dataset == trained.config["dataset"]
+    other = "" if own else f"_{dataset}"
     return os.path.join(os.path.dirname(os.path.abspath(trained.checkpoint_path)),
-                        f"{stem}_eval{dataset}_{report['split']}.json")
+                        f"{stem}_eval{other}_{split}.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,22 +132,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         trained, report = evaluate_checkpoint(args.run, args.checkpoint, args.dataset,
                                               args.source, args.folder_name, args.split,
                                               args.evaluation_metrics, args.device,
-                                              args.batch_size, args.num_workers)
-        own = args.dataset is None or args.dataset == trained.config["dataset"]
-        out = args.out or default_out(trained, report, own)
-        folder = os.path.dirname(os.path.abspath(out))
-        if not os.path.isdir(folder):
-            raise ToolError(f"--out '{out}': folder '{folder}' does not exist")
+                                              args.batch_size, args.num_workers, args.out,
+                                              default_out)
+        out = args.out or default_out(trained, args.dataset, args.split)
         print(f"{report['checkpoint']} (epoch {report['epoch']}) on {report['dataset']} "
               f"{report['split']}:")
         for key, value in report["metrics"].items():
             print(f"{key}={_fmt(value)}")  # as metrics.csv writes it
-        with open(out, "w") as handle:
-            json.dump(report, handle, indent=2)
+        write_text(out, json.dumps(report, indent=2))
         print(f"wrote {out}")
         return 0
 
-    return run_cli(command)
+    return run_command(command)
 
 
 if __name__ == "__main__":

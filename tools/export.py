@@ -17,20 +17,22 @@ differing by more than 1e-4 is refused.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
-import tempfile
 import warnings
 from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
-from tools._common import ToolError, run_cli
+from tools._common import WRITTEN_BY, ToolError, atomic_output, check_output, write_text
 from tools._trained_model import load_trained_model
+from utilities.errors import run_command
 
 FORMATS = ("torchscript", "onnx")
+SUFFIXES = {"torchscript": (".pt",), "onnx": (".onnx",)}
 TOLERANCE = 1e-4
 EXAMPLE_BATCH = 2  # traced/exported with this batch, checked with CHECK_BATCH (the batch is free)
 CHECK_BATCH = 3
@@ -58,7 +60,12 @@ def write_export(model: torch.nn.Module, fmt: str, example: torch.Tensor, path: 
         if fmt == "torchscript":
             with torch.no_grad():
                 traced = torch.jit.trace(model, example)
-            torch.jit.save(traced, path)
+            # Serialized in memory, then written by Python: torch's own file writer aborts the
+            # process (status 134) when the disk fills; a Python write raises OSError instead.
+            buffer = io.BytesIO()
+            torch.jit.save(traced, buffer)
+            with open(path, "wb") as handle:
+                handle.write(buffer.getvalue())
             return
         batch = torch.export.Dim("batch", min=1)
         program = torch.onnx.export(model, (example,), None, input_names=["images"],
@@ -81,24 +88,26 @@ def run_export(fmt: str, path: str, batch: torch.Tensor) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: batch.numpy()})[0]
 
 
-def export(trained, fmt: str, out: str, seed: int = 0) -> Dict:
-    """Export, check and (when within TOLERANCE) write; returns what was written to FILE.json."""
+def check_outputs(fmt: str, out: str) -> None:
+    """Refuse, before any work, an --out (or its FILE.json) that must not be written."""
     if fmt not in FORMATS:
         raise ToolError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+    check_output(out, "--out", SUFFIXES[fmt])
+    check_output(out + ".json", "--out (its description FILE.json)", (".json",))
+
+
+def export(trained, fmt: str, out: str, seed: int = 0) -> Dict:
+    """Export, check and (when within TOLERANCE) write; returns what was written to FILE.json.
+    Both files are written through temporary files: nothing is left behind on any failure."""
+    check_outputs(fmt, out)
     if fmt == "onnx":
         require_onnx()
-    folder = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(folder):
-        raise ToolError(f"--out '{out}': folder '{folder}' does not exist")
     model = trained.model.to("cpu").eval()
     size = trained.crop_size
     generator = torch.Generator().manual_seed(seed)
     example = torch.randn(EXAMPLE_BATCH, 3, size, size, generator=generator)
     check = torch.randn(CHECK_BATCH, 3, size, size, generator=generator)
-    suffix = os.path.splitext(out)[1] or (".pt" if fmt == "torchscript" else ".onnx")
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix="tmp_export_", suffix=suffix)
-    os.close(handle)
-    try:
+    with atomic_output(out) as temporary:
         write_export(model, fmt, example, temporary)
         with torch.no_grad():
             expected = model(check).float().numpy()
@@ -112,14 +121,18 @@ def export(trained, fmt: str, out: str, seed: int = 0) -> Dict:
         if not difference <= TOLERANCE:
             raise ToolError(f"the {fmt} export differs from the PyTorch model by {difference:.3g} "
                             f"(> {TOLERANCE:g}) on a random batch; nothing written to '{out}'")
-        os.replace(temporary, out)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        description = describe(trained, model, fmt, out, size, difference)
+        write_text(out + ".json", json.dumps(description, indent=2))
+    return description
+
+
+def describe(trained, model, fmt: str, out: str, size: int, difference: float) -> Dict:
+    """What FILE.json says about the exported network's input and output."""
     convention = model.input_convention
     config = trained.config
     resize = int(round(size * 256 / 224))
-    description = {
+    return {
+        WRITTEN_BY: "tools.export",
         "format": fmt, "file": os.path.basename(out), "run": os.path.abspath(trained.folder),
         "checkpoint": os.path.abspath(trained.checkpoint_path), "epoch": trained.epoch,
         "arch": config["arch"],
@@ -136,9 +149,6 @@ def export(trained, fmt: str, out: str, seed: int = 0) -> Dict:
         "check": {"batch": CHECK_BATCH, "max_abs_difference": difference,
                   "tolerance": TOLERANCE},
     }
-    with open(out + ".json", "w") as handle:
-        json.dump(description, handle, indent=2)
-    return description
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      description=__doc__.split("\n")[0])
     parser.add_argument("run", help="Run folder, or a checkpoint file inside one.")
     parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--out", required=True, help="File to write (.pt, .onnx).")
+    parser.add_argument("--out", required=True,
+                        help="File to write (.pt for torchscript, .onnx for onnx).")
     parser.add_argument("--checkpoint", default="last", choices=["last", "best"])
     parser.add_argument("--seed", type=int, default=0, help="Seeds the random check batch.")
     return parser
@@ -157,8 +168,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def command() -> int:
 
+        check_outputs(args.format, args.out)  # before loading anything
         if args.format == "onnx":
-            require_onnx()  # before loading anything
+            require_onnx()
         trained = load_trained_model(args.run, args.checkpoint)
         description = export(trained, args.format, args.out, args.seed)
         shape = description["input"]["shape"]
@@ -169,7 +181,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"wrote {args.out}.json (input size and preprocessing)")
         return 0
 
-    return run_cli(command)
+    return run_command(command)
 
 
 if __name__ == "__main__":

@@ -39,15 +39,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-import datasets
 from das import figure as das_figure
 from datasets import DataError, ImageDataset, QueryGallery
 from datasets._base import load_image
 from evaluation import compute_embeddings
+from tools._common import atomic_output, check_output, mark_png
 from tools._trained_model import load_trained_model
 from utilities import run_folder as rf
-from utilities.checkpoint import CheckpointError
-from utilities.options import ConfigError
+from utilities.errors import run_command
 from utilities.plotting import DPI, FigureError, pyplot, save_figure
 
 CURVES_FIGSIZE = (15.0, 4.2)  # inches: 1500 x 420 pixels at DPI
@@ -61,6 +60,12 @@ QUERY_GAP = 16  # extra pixels between the query column and its neighbours
 GROUP_GAP = 14  # extra pixels between the rows of two queries, when two runs are stacked
 LABEL_WIDTH = 190  # left margin for the row labels
 HEADER_HEIGHT = 34  # top margin for the column titles
+# Upper bounds checked before any work, so that a figure's pixels fit in memory (a 64-query,
+# 2-run, top-50 grid of 512-pixel thumbnails is about 26000 x 67000 pixels, 5 GB of RGB).
+MAX_THUMB = 512
+MAX_QUERIES = 64
+MAX_TOP_K = 50
+MAX_POINTS = 100000  # t-SNE / PCA points
 
 
 # ----------------------------------------------------------------------------- curves
@@ -109,6 +114,13 @@ def plot_curves(folders: Sequence[str], out: str, labels: Optional[Sequence[str]
     if len(labels) != len(folders):
         raise FigureError(f"--labels gives {len(labels)} label(s) for {len(folders)} run(s)")
     runs = [(label, read_curves(folder)) for label, folder in zip(labels, folders)]
+    for label, run in runs:
+        present = sorted({key.split("/", 1)[0] for row in run.rows for key in row
+                          if key.startswith(("test/", "val/", "train/"))
+                          and row.get(key) is not None})
+        if split not in present:
+            raise FigureError(f"--split {split}: run '{run.folder}' logged no {split}/ metrics; "
+                              f"it has {', '.join(present) or 'no split'}")
     fig, axes = plt.subplots(1, 3, figsize=CURVES_FIGSIZE, dpi=DPI)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = ["-", "--", ":", "-."]
@@ -170,11 +182,7 @@ def load_run(folder: str, checkpoint: str = "last", split: str = "test",
     """Rebuild the network of ``folder`` from its checkpoint and parse its dataset."""
     trained = load_trained_model(folder, checkpoint)
     config = trained.config
-    splits = datasets.load(config["dataset"], source or config.get("source"),
-                           use_tv_split=config.get("use_tv_split", False),
-                           tv_split_perc=config.get("tv_split_perc", 0.8),
-                           tv_split_by_samples=config.get("tv_split_by_samples", False),
-                           seed=config.get("seed", 0), folder_name=config.get("folder_name"))
+    splits = trained.splits(source)  # as main.py built them (main.load_run_data)
     if split not in splits.evaluation:
         raise FigureError(f"--split '{split}' is not an evaluation split of run '{folder}'; it has "
                           f"{', '.join(splits.evaluation)}")
@@ -320,8 +328,11 @@ def plot_retrieval(folders: Sequence[str], out: str, queries: Optional[Sequence[
         raise FigureError(f"retrieval takes one run folder or two to compare, got {len(folders)}")
     if labels and len(labels) != len(folders):
         raise FigureError(f"--labels gives {len(labels)} label(s) for {len(folders)} run(s)")
-    if top_k < 1 or thumb < 16:
-        raise FigureError(f"--top_k must be >= 1 and --thumb >= 16 (got {top_k}, {thumb})")
+    if not (1 <= top_k <= MAX_TOP_K and 16 <= thumb <= MAX_THUMB):
+        raise FigureError(f"--top_k must be in 1..{MAX_TOP_K} and --thumb in 16..{MAX_THUMB} "
+                          f"(got {top_k}, {thumb})")
+    if queries and len(queries) > MAX_QUERIES or not queries and not 1 <= n_random <= MAX_QUERIES:
+        raise FigureError(f"at most {MAX_QUERIES} queries per figure (--queries, --random)")
     runs = [load_run(folder, checkpoint, split, source, labels[i] if labels else None)
             for i, folder in enumerate(folders)]
     n_images = len(runs[0].queries)
@@ -414,8 +425,9 @@ def plot_embedding(folder: str, out: str, method: str = "tsne", max_classes: int
     """2-D projection of a run's evaluation embeddings, coloured by class."""
     if method not in ("tsne", "pca"):
         raise FigureError(f"--method must be tsne or pca, got '{method}'")
-    if max_classes < 1 or max_points < 3:
-        raise FigureError("--max_classes must be >= 1 and --max_points >= 3")
+    if max_classes < 1 or not 3 <= max_points <= MAX_POINTS:
+        raise FigureError(f"--max_classes must be >= 1 and --max_points in 3..{MAX_POINTS} (got "
+                          f"{max_classes}, {max_points})")
     run = load_run(folder, checkpoint, split, source)
     device = device or default_device()
     parts = [run.queries] if run.self_retrieval else [run.queries, run.references]
@@ -501,43 +513,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def draw(args: argparse.Namespace, out: str) -> None:
+    """Draw the figure ``args.command`` asks for into the file ``out``."""
+    if args.command == "curves":
+        plot_curves(args.runs, out, args.labels, args.split)
+    elif args.command == "frequency":
+        das_figure.plot_frequency(args.runs[0], out, args.max_classes)
+    elif args.command == "retrieval":
+        plot_retrieval(args.runs, out, args.queries, args.random, args.top_k, args.thumb,
+                       args.seed, args.checkpoint, args.split, args.source, args.labels,
+                       args.device, args.batch_size, args.num_workers)
+    else:
+        plot_embedding(args.runs[0], out, args.method, args.max_classes, args.max_points,
+                       args.seed, args.checkpoint, args.split, args.source, args.device,
+                       args.batch_size, args.num_workers)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("curves", "frequency"):  # files of the run only
+    stem = {"curves": "curves", "frequency": "frequency", "retrieval": "retrieval",
+            "embedding": f"embedding_{getattr(args, 'method', '')}"}[args.command]
+
+    def command() -> int:
+        for folder in args.runs:
+            if not os.path.isdir(folder):
+                raise FigureError(f"run folder '{folder}' does not exist")
+        out = check_output(args.out or _default_out(args.runs, stem), "--out", (".png",))
         try:
-            if args.command == "curves":
-                out = plot_curves(args.runs, args.out or _default_out(args.runs, "curves"),
-                                  args.labels, args.split)
-            else:
-                out = das_figure.plot_frequency(
-                    args.runs[0], args.out or _default_out(args.runs, "frequency"),
-                    args.max_classes)
-        except (FigureError, ConfigError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+            with atomic_output(out) as temporary:
+                draw(args, temporary)
+                mark_png(temporary, f"tools.figures {args.command}")
+        except DataError as error:
+            raise FigureError(f"{error.short_message()} (pass --source if the data has moved)"
+                              ) from None
         print(out)
         return 0
-    try:
-        if args.command == "retrieval":
-            out = plot_retrieval(args.runs, args.out or _default_out(args.runs, "retrieval"),
-                                 args.queries, args.random, args.top_k, args.thumb, args.seed,
-                                 args.checkpoint, args.split, args.source, args.labels,
-                                 args.device, args.batch_size, args.num_workers)
-        else:
-            out = plot_embedding(args.runs[0], args.out or _default_out(args.runs,
-                                                                        f"embedding_{args.method}"),
-                                 args.method, args.max_classes, args.max_points, args.seed,
-                                 args.checkpoint, args.split, args.source, args.device,
-                                 args.batch_size, args.num_workers)
-    except DataError as error:
-        print(f"error: {error.short_message()} (pass --source if the data has moved)",
-              file=sys.stderr)
-        return 2
-    except (FigureError, CheckpointError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(out)
-    return 0
+
+    return run_command(command)
 
 
 if __name__ == "__main__":

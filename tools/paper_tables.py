@@ -46,8 +46,9 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from architectures import parse_arch
+from tools._common import atomic_output, is_run_folder, write_text, written_by_tools
 from utilities import run_folder as rf
-from utilities.errors import UserError
+from utilities.errors import UserError, run_command
 from utilities.registry import UnknownNameError
 from utilities.seed_groups import group_by_settings, mean_std
 
@@ -417,7 +418,7 @@ def write_csv(path: str, layout: TableLayout, mode: str,
     header += [f"{d}/seeds" for d in layout.metrics]
     if mode == "best":
         header += [f"{d}/selected_by" for d in layout.metrics]
-    with open(path, "w", newline="") as handle:
+    with atomic_output(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for row_key, _, figures in table:
@@ -437,7 +438,7 @@ def write_csv(path: str, layout: TableLayout, mode: str,
 
 
 def write_runs(path: str, runs: Sequence[Run]) -> None:
-    with open(path, "w", newline="") as handle:
+    with atomic_output(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["folder", "used", "table", "method", "backbone", "das", "dataset",
                          "epochs_done", "n_epochs", "finished", "last_epoch", "best_epoch",
@@ -455,12 +456,35 @@ def write_runs(path: str, runs: Sequence[Run]) -> None:
                              run.selection_key if run.rows else "", run.reason])
 
 
+def output_names() -> List[str]:
+    """The files build_tables writes into --out."""
+    names = [f"table{layout.number}{part}" for layout in table_layouts()
+             for part in [".md"] + [f"_{mode}.csv" for mode in MODES]]
+    return names + ["runs.csv"]
+
+
+def check_out_folder(out: str) -> None:
+    """Refuse, before anything is read or written, an --out that is a file or a run folder, or
+    that holds a file of an output's name that this tool did not write."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise TablesError(f"--out '{out}' is a file; expected a folder for the tables")
+    if is_run_folder(out):
+        raise TablesError(f"--out '{out}' is a run folder of main.py; write the tables elsewhere")
+    for name in output_names():
+        path = os.path.join(out, name)
+        if os.path.lexists(path) and not (os.path.isfile(path) and written_by_tools(path)):
+            raise TablesError(f"--out: '{path}' exists and was not written by "
+                              f"tools.paper_tables; refusing to write over it (choose another "
+                              f"--out folder)")
+
+
 def build_tables(runs_root: str, out: str, paper_path: str = PAPER_RESULTS,
                  best: str = DEFAULT_BEST) -> Tuple[Dict[str, str], List[Run]]:
     """Read the runs, write every output file; returns (output name -> path, the runs read).
     ``best``: ``per_metric`` or ``storage_metric``, how the "best" figures are chosen."""
     if best not in BEST_CHOICES:
         raise TablesError(f"--best '{best}' is not one of {', '.join(BEST_CHOICES)}")
+    check_out_folder(out)
     paper = read_paper(paper_path)
     runs = [read_run(folder) for folder in rf.find_run_folders(runs_root)]
     cells = assign_cells(runs)
@@ -480,8 +504,7 @@ def build_tables(runs_root: str, out: str, paper_path: str = PAPER_RESULTS,
             write_csv(os.path.join(out, name), layout, mode, table)
             written[name] = os.path.join(out, name)
         name = f"table{layout.number}.md"
-        with open(os.path.join(out, name), "w") as handle:
-            handle.write("\n".join(sections))
+        write_text(os.path.join(out, name), "\n".join(sections))
         written[name] = os.path.join(out, name)
     write_runs(os.path.join(out, "runs.csv"), runs)
     written["runs.csv"] = os.path.join(out, "runs.csv")
@@ -514,16 +537,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                              "of the epoch with the best --storage_metric (main.py's "
                              "checkpoint_best.pth).")
     args = parser.parse_args(argv)
-    try:
+
+    def command() -> int:
         written, runs = build_tables(args.runs, args.out, args.paper, args.best)
-    except (TablesError, rf.NotARunsFolder, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    for line in summary_lines(runs, args.out):
-        print(line)
-    for path in written.values():
-        print(f"wrote {path}")
-    return 0
+        for line in summary_lines(runs, args.out):
+            print(line)
+        for path in written.values():
+            print(f"wrote {path}")
+        return 0
+
+    return run_command(command)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,12 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from tools._common import (EmbeddingFile, ToolError, choose_device, default_workers, list_images,
-                           run_cli)
+from tools._common import (EmbeddingFile, ToolError, atomic_output, check_output, choose_device,
+                           default_workers, list_images, mark_png)
 from tools._trained_model import load_trained_model
 from tools.embed import embed_to_file
-from tools.figures import compose_grid, draw_grid
+from tools.figures import MAX_QUERIES, MAX_THUMB, compose_grid, draw_grid
+from utilities.errors import run_command
 
 NORM_TOLERANCE = 1e-3
 
@@ -75,6 +76,42 @@ def query_embeddings(query: str, run: Optional[str], checkpoint: str, device: Op
     return result, notes
 
 
+def _same_file(a: str, b: str) -> bool:
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
+
+
+def check_comparable(gallery: EmbeddingFile, queries: EmbeddingFile,
+                     gallery_name: str = "the gallery", query_name: str = "the queries") -> None:
+    """Refuse a gallery and queries that live in different embedding spaces: embedded by
+    different checkpoints (each .npz records the one that embedded it), or one side
+    L2-normalized and the other not (recorded, or measured on the rows)."""
+    recorded = [bool(gallery.checkpoint), bool(queries.checkpoint)]
+    if recorded == [True, True] and not _same_file(gallery.checkpoint, queries.checkpoint):
+        raise ToolError(f"{gallery_name} was embedded by checkpoint '{gallery.checkpoint}' and "
+                        f"{query_name} by '{queries.checkpoint}'; distances between embeddings "
+                        f"of different networks mean nothing - embed both with the same run and "
+                        f"checkpoint")
+    if recorded == [True, False] or recorded == [False, True]:
+        lacking = query_name if recorded[0] else gallery_name
+        raise ToolError(f"{lacking} does not record the checkpoint that embedded it (not written "
+                        f"by tools.embed?), so it cannot be matched to the other side; embed both "
+                        f"with tools.embed")
+    flags = [gallery.normalized, queries.normalized]
+    measured = [is_normalized(gallery.embeddings), is_normalized(queries.embeddings)]
+    for name, flag, unit in ((gallery_name, flags[0], measured[0]),
+                             (query_name, flags[1], measured[1])):
+        if flag and not unit:
+            raise ToolError(f"{name} says its embeddings are L2-normalized but its rows do not "
+                            f"have norm 1; the file was altered - re-embed with tools.embed")
+    if flags[0] != flags[1] or measured[0] != measured[1]:
+        state = {True: "L2-normalized", False: "not normalized"}
+        raise ToolError(f"{gallery_name} is {state[flags[0] or measured[0]]} but {query_name} "
+                        f"is {state[flags[1] or measured[1]]}; their distances are not "
+                        f"comparable - embed both with the same run")
+
+
 def search(gallery: EmbeddingFile, queries: EmbeddingFile, k: int,
            keep_self: bool = False) -> Tuple[np.ndarray, np.ndarray, bool, Optional[np.ndarray]]:
     """``(ids, scores, inner_product, matches)``; matches (same class name) when both sides have
@@ -83,8 +120,10 @@ def search(gallery: EmbeddingFile, queries: EmbeddingFile, k: int,
         raise ToolError(f"the query embeddings have dimension {queries.embeddings.shape[1]} but "
                         f"the gallery's have {gallery.embeddings.shape[1]}; embed both with the "
                         f"same run")
-    if k < 1:
-        raise ToolError(f"-k must be at least 1, got {k}")
+    if not 1 <= k <= len(gallery.paths):
+        raise ToolError(f"-k must be between 1 and the gallery's {len(gallery.paths)} images, "
+                        f"got {k}")
+    check_comparable(gallery, queries)
     inner_product = is_normalized(gallery.embeddings) and is_normalized(queries.embeddings)
     own_ids = None
     if not keep_self:
@@ -106,7 +145,7 @@ def write_csv(out: str, gallery: EmbeddingFile, queries: EmbeddingFile, ids: np.
     columns = ["query", "rank", "neighbour", score_name]
     if matches is not None:
         columns += ["query_class", "neighbour_class", "same_class"]
-    with open(out, "w", newline="") as handle:
+    with atomic_output(out) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
         for q in range(len(ids)):
@@ -135,8 +174,11 @@ def write_figure(out: str, gallery: EmbeddingFile, queries: EmbeddingFile, ids: 
     labels = [os.path.basename(str(p))[:24] for p in queries.paths[:shown]]
     legend = "green: same class, red: other class" if matches is not None else \
         "grey frames: classes unknown"
-    draw_grid(image, labels, row_tops, ids.shape[1], thumb,
-              f"top-{ids.shape[1]} of {len(gallery.paths)} gallery images\n{legend}", out)
+    with atomic_output(out) as temporary:
+        draw_grid(image, labels, row_tops, ids.shape[1], thumb,
+                  f"top-{ids.shape[1]} of {len(gallery.paths)} gallery images\n{legend}",
+                  temporary)
+        mark_png(temporary, "tools.search")
     return shown
 
 
@@ -165,12 +207,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
 
     def command() -> int:
-        if args.thumb < 16 or args.figure_queries < 1:
-            raise ToolError(f"--thumb must be >= 16 and --figure_queries >= 1 (got {args.thumb}, "
-                            f"{args.figure_queries})")
-        for flag, path in (("--out", args.out), ("--figure", args.figure)):
-            if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-                raise ToolError(f"{flag} '{path}': its folder does not exist")
+        if not (16 <= args.thumb <= MAX_THUMB and 1 <= args.figure_queries <= MAX_QUERIES):
+            raise ToolError(f"--thumb must be in 16..{MAX_THUMB} and --figure_queries in "
+                            f"1..{MAX_QUERIES} (got {args.thumb}, {args.figure_queries})")
+        if args.out:
+            check_output(args.out, "--out", (".csv",))
+        if args.figure:
+            check_output(args.figure, "--figure", (".png",))
+        if args.out and args.figure and _same_file(args.out, args.figure):
+            raise ToolError("--out and --figure name the same file")
         gallery = EmbeddingFile.load(args.gallery, "--gallery")
         queries, notes = query_embeddings(args.query, args.run, args.checkpoint, args.device,
                                           args.batch_size, args.num_workers)
@@ -196,7 +241,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"wrote {args.figure} ({shown} of {len(ids)} queries)")
         return 0
 
-    return run_cli(command)
+    return run_command(command)
 
 
 if __name__ == "__main__":

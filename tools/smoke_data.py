@@ -23,14 +23,18 @@ the class's constants from the generator, then its images, so one seed fixes eve
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 from PIL import Image
+
+from utilities.errors import UserError, run_command
 
 DATASETS = ("cub200", "cars196", "online_products", "in-shop")
 DEFAULT_CLASSES = 16  # half train, half test: 8 classes, enough for a batch of 16 at 2 per class
@@ -38,10 +42,17 @@ DEFAULT_IMAGES_PER_CLASS = 4
 DEFAULT_IMAGE_SIZE = 40
 MIN_CLASSES = 4  # two train and two test classes (datasets/_layout.py's MIN_CLASSES_PER_SPLIT)
 JPEG_QUALITY = 90
+# Upper bounds checked before anything is drawn: one image must fit in memory and the whole set
+# on a disk (MAX_PIXELS of noise images is about 1 GB of PNG files).
+MAX_SIZE = 2048
+MAX_CLASSES = 10000
+MAX_IMAGES_PER_CLASS = 10000
+MAX_PIXELS = 2 ** 28
 
 # A pattern is called once per class, ``pattern(rng, label, size)``: it draws the class's
 # constants from ``rng`` and returns the function that draws one image of that class.
 DrawImage = Callable[[np.random.Generator], Image.Image]
+T = TypeVar("T")
 ClassPattern = Callable[[np.random.Generator, int, int], DrawImage]
 
 
@@ -126,13 +137,71 @@ PATTERNS: Dict[str, Pattern] = {
 }
 
 
+class SmokeDataError(UserError, ValueError):
+    """Bad input to tools.smoke_data; the message names the flag, value or file."""
+
+
+class ExistingFileError(SmokeDataError):
+    """A file the generator would write exists with other content (a user's file)."""
+
+
+_CHECK_ONLY = [False]  # True during the dry pass of no_overwrite: compare, write nothing
+
+
+def _write_bytes(data: bytes, path: str) -> None:
+    """Write ``data`` to ``path``; an existing file with exactly these bytes (this generator's
+    own earlier output) is left as it is, one with other content is refused, naming it."""
+    if os.path.isdir(path):
+        raise ExistingFileError(f"'{path}' is a folder where a generated file belongs; choose an "
+                                f"empty OUT folder")
+    if os.path.exists(path):
+        with open(path, "rb") as handle:
+            if handle.read() == data:
+                return
+        raise ExistingFileError(f"'{path}' exists and is not the generated file of that name; "
+                                f"refusing to write over it (choose an empty OUT folder)")
+    if _CHECK_ONLY[0]:
+        return
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(data)
+    except OSError as error:
+        if os.path.isfile(path):  # a partial file (full disk) is not left behind
+            os.remove(path)
+        raise SmokeDataError(f"cannot write '{path}': {error.strerror or error}") from None
+
+
 def _save(image: Image.Image, path: str) -> None:
-    """Save in the format the extension names (JPEG at quality 90, PNG with PIL's defaults)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    """Save in the format the extension names (JPEG at quality 90, PNG with PIL's
+    defaults)."""
+    buffer = io.BytesIO()
     if os.path.splitext(path)[1].lower() in (".jpg", ".jpeg"):
-        image.save(path, format="JPEG", quality=JPEG_QUALITY)
+        image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     else:
-        image.save(path)
+        image.save(buffer, format="PNG")
+    _write_bytes(buffer.getvalue(), path)
+
+
+def _write_text(path: str, text: str) -> None:
+    _write_bytes(text.encode(), path)
+
+
+@contextlib.contextmanager
+def _dry_pass() -> Iterator[None]:
+    _CHECK_ONLY[0] = True
+    try:
+        yield
+    finally:
+        _CHECK_ONLY[0] = False
+
+
+def no_overwrite(write: Callable[[], T]) -> T:
+    """Run ``write`` twice: first comparing every file it would write with what exists (a file
+    of another content stops it before anything is written), then writing."""
+    with _dry_pass():
+        write()
+    return write()
 
 
 def write_classes(root: str, pattern: ClassPattern, size: int, rng: np.random.Generator,
@@ -227,10 +296,9 @@ def make_online_products(out: str, num_classes: int, images_per_class: int, size
         split = "train" if class_index < n_train else "test"
         super_id = class_index % len(SOP_SUPER_CLASSES) + 1
         rows[split].append(f"{image_id} {class_index + 1} {super_id} {relative}")
-    os.makedirs(os.path.join(root, "Info_Files"), exist_ok=True)
     for split, lines in rows.items():
-        with open(os.path.join(root, "Info_Files", f"Ebay_{split}.txt"), "w") as handle:
-            handle.write("image_id class_id super_class_id path\n" + "\n".join(lines) + "\n")
+        _write_text(os.path.join(root, "Info_Files", f"Ebay_{split}.txt"),
+                    "image_id class_id super_class_id path\n" + "\n".join(lines) + "\n")
     return root
 
 
@@ -254,10 +322,8 @@ def make_in_shop(out: str, num_classes: int, images_per_class: int, size: int,
         else:
             status = "query" if index % 2 == 0 else "gallery"
         lines.append(f"{relative} id_{item_index + 1:08d} {status}")
-    os.makedirs(os.path.join(root, "Eval"), exist_ok=True)
-    with open(os.path.join(root, "Eval", "list_eval_partition.txt"), "w") as handle:
-        handle.write(f"{len(lines)}\nimage_name item_id evaluation_status\n")
-        handle.write("\n".join(lines) + "\n")
+    _write_text(os.path.join(root, "Eval", "list_eval_partition.txt"),
+                f"{len(lines)}\nimage_name item_id evaluation_status\n" + "\n".join(lines) + "\n")
     return root
 
 
@@ -265,12 +331,22 @@ MAKERS = {"cub200": make_cub200, "cars196": make_cars196,
           "online_products": make_online_products, "in-shop": make_in_shop}
 
 
-def _check_counts(num_classes: int, images_per_class: int) -> None:
+def _check_counts(num_classes: int, images_per_class: int, size: int = 1) -> None:
+    if not 1 <= size <= MAX_SIZE:
+        raise SmokeDataError(f"--size must be in 1..{MAX_SIZE} pixels, got {size}")
+    if num_classes > MAX_CLASSES or images_per_class > MAX_IMAGES_PER_CLASS:
+        raise SmokeDataError(f"--classes must be at most {MAX_CLASSES} and --images_per_class "
+                             f"at most {MAX_IMAGES_PER_CLASS}, got {num_classes} and "
+                             f"{images_per_class}")
+    if num_classes * images_per_class * size * size > MAX_PIXELS:
+        raise SmokeDataError(f"{num_classes} classes x {images_per_class} images of {size} x "
+                             f"{size} pixels exceed the {MAX_PIXELS} pixels a generated set "
+                             f"may hold; generate fewer or smaller images")
     if num_classes < MIN_CLASSES:
-        raise ValueError(f"--classes must be at least {MIN_CLASSES} (two train and two test "
-                         f"classes), got {num_classes}")
+        raise SmokeDataError(f"--classes must be at least {MIN_CLASSES} (two train and two test "
+                             f"classes), got {num_classes}")
     if images_per_class < 2:
-        raise ValueError(f"--images_per_class must be at least 2, got {images_per_class}")
+        raise SmokeDataError(f"--images_per_class must be at least 2, got {images_per_class}")
 
 
 def make_smoke_datasets(out: str, names: Sequence[str] = DATASETS,
@@ -283,11 +359,16 @@ def make_smoke_datasets(out: str, names: Sequence[str] = DATASETS,
     """
     unknown = [name for name in names if name not in MAKERS]
     if unknown:
-        raise ValueError(f"unknown smoke dataset(s) {', '.join(unknown)}; choose from "
-                         f"{', '.join(DATASETS)}")
-    _check_counts(num_classes, images_per_class)
-    rng = np.random.default_rng(seed)
-    return {name: MAKERS[name](out, num_classes, images_per_class, size, rng) for name in names}
+        raise SmokeDataError(f"unknown smoke dataset(s) {', '.join(unknown)}; choose from "
+                             f"{', '.join(DATASETS)}")
+    _check_counts(num_classes, images_per_class, size)
+
+    def write() -> Dict[str, str]:
+        rng = np.random.default_rng(seed)
+        return {name: MAKERS[name](out, num_classes, images_per_class, size, rng)
+                for name in names}
+
+    return no_overwrite(write)
 
 
 def make_folder_dataset(out: str, pattern: str, num_classes: Optional[int] = None,
@@ -296,16 +377,17 @@ def make_folder_dataset(out: str, pattern: str, num_classes: Optional[int] = Non
     """``write_class_folder`` with the command's checks; returns (folder, classes, images per
     class, size) as written."""
     if pattern not in PATTERNS:
-        raise ValueError(f"unknown --pattern {pattern!r}; choose from {', '.join(PATTERNS)}")
+        raise SmokeDataError(f"unknown --pattern {pattern!r}; choose from {', '.join(PATTERNS)}")
     spec = PATTERNS[pattern]
     num_classes = spec.classes if num_classes is None else num_classes
     images_per_class = spec.images_per_class if images_per_class is None else images_per_class
     size = spec.size if size is None else size
-    _check_counts(num_classes, images_per_class)
+    _check_counts(num_classes, images_per_class, size)
     if size < spec.min_size:
-        raise ValueError(f"--size must be at least {spec.min_size} for --pattern {pattern}, "
-                         f"got {size}")
-    write_class_folder(out, pattern, num_classes, images_per_class, size, seed)
+        raise SmokeDataError(f"--size must be at least {spec.min_size} for --pattern {pattern}, "
+                             f"got {size}")
+    no_overwrite(lambda: write_class_folder(out, pattern, num_classes, images_per_class, size,
+                                            seed))
     return out, num_classes, images_per_class, size
 
 
@@ -338,11 +420,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                              f"pattern's with --layout folder ({_pattern_defaults('size')}).")
     parser.add_argument("--seed", type=int, default=0, help="Default 0.")
     args = parser.parse_args(argv)
-    try:
+
+    def command() -> int:
         if args.layout == "folder":
             if args.datasets is not None:
-                raise ValueError("--datasets applies to --layout published; --layout folder "
-                                 "writes one class tree (choose its images with --pattern)")
+                raise SmokeDataError("--datasets applies to --layout published; --layout folder "
+                                     "writes one class tree (choose its images with --pattern)")
             folder, classes, per_class, size = make_folder_dataset(
                 args.out, args.pattern or "glyph", args.classes, args.images_per_class,
                 args.size, args.seed)
@@ -350,19 +433,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"pixels; train with --dataset folder --source {folder})")
             return 0
         if args.pattern is not None:
-            raise ValueError("--pattern applies to --layout folder; the published layouts are "
-                             "always drawn with colour stripes")
+            raise SmokeDataError("--pattern applies to --layout folder; the published layouts "
+                                 "are always drawn with colour stripes")
         folders = make_smoke_datasets(
             args.out, args.datasets or list(DATASETS),
             DEFAULT_CLASSES if args.classes is None else args.classes,
             DEFAULT_IMAGES_PER_CLASS if args.images_per_class is None else args.images_per_class,
             DEFAULT_IMAGE_SIZE if args.size is None else args.size, args.seed)
-    except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    for name, folder in folders.items():
-        print(f"{name}: {folder}")
-    return 0
+        for name, folder in folders.items():
+            print(f"{name}: {folder}")
+        return 0
+
+    return run_command(command)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ or its best epoch by the rule main.py uses for checkpoint_best.pth) is averaged 
 ``mean +- std (n)``, std being the sample standard deviation (n - 1 in the denominator), the
 convention of Revisiting-DML's result tables. Figures in [0, 1] are shown in percent; the
 distance ratios and spectral divergences (``dists@*``, ``rho_spectrum@*``) as they are.
-Each group is labelled by the options whose values differ between groups.
+Each group is labelled by the options whose values differ between groups. A run that stopped
+before its ``--n_epochs`` is never averaged with finished ones: such runs form their own row,
+labelled ``stopped early`` with each seed's last epoch.
 """
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
+from tools._common import atomic_output, check_output
 from utilities import run_folder as rf
-from utilities.errors import UserError
+from utilities.errors import UserError, run_command
 from utilities.run_folder import RunRecord as Run
 from utilities.seed_groups import NOT_SETTINGS, group_by_settings, mean_std, settings_of  # noqa: F401
 
@@ -43,6 +46,7 @@ class Group:
 
     settings: Dict
     runs: List[Run] = field(default_factory=list)
+    stopped_early: bool = False  # runs whose last epoch is before their --n_epochs
 
     @property
     def seeds(self) -> List:
@@ -60,16 +64,36 @@ def read_runs(root: str) -> List[Run]:
 
 
 def group_runs(runs: Sequence[Run]) -> List[Group]:
-    return [Group({k: v for k, v in members[0].config.items() if k not in NOT_SETTINGS},
-                  list(members)) for members in group_by_settings(runs).values()]
+    """Runs equal but for the seed; in each, the runs that stopped before their --n_epochs are
+    split off into a group of their own (``stopped_early``), never averaged with finished ones."""
+    groups = []
+    for members in group_by_settings(runs).values():
+        settings = {k: v for k, v in members[0].config.items() if k not in NOT_SETTINGS}
+        early = [run.n_epochs is not None and not run.finished for run in members]
+        finished = [run for run, stop in zip(members, early) if not stop]
+        stopped = [run for run, stop in zip(members, early) if stop]
+        if finished:
+            groups.append(Group(settings, finished))
+        if stopped:
+            groups.append(Group(settings, stopped, stopped_early=True))
+    return groups
 
 
 def labels(groups: Sequence[Group]) -> List[str]:
-    """Each group's options that differ between groups (``k=v`` joined by spaces)."""
+    """Each group's options that differ between groups (``k=v`` joined by spaces), and for runs
+    stopped early ``stopped early: seed S at epoch E of N``."""
     keys = sorted({k for g in groups for k in g.settings})
     varying = [k for k in keys if len({json.dumps(g.settings.get(k), sort_keys=True)
                                        for g in groups}) > 1]
-    return [" ".join(f"{k}={g.settings.get(k)}" for k in varying) or "all runs" for g in groups]
+    result = []
+    for group in groups:
+        label = " ".join(f"{k}={group.settings.get(k)}" for k in varying) or "all runs"
+        if group.stopped_early:
+            stops = ", ".join(f"seed {run.config.get('seed')} at epoch {run.epochs_done} of "
+                              f"{run.n_epochs}" for run in group.runs)
+            label = f"{label} (stopped early: {stops})"
+        result.append(label)
+    return result
 
 
 def metric_columns(runs: Sequence[Run]) -> List[str]:
@@ -117,7 +141,7 @@ def markdown(table: Sequence[Dict[str, object]], columns: Sequence[str]) -> str:
 
 
 def write_csv(path: str, table: Sequence[Dict[str, object]], columns: Sequence[str]) -> None:
-    with open(path, "w", newline="") as handle:
+    with atomic_output(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["group", "seeds"] + [f"{c} {part}" for c in columns
                                               for part in ("mean", "std", "n")])
@@ -140,10 +164,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="metric columns (default: every test/, val/, train/ column)")
     parser.add_argument("--csv", default=None, help="also write the table as CSV to this file")
     args = parser.parse_args(argv)
-    try:
+
+    def command() -> int:
         if not os.path.isdir(args.runs):
             raise SummarizeError(f"RUNS_DIR '{args.runs}' is not a folder; expected a folder of "
                                  f"run folders (e.g. Training_Results)")
+        if args.csv:
+            check_output(args.csv, "--csv", (".csv",))
         runs = read_runs(args.runs)
         if not runs:
             raise SummarizeError(f"no run folder (config.json and metrics.csv) under "
@@ -154,14 +181,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         if unknown:
             raise SummarizeError(f"--metrics {' '.join(unknown)}: no such column in the runs' "
                                  f"metrics.csv; available: {', '.join(available)}")
-        table = summarize(group_runs(runs), columns, args.mode)
-    except SummarizeError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(markdown(table, columns))
-    if args.csv:
-        write_csv(args.csv, table, columns)
-    return 0
+        groups = group_runs(runs)
+        table = summarize(groups, columns, args.mode)
+        print(markdown(table, columns))
+        if any(group.stopped_early for group in groups):
+            print("Runs that stopped before their --n_epochs are in rows of their own (stopped "
+                  "early), not averaged with finished runs; resume them with main.py --resume.")
+        if args.csv:
+            write_csv(args.csv, table, columns)
+        return 0
+
+    return run_command(command)
 
 
 if __name__ == "__main__":

@@ -95,7 +95,11 @@ def read_rows(lines: Sequence[str]) -> List[Row]:
     for number, line in enumerate(lines, start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        words = shlex.split(line)
+        try:
+            words = shlex.split(line)
+        except ValueError as error:  # an unterminated quote or a trailing backslash
+            raise SweepError(f"row line {number} cannot be split into words ({error}): "
+                             f"{line.strip()}") from None
         if "--" not in words or words.index("--") != 3:
             raise SweepError(f"row line {number} must be '<dataset> <key> <variant> -- <options>', "
                              f"got: {line.strip()}")
