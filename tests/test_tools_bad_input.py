@@ -192,6 +192,7 @@ def test_evaluate_and_figures_rebuild_an_oodml_run_as_it_trained(generated_folde
                    if "=" in line)
     with open(folder / rf.METRICS_FILE, newline="") as handle:
         row = next(r for r in csv.DictReader(handle) if r["epoch"] == "1")
+    # exact equality: training and tools.evaluate ran in this process, with the same kernels
     assert printed == {k: v for k, v in row.items() if k.startswith("test/")}
     run = figures.load_run(str(folder))
     assert run.queries.class_names == [f"class_0{i}" for i in range(4)]
@@ -422,7 +423,7 @@ def test_ctrl_c_exits_130_and_removes_temporary_files(run, generated_folder, tmp
 
 
 @pytest.mark.parametrize("case", ["export_dir", "export_suffix", "figures_txt", "summarize_missing",
-                                  "evaluate_txt", "embed_txt", "search_out_dir"])
+                                  "evaluate_txt", "embed_txt", "embed_dir", "search_out_dir"])
 def test_output_paths_that_are_folders_or_of_the_wrong_kind(run, gallery, tmp_path, capsys,
                                                             case):
     calls = {
@@ -438,6 +439,8 @@ def test_output_paths_that_are_folders_or_of_the_wrong_kind(run, gallery, tmp_pa
                          "must end in .json"),
         "embed_txt": (embed_tool.main, [str(run), "--images", str(tmp_path), "--out",
                                         str(tmp_path / "e.txt")], "must end in .npz"),
+        "embed_dir": (embed_tool.main, [str(run), "--images", str(tmp_path), "--out",
+                                        str(tmp_path)], "is a folder"),
         "search_out_dir": (search_tool.main, ["--gallery", str(gallery), "--query", str(gallery),
                                               "--out", str(tmp_path)], "is a folder"),
     }
@@ -458,6 +461,7 @@ def test_sizes_that_cannot_fit_are_refused_before_any_work(run, gallery, tmp_pat
     one_line(capsys, smoke_data.main([str(tmp_path / "s"), "--images_per_class", "100000"]),
              "--images_per_class")
     one_line(capsys, figures.main(["retrieval", str(run), "--thumb", "100000"]), "--thumb")
+    one_line(capsys, figures.main(["retrieval", str(run), "--batch_size", "0"]), "--batch_size")
     assert os.listdir(tmp_path) == []
 
 

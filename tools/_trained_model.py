@@ -144,9 +144,8 @@ def load_trained_model(path: str, checkpoint: str = "last") -> TrainedModel:
     folder, checkpoint_path = resolve_checkpoint(path, checkpoint)
     try:
         config = read_config(folder)
-    except ValueError as error:
-        raise CheckpointError(f"'{os.path.join(folder, CONFIG_FILE)}' is not valid JSON: "
-                              f"{error}") from None
+    except ValueError as error:  # its message names the file and what is wrong
+        raise CheckpointError(str(error)) from None
     lacking = [key for key in ("dataset", "arch", "embed_dim", "crop_size")
                if not isinstance(config, dict) or key not in config]
     if lacking:
@@ -154,7 +153,7 @@ def load_trained_model(path: str, checkpoint: str = "last") -> TrainedModel:
                               f"expected the config.json main.py writes")
     state = load_checkpoint(checkpoint_path)
     network = state.get("network") if isinstance(state, dict) else None
-    if not isinstance(network, dict) or "state_dict" not in network:
+    if not isinstance(network, dict) or not isinstance(network.get("state_dict"), dict):
         raise CheckpointError(f"'{checkpoint_path}' holds no network state; expected a checkpoint "
                               f"written by main.py")
     check_against_config(network, config, checkpoint_path)

@@ -71,7 +71,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         if args.num_workers < 0:
             raise ToolError(f"--num_workers must be >= 0, got {args.num_workers}")
-        out = args.out if os.path.splitext(args.out)[1] else args.out + ".npz"
+        out = args.out
+        if not os.path.splitext(out)[1] and not os.path.isdir(out) and not out.endswith(os.sep):
+            out += ".npz"  # as np.savez names it
         check_output(out, "--out", (".npz",))
         device = choose_device(args.device)
         images = list_images(args.images)

@@ -538,6 +538,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         for folder in args.runs:
             if not os.path.isdir(folder):
                 raise FigureError(f"run folder '{folder}' does not exist")
+        if getattr(args, "batch_size", 1) < 1 or getattr(args, "num_workers", 0) < 0:
+            raise FigureError(f"--batch_size must be >= 1 and --num_workers >= 0 (got "
+                              f"{args.batch_size}, {args.num_workers})")
         out = check_output(args.out or _default_out(args.runs, stem), "--out", (".png",))
         try:
             with atomic_output(out) as temporary:
