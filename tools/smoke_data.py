@@ -16,6 +16,9 @@ Every class there is a colour and a stripe direction plus noise (``stripes``), s
 epoch learns something. The second writes ``OUT/<class>/<i>.png`` for ``--dataset folder --source
 OUT``; with its defaults, ``glyph`` and ``patch`` write the tests' ``generated_folder`` and
 ``tiny_folder`` byte for byte. Nothing is downloaded; a few hundred kilobytes are written.
+Nothing is overwritten: every file is first compared with what OUT holds, and a file of another
+content (a user's image, or one of another --seed) stops the command before it writes anything.
+Sizes are bounded (``MAX_SIZE``, ``MAX_CLASSES``, ``MAX_IMAGES_PER_CLASS``, ``MAX_PIXELS``).
 
 One routine, ``write_classes``, writes every layout: per class, in class order, a pattern draws
 the class's constants from the generator, then its images, so one seed fixes every file.
