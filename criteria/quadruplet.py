@@ -23,7 +23,8 @@ SECOND_TERMS = ("all_pairs", "own_fourth")
 class QuadrupletCriterion(BaseCriterion):
     """mean relu(d(a,p) - d(a,n) + alpha_1) over the mined triplets (a, p, n), plus a second
     term on the pairs (n, m) of negatives and fourth rows m (one m drawn per triplet; the rows
-    without a candidate drop out of it). Distances are Euclidean, from row differences.
+    without a candidate drop out of it). Distances are Euclidean: from row differences, and for
+    the T x T term from :func:`~criteria._functional.accurate_pairwise_distances`.
 
     Second term, ``second_term='all_pairs'`` (default, the published loss): the published code
     indexes the batch with (T, 1) index arrays, so its negatives are a (T, 1, D) tensor and its
