@@ -462,6 +462,16 @@ def test_sizes_that_cannot_fit_are_refused_before_any_work(run, gallery, tmp_pat
              "--images_per_class")
     one_line(capsys, figures.main(["retrieval", str(run), "--thumb", "100000"]), "--thumb")
     one_line(capsys, figures.main(["retrieval", str(run), "--batch_size", "0"]), "--batch_size")
+    # 0 is not "the run's --eval_bs": out-of-range numbers are refused, never replaced
+    one_line(capsys, evaluate_tool.main([str(run), "--batch_size", "0"]), "--batch_size")
+    one_line(capsys, search_tool.main(["--gallery", str(gallery), "--query", str(gallery),
+                                       "--num_workers", "-1"]), "--num_workers")
+    for command, argv in ((export_tool.main, [str(run), "--format", "torchscript", "--out",
+                                              str(tmp_path / "m.pt")]),
+                          (figures.main, ["retrieval", str(run)]),
+                          (smoke_data.main, [str(tmp_path / "s")])):
+        for seed in ("-1", str(2 ** 64)):
+            one_line(capsys, command(argv + ["--seed", seed]), "--seed")
     assert os.listdir(tmp_path) == []
 
 

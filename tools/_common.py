@@ -201,6 +201,29 @@ def mark_png(path: str, command: str) -> None:
         handle.write(data[:-12] + chunk + data[-12:])
 
 
+MAX_SEED = 2 ** 32 - 1  # as main.py's --seed
+
+
+def check_seed(seed: int, flag: str = "--seed") -> int:
+    """``seed`` when numpy and torch both accept it (0..2**32-1, main.py's range)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ToolError(f"{flag} must be in 0..{MAX_SEED}, got {seed}")
+    return seed
+
+
+MAX_BATCH = 65536
+MAX_WORKERS = max(16, 4 * (os.cpu_count() or 1))  # loader worker processes this machine can run
+
+
+def check_loader(batch_size: Optional[int], num_workers: int) -> None:
+    """Refuse --batch_size (None: the run's --eval_bs) and --num_workers out of range."""
+    if batch_size is not None and not 1 <= batch_size <= MAX_BATCH:
+        raise ToolError(f"--batch_size must be in 1..{MAX_BATCH}, got {batch_size}")
+    if not 0 <= num_workers <= MAX_WORKERS:
+        raise ToolError(f"--num_workers must be in 0..{MAX_WORKERS} on this machine, got "
+                        f"{num_workers}")
+
+
 def choose_device(name: Optional[str]) -> torch.device:
     """``name`` (cpu, cuda, cuda:1), or CUDA when present."""
     if not name:

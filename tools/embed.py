@@ -18,8 +18,8 @@ from typing import List, Optional
 
 import numpy as np
 
-from tools._common import (EmbeddingFile, ImageList, ToolError, check_output, choose_device,
-                           default_workers, embed_images, list_images)
+from tools._common import (EmbeddingFile, ImageList, ToolError, check_loader, check_output,
+                           choose_device, default_workers, embed_images, list_images)
 from tools._trained_model import load_trained_model
 from utilities.errors import run_command
 
@@ -69,8 +69,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def command() -> int:
 
-        if args.num_workers < 0:
-            raise ToolError(f"--num_workers must be >= 0, got {args.num_workers}")
+        check_loader(args.batch_size, args.num_workers)
         out = args.out
         if not os.path.splitext(out)[1] and not os.path.isdir(out) and not out.endswith(os.sep):
             out += ".npz"  # as np.savez names it

@@ -22,7 +22,8 @@ import datasets
 import metrics
 from datasets import ImageDataset, QueryGallery
 from main import evaluate_all
-from tools._common import WRITTEN_BY, ToolError, check_output, choose_device, write_text
+from tools._common import (WRITTEN_BY, ToolError, check_loader, check_output, choose_device,
+                           write_text)
 from tools._trained_model import load_trained_model
 from utilities.errors import run_command
 from utilities.run_folder import _fmt
@@ -68,6 +69,7 @@ def evaluate_checkpoint(path: str, checkpoint: str = "last", dataset: Optional[s
 
     if split not in SPLITS:
         raise ToolError(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
+    check_loader(batch_size, num_workers)
     trained = load_trained_model(path, checkpoint)
     if out is not None or out_for is not None:  # refused before the evaluation runs
         check_output(out if out is not None else out_for(trained, dataset, split), "--out",

@@ -27,7 +27,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from tools._common import WRITTEN_BY, ToolError, atomic_output, check_output, write_text
+from tools._common import (WRITTEN_BY, ToolError, atomic_output, check_output, check_seed,
+                           write_text)
 from tools._trained_model import load_trained_model
 from utilities.errors import run_command
 
@@ -168,6 +169,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def command() -> int:
 
+        check_seed(args.seed)
         check_outputs(args.format, args.out)  # before loading anything
         if args.format == "onnx":
             require_onnx()

@@ -43,7 +43,7 @@ from das import figure as das_figure
 from datasets import DataError, ImageDataset, QueryGallery
 from datasets._base import load_image
 from evaluation import compute_embeddings
-from tools._common import atomic_output, check_output, mark_png
+from tools._common import atomic_output, check_loader, check_output, check_seed, mark_png
 from tools._trained_model import load_trained_model
 from utilities import run_folder as rf
 from utilities.errors import run_command
@@ -538,9 +538,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         for folder in args.runs:
             if not os.path.isdir(folder):
                 raise FigureError(f"run folder '{folder}' does not exist")
-        if getattr(args, "batch_size", 1) < 1 or getattr(args, "num_workers", 0) < 0:
-            raise FigureError(f"--batch_size must be >= 1 and --num_workers >= 0 (got "
-                              f"{args.batch_size}, {args.num_workers})")
+        check_seed(getattr(args, "seed", 0))
+        check_loader(getattr(args, "batch_size", None), getattr(args, "num_workers", 0))
         out = check_output(args.out or _default_out(args.runs, stem), "--out", (".png",))
         try:
             with atomic_output(out) as temporary:

@@ -21,8 +21,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from tools._common import (EmbeddingFile, ToolError, atomic_output, check_output, choose_device,
-                           default_workers, list_images, mark_png)
+from tools._common import (EmbeddingFile, ToolError, atomic_output, check_loader, check_output,
+                           choose_device, default_workers, list_images, mark_png)
 from tools._trained_model import load_trained_model
 from tools.embed import embed_to_file
 from tools.figures import MAX_QUERIES, MAX_THUMB, compose_grid, draw_grid
@@ -210,6 +210,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not (16 <= args.thumb <= MAX_THUMB and 1 <= args.figure_queries <= MAX_QUERIES):
             raise ToolError(f"--thumb must be in 16..{MAX_THUMB} and --figure_queries in "
                             f"1..{MAX_QUERIES} (got {args.thumb}, {args.figure_queries})")
+        check_loader(args.batch_size, args.num_workers)
         if args.out:
             check_output(args.out, "--out", (".csv",))
         if args.figure:

@@ -425,6 +425,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     def command() -> int:
+        if not 0 <= args.seed <= 2 ** 32 - 1:
+            raise SmokeDataError(f"--seed must be in 0..{2 ** 32 - 1}, got {args.seed}")
         if args.layout == "folder":
             if args.datasets is not None:
                 raise SmokeDataError("--datasets applies to --layout published; --layout folder "
