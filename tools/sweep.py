@@ -24,20 +24,19 @@ import contextlib
 import io
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 import architectures
-import main as training
 from parameters import parse_options
-from utilities import run_folder as rf
+from tools import _launch as launch
+from tools._launch import VOLATILE_OPTIONS, last_epoch, row_status  # noqa: F401 (used by tests)
+from utilities.options import at_least
 from utilities.errors import UserError
 from utilities.registry import UnknownNameError
 
@@ -60,13 +59,6 @@ VARIANT_ALIASES = {"base": "baseline"}
 SMOKE_OPTIONS = ["--n_epochs", "1", "--not_pretrained", "--kernels", "0", "--crop_size", "32",
                  "--bs", "16", "--eval_bs", "64", "--device", "cpu"]
 SMOKE_BACKBONE = "tinycnn"
-
-# Options that may differ between a run folder and its row without making it another experiment.
-VOLATILE_OPTIONS = {"n_epochs", "kernels", "gpu", "device", "log_every", "save_path", "savename",
-                    "resume", "source", "evaluate_on_gpu", "no_train_metrics", "eval_bs",
-                    "world_size", "train_classes", "train_images", "compile", "no_amp",
-                    "train_metrics"}  # train-split metrics change time only (docs/PARITY.md)
-
 
 class SweepError(UserError, ValueError):
     """Bad sweep input; the message says what to fix. Nothing has run when it is raised."""
@@ -209,49 +201,12 @@ def check_data_roots(rows: Sequence[Row], script: str) -> None:
                          f"the selected rows: " + "; ".join(problems.values()) + hint)
 
 
-# ----------------------------------------------------------------------------- run folders
-def last_epoch(folder: str) -> int:
-    """The highest epoch in the folder's metrics.csv (0 when none)."""
-    if not os.path.isfile(os.path.join(folder, rf.METRICS_FILE)):
-        return 0
-    return rf.RunRecord(folder, {}, rf.read_metrics_lenient(folder)).epochs_done
-
-
-def config_conflicts(folder: str, options: argparse.Namespace) -> List[str]:
-    """Options that differ between the folder's config.json and the row (volatile ones aside)."""
-    if not os.path.isfile(os.path.join(folder, rf.CONFIG_FILE)):
-        return []
-    saved = rf.read_config(folder)
-    differences = []
-    for key, value in sorted(vars(options).items()):
-        if key in VOLATILE_OPTIONS or key not in saved:
-            continue
-        if saved[key] != value and not (isinstance(value, tuple) and list(value) == saved[key]):
-            differences.append(f"--{key} {saved[key]!r} there, {value!r} here")
-    return differences
-
-
-def row_status(folder: str, options: argparse.Namespace) -> Tuple[str, str]:
-    """``(status, detail)``: new, finished, resume, restart or conflict."""
-    if not os.path.exists(folder):
-        return "new", ""
-    conflicts = config_conflicts(folder, options)
-    if conflicts:
-        more = f"; and {len(conflicts) - 4} more" if len(conflicts) > 4 else ""
-        return "conflict", "; ".join(conflicts[:4]) + more
-    done = last_epoch(folder)
-    if done >= options.n_epochs:
-        return "finished", f"epoch {done} of {options.n_epochs}"
-    if os.path.isfile(os.path.join(folder, rf.LAST_CHECKPOINT)):
-        return "resume", f"from epoch {done} of {options.n_epochs}"
-    return "restart", "no checkpoint to continue from"
+def row_spec(row: Row, save_path: str) -> launch.RowSpec:
+    return launch.RowSpec(row.name, row.args + row.extra, row.options, save_path)
 
 
 def main_argv(row: Row, save_path: str) -> List[str]:
-    folder = os.path.join(save_path, row.name)
-    if row.status == "resume":
-        return row.args + row.extra + ["--resume", folder]
-    return row.args + row.extra + ["--save_path", save_path, "--savename", row.name]
+    return launch.main_argv(row_spec(row, save_path), row.status)
 
 
 # ----------------------------------------------------------------------------- running
@@ -259,21 +214,7 @@ def run_subprocess(argv: List[str]) -> int:
     return subprocess.call([sys.executable, MAIN_SCRIPT] + argv)
 
 
-def run_in_process(argv: List[str]) -> int:
-    """``main.run(argv)`` in this process: no interpreter start and torch import per row."""
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return training.run(argv)
-    except SystemExit as stop:
-        return stop.code if isinstance(stop.code, int) else 1
-    except KeyboardInterrupt:
-        return 130
-    except Exception:  # one broken row must not hide the others' results
-        traceback.print_exc()
-        return 1
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+run_in_process = launch.run_in_process
 
 
 def prepare(rows: Sequence[Row], save_path: str, script: str) -> None:
@@ -287,57 +228,184 @@ def prepare(rows: Sequence[Row], save_path: str, script: str) -> None:
         row.status, row.outcome = row_status(os.path.join(save_path, row.name), row.options)
 
 
-def sweep(rows: Sequence[Row], save_path: str, dry_run: bool, in_process: bool) -> int:
-    """Run the prepared rows; returns the exit status (0: every row finished)."""
-    verbs = {"new": "train", "finished": "skip (finished)", "resume": "continue",
-             "restart": "train afresh (stale folder moved aside)", "conflict": "refuse"}
-    if dry_run:
-        for row in rows:
-            detail = f": {row.outcome}" if row.outcome else ""
-            print(f"# {row.name}: {verbs[row.status]}{detail}")
-            if row.status not in ("finished", "conflict"):
-                print(shlex.join(["python", "main.py"] + main_argv(row, save_path)))
-        return 0
-    runner = run_in_process if in_process else run_subprocess
+# ----------------------------------------------------------------------------- estimates
+def epoch_size(options: argparse.Namespace, cache: Dict) -> str:
+    """``52 steps x 112 = 5824 of 5864 training images per epoch`` for --dry-run, from the
+    dataset's file lists and the row's sampler (no image is opened)."""
+    import datasampler
+    import datasets
+
+    key = (options.dataset, options.source, options.use_tv_split, options.tv_split_perc,
+           options.data_split, options.data_split_id, options.folder_name)
+    try:
+        if key not in cache:
+            cache[key] = datasets.load(
+                options.dataset, options.source, use_tv_split=options.use_tv_split,
+                tv_split_perc=options.tv_split_perc,
+                tv_split_by_samples=options.tv_split_by_samples, seed=options.seed,
+                folder_name=options.folder_name, data_split=options.data_split,
+                data_split_path=options.data_split_path, data_split_id=options.data_split_id)
+        train = cache[key].train
+        sampler = datasampler.from_options(options.data_sampler, options, train.labels,
+                                           class_names=train.class_names,
+                                           super_labels=train.super_labels)
+        steps = len(sampler)
+    except Exception as error:  # an estimate only: the row itself reports bad data when it runs
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return f"steps per epoch unknown ({reason[:160]})"
+    return (f"{steps} steps x {options.bs} = {steps * options.bs} of {len(train)} training "
+            f"images per epoch; {options.n_epochs} epochs = {steps * options.n_epochs} steps")
+
+
+# ----------------------------------------------------------------------------- running
+VERBS = {"new": "train", "finished": "skip (finished)", "resume": "continue",
+         "restart": "train afresh (stale folder moved aside)", "conflict": "refuse"}
+
+
+def dry_run(rows: Sequence[Row], save_path: str) -> int:
+    cache: Dict = {}
+    for row in rows:
+        detail = f": {row.outcome}" if row.outcome else ""
+        print(f"# {row.name}: {VERBS[row.status]}{detail}")
+        if row.status not in ("finished", "conflict"):
+            print(f"#   {epoch_size(row.options, cache)}")
+            print(shlex.join(["python", "main.py"] + main_argv(row, save_path)))
+    return 0
+
+
+def summary(results: Sequence[Tuple[str, str]], selected: int, save_path: str,
+            seconds: float) -> int:
+    """Print the final table; exit status 0 only when every selected row has finished."""
+    width = max((len(name) for name, _ in results), default=0)
+    print(f"\nsweep summary ({seconds:.0f} s), run folders under {save_path}:")
+    for name, outcome in results:
+        print(f"  {name:<{width}}  {outcome}")
+    not_finished = [name for name, outcome in results if not outcome.startswith("finished")]
+    missing = selected - len(results)
+    ok = missing == 0 and not not_finished
+    print("all selected rows finished" if ok else
+          f"{len(not_finished) + missing} row(s) not finished"
+          f"{': ' + ', '.join(not_finished) if not_finished else ''}")
+    return 0 if ok else 1
+
+
+def sweep(rows: Sequence[Row], save_path: str, in_process: bool) -> int:
+    """Run the prepared rows one after the other, output on the terminal; returns the exit
+    status (0: every row finished)."""
     results = []
     started = time.time()
     for index, row in enumerate(rows, start=1):
-        folder = os.path.join(save_path, row.name)
         prefix = f"==> [{index}/{len(rows)}] {row.name}"
-        if row.status in ("finished", "conflict"):
-            print(f"{prefix}: {verbs[row.status]}: {row.outcome}", flush=True)
-            results.append((row.name, "finished (skipped)" if row.status == "finished" else
-                            f"REFUSED: {folder} was made with other settings: {row.outcome}; "
-                            f"move it away to rerun this row"))
-            continue
-        if row.status == "restart":
-            aside = f"{folder}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}"
-            os.replace(folder, aside)
-            print(f"{prefix}: {folder} never finished an epoch; moved to {aside}", flush=True)
-        argv = main_argv(row, save_path)
-        print(f"{prefix}: python main.py {shlex.join(argv)}", flush=True)
-        row_started = time.time()
-        code = runner(argv)
-        done = last_epoch(folder)
-        seconds = time.time() - row_started
-        if code == 0 and done >= row.options.n_epochs:
-            how = "continued" if row.status == "resume" else "trained"
-            results.append((row.name, f"finished ({how}, {seconds:.0f} s)"))
-        else:
-            results.append((row.name, f"FAILED (exit {code}, epoch {done} of "
-                                      f"{row.options.n_epochs})"))
-        if code == 130:  # Ctrl-C: main.py saved a checkpoint; stop the sweep too
+
+        def announce(argv: List[str], status: str, moved: str) -> None:
+            if moved:
+                print(f"{prefix}: {moved}", flush=True)
+            print(f"{prefix}: python main.py {shlex.join(argv)}", flush=True)
+
+        def runner(argv: List[str], log, tick) -> int:
+            return run_in_process(argv) if in_process else run_subprocess(argv)
+
+        outcome = launch.execute_row(row_spec(row, save_path), runner, announce=announce,
+                                     log=False)
+        if outcome.state in ("skipped", "refused", "elsewhere"):
+            print(f"{prefix}: {outcome.text}", flush=True)
+        results.append((row.name, outcome.text))
+        if outcome.code == 130:  # Ctrl-C: main.py saved a checkpoint; stop the sweep too
             print("stopped; rerun the same command to continue", flush=True)
             break
-    width = max((len(name) for name, _ in results), default=0)
-    print(f"\nsweep summary ({time.time() - started:.0f} s), run folders under {save_path}:")
-    for name, outcome in results:
-        print(f"  {name:<{width}}  {outcome}")
-    missing = len(rows) - len(results)
-    ok = missing == 0 and all(outcome.startswith("finished") for _, outcome in results)
-    print("all selected rows finished" if ok else
-          f"{sum(not o.startswith('finished') for _, o in results) + missing} row(s) not finished")
-    return 0 if ok else 1
+    return summary(results, len(rows), save_path, time.time() - started)
+
+
+def run_parallel(rows: Sequence[Row], save_path: str, args: argparse.Namespace) -> int:
+    """--jobs N / --gpus: rows at once, one status table; see tools/_launch.py."""
+    cpu_rows = all(str(row.options.device) == "cpu" for row in rows)
+    gpu_ids = launch.visible_gpus(args.gpus, cpu_rows)
+    slots = launch.plan_slots(args.jobs, gpu_ids, args.per_gpu, args.gpus_per_row,
+                              args.threads_per_row, sorted(os.sched_getaffinity(0)))
+    specs = [row_spec(row, save_path) for row in rows]
+    print(f"{len(specs)} rows, {len(slots)} at once: " +
+          "; ".join(slot.describe() for slot in slots) + f"; logs: <run folder>/{launch.LOG_FILE}",
+          flush=True)
+    started = time.time()
+    outcomes = launch.run_local(specs, slots, args.gpus_per_row)
+    return summary([(spec.name, outcome.text) for spec, outcome in zip(specs, outcomes)],
+                   len(specs), save_path, time.time() - started)
+
+
+def run_slurm(rows: Sequence[Row], save_path: str, args: argparse.Namespace,
+              script: str) -> int:
+    specs = [row_spec(row, save_path) for row in rows]
+    # rows on the CPU (SMOKE, --device cpu) ask for no GPU
+    args.job_gpus = 0 if all(str(row.options.device) == "cpu" for row in rows) else \
+        args.gpus_per_row
+    results, jobs = launch.submit(specs, save_path, args, cluster=args.slurm_cluster)
+    width = max(len(name) for name, _ in results)
+    for name, text in results:
+        print(f"  {name:<{width}}  {text}")
+    print(f"{len(jobs)} row(s) submitted"
+          f"{f' (at most {args.slurm_parallel} at once)' if jobs and args.slurm_parallel else ''}"
+          f"; follow them with: bash {script} ... --status")
+    return 0
+
+
+def show_status(rows: Sequence[Row], save_path: str) -> int:
+    lines = launch.status_lines([row_spec(row, save_path) for row in rows])
+    width = max(len(name) for name, _, _ in lines)
+    print(f"rows under {save_path}:")
+    for name, text, _ in lines:
+        print(f"  {name:<{width}}  {text}")
+    done = sum(finished for _, _, finished in lines)
+    print(f"{done} of {len(lines)} rows finished")
+    return 0
+
+
+def launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("rows at once on this machine")
+    group.add_argument("--jobs", type=at_least(1), default=None,
+                       help="Rows trained at once (default 1; with GPUs: one per GPU slot).")
+    group.add_argument("--gpus", default=None,
+                       help="GPU ids to use, e.g. 0,1,2,3 (default: CUDA_VISIBLE_DEVICES, or all).")
+    group.add_argument("--per_gpu", type=at_least(1), default=1, help="Rows sharing one GPU.")
+    group.add_argument("--gpus_per_row", type=at_least(1), default=1,
+                       help="GPUs of one row, trained with torchrun (e.g. 4 for the SOP rows).")
+    group.add_argument("--threads_per_row", type=at_least(1), default=None,
+                       help="torch threads of a row on CPU (default: its share of the cores).")
+    group = parser.add_argument_group("rows as SLURM jobs (submitit)")
+    group.add_argument("--slurm", action="store_true",
+                       help="Submit the rows (not finished, queued or running) as a job array.")
+    group.add_argument("--slurm_cluster", choices=("slurm", "local"), default="slurm",
+                       help="local: submitit's LocalExecutor, each row a job on this machine.")
+    group.add_argument("--slurm_partition", default=None)
+    group.add_argument("--slurm_time", type=at_least(1), default=24 * 60,
+                       help="Time limit of a job in minutes; a row that needs longer is requeued "
+                            "and continues (default 1440).")
+    group.add_argument("--cpus_per_row", type=at_least(1), default=8,
+                       help="CPUs of a job (its torch threads and data loader workers).")
+    group.add_argument("--mem_gb", type=at_least(1), default=None, help="Memory of a job.")
+    group.add_argument("--slurm_parallel", type=at_least(1), default=None,
+                       help="At most this many rows running at once (the array's %%N).")
+    group.add_argument("--slurm_signal_delay", type=at_least(1), default=120,
+                       help="Seconds before the time limit at which a job saves and requeues.")
+    group.add_argument("--slurm_max_timeouts", type=at_least(0), default=30,
+                       help="Requeues at the time limit before a row is given up.")
+    group.add_argument("--slurm_extra", action="append", default=[], metavar="KEY=VALUE",
+                       help="One more sbatch option (repeatable), e.g. account=lab, qos=high.")
+    group.add_argument("--slurm_name", default="das_table")
+    parser.add_argument("--status", action="store_true",
+                        help="Show the rows' status from their run folders and SLURM; run nothing.")
+
+
+def check_launcher_arguments(args: argparse.Namespace) -> None:
+    if args.slurm and (args.jobs or args.gpus):
+        raise SweepError("--slurm runs each row as its own job; --jobs and --gpus are for "
+                         "running rows at once on this machine")
+    extra = {}
+    for item in args.slurm_extra:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SweepError(f"--slurm_extra expects KEY=VALUE sbatch options, got '{item}'")
+        extra[key.lstrip("-").replace("-", "_")] = value
+    args.slurm_extra = extra
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -357,8 +425,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--smoke_backbone", default=SMOKE_BACKBONE)
     parser.add_argument("--in_process", action="store_true",
                         help="Run rows inside this process (default with --smoke).")
+    launcher_arguments(parser)
     args = parser.parse_args(argv)
     try:
+        check_launcher_arguments(args)
         if args.rows == "-":
             lines = sys.stdin.read().splitlines()
         else:
@@ -372,13 +442,24 @@ def main(argv: Optional[List[str]] = None) -> int:
                 row.args = smoke_args(row.args, args.smoke_backbone)
             row.extra = list(extra)
         prepare(rows, args.save_path, args.script)
-    except (SweepError, OSError) as error:
+        if args.dry_run:
+            return dry_run(rows, args.save_path)
+        if args.status:
+            return show_status(rows, args.save_path)
+        if args.slurm:
+            return run_slurm(rows, args.save_path, args, args.script)
+        if (args.jobs or 1) > 1 or args.gpus or args.gpus_per_row > 1 or args.per_gpu > 1:
+            return run_parallel(rows, args.save_path, args)
+    except (SweepError, launch.LaunchError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if args.smoke and not args.dry_run:
+    if args.smoke:
         # Tiny tensors on a shared CPU: one thread avoids oversubscription (4x faster here).
-        torch.set_num_threads(1)
-    return sweep(rows, args.save_path, args.dry_run, args.in_process or args.smoke)
+        torch.set_num_threads(args.threads_per_row or 1)
+    elif args.threads_per_row:
+        torch.set_num_threads(args.threads_per_row)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads_per_row)
+    return sweep(rows, args.save_path, args.in_process or args.smoke)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,29 @@ usage() {
   cat <<EOF
 $TABLE_TITLE
 
-usage: bash $SCRIPT_NAME [DATA_ROOT] [ROW WORDS...] [--dry-run] [-- MAIN.PY OPTIONS...]
+usage: bash $SCRIPT_NAME [DATA_ROOT] [ROW WORDS...] [--dry-run | --status] [LAUNCHER OPTIONS]
+         [-- MAIN.PY OPTIONS...]
 
   DATA_ROOT     folder holding cub200/, cars196/, online_products/ (or set DATA_ROOT=...)
   ROW WORDS     choose rows; none = every row. $ROW_HELP
                 Words of one kind add rows, words of different kinds narrow them.
-  --dry-run     print each row's status and main.py command; run nothing
+  --dry-run     print each row's status, steps and images per epoch and main.py command
+  --status      show each row's status (run folders, locks, SLURM queue); run nothing
   MAIN.PY OPTIONS  appended to every row (everything from the first option on, or after --;
                 --dry-run is the script's own wherever it stands before a --)
+
+rows at once on this machine (docs/TABLES.md):
+  --jobs N          N rows at once; on CPU each gets 1/N of the cores (CPU affinity, threads)
+  --gpus 0,1,2,3    GPUs to use (default: CUDA_VISIBLE_DEVICES, or every GPU); one row per GPU
+  --per_gpu K       K rows share one GPU
+  --gpus_per_row G  one row over G GPUs with torchrun (e.g. the SOP rows)
+  --threads_per_row T  torch threads of a CPU row (default: its share of the cores)
+rows as SLURM jobs (submitit; requeued at the time limit or on preemption, then continued):
+  --slurm           submit every selected row that is not finished, queued or running
+  --slurm_partition P  --slurm_time MINUTES  --cpus_per_row C  --mem_gb M
+  --slurm_parallel N   at most N rows running at once (job array)
+  --slurm_extra KEY=VALUE  any other sbatch option (repeatable), e.g. account=lab
+  (--gpus_per_row G: GPUs of each job)
 
 environment:
   DATA_ROOT     as above, when not given as the first argument
@@ -60,6 +75,16 @@ run_table() {
   while (($#)); do
     case $1 in
       --dry-run | --dry_run) sweep_flags+=(--dry_run) ;;
+      --status | --slurm) sweep_flags+=("$1") ;;
+      --jobs | --gpus | --per_gpu | --gpus_per_row | --threads_per_row | --slurm_cluster | \
+        --slurm_partition | --slurm_time | --cpus_per_row | --mem_gb | --slurm_parallel | \
+        --slurm_signal_delay | --slurm_max_timeouts | --slurm_extra | --slurm_name)
+        (($# > 1)) || fail "$1 expects a value"
+        sweep_flags+=("$1" "$2")
+        shift
+        ;;
+      --jobs=* | --gpus=* | --per_gpu=* | --gpus_per_row=* | --threads_per_row=* | \
+        --slurm_*=* | --cpus_per_row=* | --mem_gb=*) sweep_flags+=("$1") ;;
       --) shift; extra+=("$@"); break ;;
       *)
         if ((in_options)); then
