@@ -22,8 +22,9 @@ def read_metrics(folder: str):
 
 
 def test_main_trains_and_leaves_a_complete_run_folder(generated_folder, tmp_path, single_thread):
-    # batches of 4 classes x 2: 14 steps in 2 epochs, enough to beat the untrained R@1 on the
-    # unseen glyphs at 1 and at 2 torch threads (16 x 4 gave 6 steps and a coin toss)
+    # What the run leaves, not what it learns: 14 steps on 56 test images cannot tell learning
+    # from float rounding (R@1 after 2 epochs moved either way across seeds and CPU kernel sets).
+    # Learning is asserted on Omniglot below, with a margin measured under each kernel set.
     folder = main.main(["--dataset", "folder", "--source", str(generated_folder), "--n_epochs", "2",
                         "--bs", "8", "--samples_per_class", "2", "--eval_initial",
                         "--save_path", str(tmp_path), "--savename", "glyphs", *FAST])
@@ -37,7 +38,9 @@ def test_main_trains_and_leaves_a_complete_run_folder(generated_folder, tmp_path
     for column in ("loss", "test/recall@1", "test/recall@8", "test/nmi", "test/f1", "test/map@r",
                    "test/r_precision", "stats/criterion/tuples", "stats/criterion/tuples_real_only"):  # noqa: E501
         assert column in rows[0], column
-    assert float(rows[-1]["test/recall@1"]) > float(rows[0]["test/recall@1"])
+    losses = [float(row["loss"]) for row in rows[1:]]
+    assert all(0 < loss < 100 for loss in losses), losses  # trained: finite multi-similarity loss
+    assert rows[0]["loss"] == "nan"  # epoch 0 is the untrained network: evaluated, not trained
     summary = open(os.path.join(folder, rf.SUMMARY_FILE)).read()
     assert "selected by test/recall@1" in summary and "last epoch (2)" in summary
     config = rf.read_config(folder)
@@ -47,16 +50,16 @@ def test_main_trains_and_leaves_a_complete_run_folder(generated_folder, tmp_path
     assert best["network"]["embed_dim"] == 128
 
 
-def test_main_on_real_omniglot_learns_unseen_characters(omniglot_root, tmp_path):
-    folder = main.main(["--dataset", "folder", "--source", str(omniglot_root),
-                        "--folder_name", "images_background_small1", "--n_epochs", "2",
-                        "--bs", "64", "--samples_per_class", "4", "--eval_initial",
-                        "--evaluation_metrics", "recall@1", "recall@2", "map@r",
-                        "--save_path", str(tmp_path), *FAST])
+@pytest.mark.training_outcome
+def test_default_pipeline_learns_unseen_omniglot_characters(omniglot_cache, tmp_path):
+    # The bundled default (tinycnn from scratch on Omniglot) for 3 of its 8 epochs lifts R@1 on
+    # the 68 unseen characters by 0.137-0.158 (seeds 0 and 1 under the default and avx2 kernel
+    # sets; docs/PERFORMANCE.md); 0.07, half the smallest gain seen, is out of rounding's reach.
+    folder = main.main(["--n_epochs", "3", "--evaluation_metrics", "recall@1",
+                        "--save_path", str(tmp_path)])
     rows = read_metrics(folder)
     before, after = float(rows[0]["test/recall@1"]), float(rows[-1]["test/recall@1"])
-    assert after > before + 0.05, (before, after)
-    assert rf.read_config(folder)["train_classes"] == 68
+    assert after > before + 0.07, (before, after)
 
 
 def test_default_run_is_bundled_omniglot_and_evaluates_the_untrained_network(omniglot_cache,
@@ -72,6 +75,8 @@ def test_default_run_is_bundled_omniglot_and_evaluates_the_untrained_network(omn
 
 
 def test_same_seed_gives_the_same_losses(generated_folder, tmp_path):
+    # Exact equality holds here because both runs share this process: the same CPU kernel set and
+    # thread count. Across machines the figures differ in the last bits (docs/PERFORMANCE.md).
     args = ["--dataset", "folder", "--source", str(generated_folder), "--n_epochs", "1",
             "--bs", "16", "--samples_per_class", "4", "--evaluation_metrics", "recall@1", *FAST]
     first = main.main(args + ["--save_path", str(tmp_path / "a")])
