@@ -308,7 +308,8 @@ def sweep(rows: Sequence[Row], save_path: str, in_process: bool) -> int:
         outcome = launch.execute_row(row_spec(row, save_path), runner, announce=announce,
                                      log=False)
         if outcome.state in ("skipped", "refused", "elsewhere"):
-            print(f"{prefix}: {outcome.text}", flush=True)
+            print(f"{prefix}: {'skip' if outcome.state == 'skipped' else outcome.text}",
+                  flush=True)
         results.append((row.name, outcome.text))
         if outcome.code == 130:  # Ctrl-C: main.py saved a checkpoint; stop the sweep too
             print("stopped; rerun the same command to continue", flush=True)
