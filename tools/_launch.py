@@ -740,6 +740,12 @@ class RowJob:
                               processes=self.gpus_per_row, on_child=self._set_child)
         outcome = execute_row(self.spec, runner, job=job)
         print(f"{self.spec.name}: {outcome.text}", flush=True)
+        if outcome.state == "stopped" and self._terminated:
+            # Preemption: main.py got SLURM's SIGTERM and saved; submitit's USR2 follows and
+            # requeues this job from its handler (which exits). A plain scancel sends none.
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                time.sleep(1)
         if not outcome.finished and outcome.state != "elsewhere":
             raise RuntimeError(f"row {self.spec.name}: {outcome.text}")
         return dataclasses.asdict(outcome)
