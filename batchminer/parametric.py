@@ -9,6 +9,8 @@ import torch
 
 from . import REGISTRY
 from ._base import TRIPLETS, BaseMiner
+from utilities.options import Option, at_least, non_negative_float
+
 from ._functional import (detached_distances, label_masks, random_choice, stack_triplets,
                           weighted_choice)
 
@@ -37,6 +39,18 @@ class ParametricMiner(BaseMiner):
     """
 
     output = TRIPLETS
+    # The published miner reads these three names from its options object, which its
+    # parameters.py never defines (docs/PARITY.md); here they are real options.
+    options = (
+        Option("--miner_parametric_mode", default="uniform", choices=sorted(TARGETS),
+               help="parametric: target density of the anchor-negative distance."),
+        Option("--miner_parametric_n_support", default=30, type=at_least(1),
+               help="parametric: number of equal bins the support is cut into."),
+        Option("--miner_parametric_support_lim", default=(0.0, 2.0), nargs=2,
+               type=non_negative_float, metavar=("LOW", "HIGH"),
+               help="parametric: the distance range negatives are drawn from (LOW < HIGH; unit "
+                    "embeddings lie at distances in [0, 2])."),
+    )
 
     def __init__(self, mode: str = "uniform", num_bins: int = 30,
                  support: Tuple[float, float] = (0.0, 2.0)) -> None:
@@ -45,7 +59,8 @@ class ParametricMiner(BaseMiner):
             raise ValueError(f"parametric miner: unknown mode '{mode}'; valid: "
                              f"{', '.join(sorted(TARGETS))}")
         if num_bins < 1 or not support[0] < support[1]:
-            raise ValueError(f"parametric miner: need num_bins >= 1 and support low < high, got "
+            raise ValueError(f"parametric miner: need num_bins (--miner_parametric_n_support) "
+                             f">= 1 and support LOW < HIGH (--miner_parametric_support_lim), got "
                              f"{num_bins} bins on {support}")
         self.mode = mode
         self.num_bins = num_bins
@@ -53,8 +68,8 @@ class ParametricMiner(BaseMiner):
 
     @classmethod
     def from_options(cls, opt: argparse.Namespace) -> "ParametricMiner":
-        # parameters.py defines no options for this miner yet: the constructor defaults apply.
-        return cls()
+        return cls(mode=opt.miner_parametric_mode, num_bins=opt.miner_parametric_n_support,
+                   support=tuple(opt.miner_parametric_support_lim))
 
     def bin_of(self, distances: torch.Tensor) -> torch.Tensor:
         low, high = self.support

@@ -43,7 +43,8 @@ class MarginCriterion(BaseCriterion):
         Option("--loss_margin_beta_lr", default=0.0005, type=non_negative_float),
         Option("--loss_margin_beta", default=1.2, type=non_negative_float),
         Option("--loss_margin_nu", default=0, type=non_negative_float),
-        Option("--loss_margin_beta_constant", action="store_true"),
+        Option("--loss_margin_beta_constant", action="store_true",
+               help="margin: keep beta fixed at --loss_margin_beta instead of learning it."),
         Option("--loss_margin_divisor", default="active_triplets",
                choices=["active_triplets", "active_terms"],
                help="margin: divide the summed terms by the number of triplets with an active "

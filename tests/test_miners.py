@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import batchminer
 from batchminer._base import TRIPLETS
+from parameters import parse_options
 from utilities.registry import UnknownNameError
 
 # The miners returning (T, 3) triplets, from their ``output`` attribute; intra_random (its
@@ -323,3 +324,10 @@ def test_gram_backward_and_pairwise_distances():
     distances = pairwise_distances(x)
     distances[~torch.eye(6, dtype=torch.bool)].sum().backward()
     assert torch.isfinite(x.grad).all()  # the clamped diagonal gives no inf/nan
+
+
+def test_parametric_miner_reads_its_published_option_names():
+    opt = parse_options(["--miner_parametric_mode", "hards", "--miner_parametric_n_support", "7",
+                         "--miner_parametric_support_lim", "0.5", "1.5"])
+    miner = batchminer.select("parametric", opt)
+    assert (miner.mode, miner.num_bins, miner.support) == ("hards", 7, (0.5, 1.5))

@@ -101,11 +101,6 @@ def between(low: float, high: float, kind: Optional[type] = None, open_low: bool
     return Range(kind or type(low), low=low, high=high, open_low=open_low, open_high=open_high)
 
 
-def any_number() -> Range:
-    """Any finite number (documents that the option has no narrower range)."""
-    return Range(float)
-
-
 positive_int = at_least(1)
 non_negative_int = at_least(0)
 positive_float = greater_than(0.0)
@@ -179,7 +174,7 @@ def option_name(action: argparse.Action) -> str:
 def given_options(parser: argparse.ArgumentParser, argv: Optional[Iterable[str]]) -> Dict[str, Any]:
     """The options typed on the command line (dest -> value), defaults left out. ``argv`` must
     already have parsed without error with ``parser``."""
-    import copy  # only a resume needs it
+    import copy  # late: only main's option parsing needs it, once per run
 
     quiet = copy.deepcopy(parser)
     for action in quiet._actions:
