@@ -42,6 +42,7 @@ from utilities import checkpoint as ckpt
 from utilities import distributed
 from utilities import run_folder as rf
 from utilities.data import SeededBatches, SeededDataset
+from utilities.errors import UserError, resume_hint
 from utilities.grad_stats import gradient_norms
 from utilities.options import ConfigError, check_saved_options, option_name
 from utilities.registry import UnknownNameError
@@ -118,6 +119,39 @@ def validate_options(opt: argparse.Namespace, given: Optional[Dict] = None) -> N
         raise ValueError(f"--storage_metric {opt.storage_metric} is an array (logged as a "
                          f"histogram), not a figure that can select checkpoint_best.pth")
     dense_anchors.check_options(opt, given)
+    late = [epoch for epoch in getattr(opt, "das_save_frequency_epochs", None) or []
+            if epoch > opt.n_epochs]
+    if late:
+        raise ValueError(f"--das_save_frequency_epochs {' '.join(map(str, late))} lies beyond "
+                         f"--n_epochs {opt.n_epochs}: that counter would never be saved; choose "
+                         f"epochs from 1 to {opt.n_epochs}")
+    check_batch_fits_in_memory(opt)
+    if not opt.resume:
+        rf.new_run_base(opt.save_path, opt.savename)  # not inside an existing run folder
+
+
+def machine_memory_bytes() -> int:
+    """Physical memory of this machine (0 when the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_batch_fits_in_memory(opt: argparse.Namespace) -> None:
+    """Refuse, before any data is read, a --bs/--eval_bs at --crop_size whose float32 input
+    batch alone takes more than a quarter of this machine's memory (the network's activations
+    need many times more): otherwise the run dies in the allocator after loading the data."""
+    memory = machine_memory_bytes()
+    if not memory:
+        return
+    for flag, batch in (("--bs", opt.bs), ("--eval_bs", opt.eval_bs)):
+        needed = batch * 3 * opt.crop_size ** 2 * 4
+        if needed > memory // 4:
+            raise ValueError(f"{flag} {batch} at --crop_size {opt.crop_size} needs "
+                             f"{needed / 2**30:.1f} GiB for one batch of input images alone, more "
+                             f"than a quarter of this machine's {memory / 2**30:.1f} GiB; lower "
+                             f"{flag} or --crop_size")
 
 
 def validate_data(opt: argparse.Namespace, splits: datasets.DatasetSplits) -> None:
@@ -549,18 +583,36 @@ def restore_run_state(training: Training, path: str,
     into ``training`` and ``epoch_stats``; returns ``(epoch, global_step, best)``."""
     state = ckpt.load_checkpoint(path, required=ckpt.RUN_STATE_KEYS)
     architectures.check_checkpoint(state, training.opt.arch, training.opt.embed_dim, path)
-    training.model.load_state_dict(state["network"]["state_dict"])
-    training.optimizer.load_state_dict(state["optimizer"])
-    training.scheduler.load_state_dict(state["scheduler"])
-    training.criterion.load_state_dict(state["criterion"])
-    if training.das is not None:
-        training.das.load_state_dict(state["das"])
-    if training.sec is not None:
-        training.sec.load_state_dict(state["sec"])
-    training.sampler.load_state_dict(state["sampler"])
-    epoch_stats.load_state_dict(state["epoch_stats"], training.device)
-    set_rng_state(state["rng"])
-    return state["epoch"], state["global_step"], state["best"]
+    # Damaged or non-finite weights are refused here, naming the file, not an epoch later.
+    where = f"checkpoint '{path}'"
+    ckpt.check_state_dict(state["network"]["state_dict"], training.model.state_dict(), where,
+                          f"--arch '{training.opt.arch}'")
+    for part in ("optimizer", "criterion", "das", "sec"):
+        ckpt.check_finite_state(state.get(part), where, part)
+    parts = [("optimizer", training.optimizer.load_state_dict),
+             ("scheduler", training.scheduler.load_state_dict),
+             ("criterion", training.criterion.load_state_dict),
+             ("das", training.das.load_state_dict if training.das is not None else None),
+             ("sec", training.sec.load_state_dict if training.sec is not None else None),
+             ("sampler", training.sampler.load_state_dict),
+             ("epoch_stats", lambda s: epoch_stats.load_state_dict(s, training.device)),
+             ("rng", set_rng_state)]
+    part = "network"
+    try:
+        training.model.load_state_dict(state["network"]["state_dict"])
+        for part, load in parts:
+            if load is not None:
+                load(state[part])
+        epoch, global_step, best = state["epoch"], state["global_step"], state["best"]
+        if not (isinstance(epoch, int) and isinstance(global_step, int)
+                and isinstance(best, dict)):
+            part = "position"
+            raise TypeError("epoch, global_step or best has the wrong type")
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ckpt.CheckpointError(f"{where} is damaged: its {part} state does not load into "
+                                   f"this run ({detail})") from None
+    return epoch, global_step, best
 
 
 def epoch_row(epoch: int, train_means: Dict[str, float], optimizer: torch.optim.Optimizer,
@@ -598,8 +650,7 @@ def worker_death_message(folder: str, kernels: int, error: BaseException) -> str
     fewer = f" --kernels {kernels // 2}" if kernels > 1 else " --kernels 0"
     detail = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(". ")
     return (f"a data loader worker died ({detail}; often the out-of-memory killer); the last "
-            f"checkpoint is kept. Continue with: python main.py --resume {folder}{fewer} (fewer "
-            f"workers use less memory)")
+            f"checkpoint is kept. {resume_hint(folder)}{fewer} (fewer workers use less memory)")
 
 
 def stop_loader_workers(loader) -> None:
@@ -725,8 +776,8 @@ def train(argv: Optional[List[str]] = None) -> str:
                     ckpt.save_checkpoint(checkpoint_state(epoch),
                                          os.path.join(folder, rf.LAST_CHECKPOINT))
                 print(f"\nstopped by {stop.signal_name} during epoch {epoch + 1}; saved "
-                      f"{os.path.join(folder, rf.LAST_CHECKPOINT)}. Continue with: "
-                      f"python main.py --resume {folder}", flush=True)
+                      f"{os.path.join(folder, rf.LAST_CHECKPOINT)}. {resume_hint(folder)}",
+                      flush=True)
             distributed.cleanup()
             sys.exit(130)
         scheduler.step()
@@ -755,8 +806,8 @@ def train(argv: Optional[List[str]] = None) -> str:
                                      os.path.join(folder, rf.LAST_CHECKPOINT))
             if stop.exit_after_save:
                 print(f"\nstopped by a second {stop.signal_name} during the save after epoch "
-                      f"{epoch + 1}; saved {os.path.join(folder, rf.LAST_CHECKPOINT)}. Continue "
-                      f"with: python main.py --resume {folder}", flush=True)
+                      f"{epoch + 1}; saved {os.path.join(folder, rf.LAST_CHECKPOINT)}. "
+                      f"{resume_hint(folder)}", flush=True)
                 distributed.cleanup()
                 sys.exit(130)
         distributed.barrier()
@@ -823,11 +874,13 @@ def run_reporting_errors(argv: Optional[List[str]] = None) -> int:
             TrainingError, ConfigError, rf.RunFolderBusy) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except UserError as error:  # every other known bad input (utilities/errors.py)
+        print(f"error: {error.short_message()}", file=sys.stderr)
+        return error.exit_status
     except KeyboardInterrupt:
         folder = SETUP["folder"]
-        hint = (f"; the last saved checkpoint is kept. Continue with: python main.py --resume "
-                f"{folder}" if folder and os.path.isfile(os.path.join(folder, rf.LAST_CHECKPOINT))
-                else "")
+        hint = (f"; the last saved checkpoint is kept. {resume_hint(folder)}"
+                if folder and os.path.isfile(os.path.join(folder, rf.LAST_CHECKPOINT)) else "")
         print(f"\nerror: interrupted{hint}", file=sys.stderr)
         return 130
     except OSError as error:  # e.g. a full disk while writing metrics.csv

@@ -46,6 +46,12 @@ DATASET_DEFAULTS = {
 RECALL_KS = {"online_products": [1, 10, 100, 1000], "in-shop": [1, 10, 100, 1000]}
 DEFAULT_RECALL_KS = [1, 2, 4, 8]
 DEFAULT_DATASET = "omniglot"
+# Upper bounds of the size options: values a machine can meet; the combination --bs/--eval_bs x
+# --crop_size is also checked against this machine's memory (main.check_batch_fits_in_memory).
+MAX_CROP_SIZE = 1024
+MAX_BATCH = 4096
+MAX_EMBED_DIM = 8192
+MAX_WORKERS = 256
 
 
 def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -71,9 +77,11 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                        help="base: RandomResizedCrop+flip; adv: + colour jitter; big: 256 crops; "
                             "red: resize+random crop instead of RandomResizedCrop (default: base; "
                             "red for omniglot and digits).")
-    group.add_argument("--crop_size", default=None, type=positive_int,
+    group.add_argument("--crop_size", default=None, type=between(1, MAX_CROP_SIZE),
                        help="Training/test crop size (224 for image benchmarks, 48 for omniglot, "
-                            "32 for digits).")
+                            f"32 for digits). At most {MAX_CROP_SIZE}: a batch of larger crops "
+                            "and its activations do not fit in memory (checked with --bs and "
+                            "--eval_bs against this machine's memory at start-up).")
     group.add_argument("--no_random_augmentation", action="store_true",
                        help="Train without random augmentation: training images get the test "
                             "transform (resize + centre crop).")
@@ -84,9 +92,10 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                        help="ooDML split file: a pickle (as published for CARS196) or JSON.")
     group.add_argument("--data_split_id", default=0, type=non_negative_int,
                        help="Which split of --data_split_path to use.")
-    group.add_argument("--kernels", default=None, type=non_negative_int,
+    group.add_argument("--kernels", default=None, type=between(0, MAX_WORKERS),
                        help="DataLoader worker processes (default: 6, or fewer on a machine with "
-                            "fewer cores).")
+                            f"fewer cores; at most {MAX_WORKERS}, each one a process holding its "
+                            "own copy of the dataset index).")
     group.add_argument("--decode", default="auto", choices=["auto", "cpu", "gpu"],
                        help="Where images are decoded and cropped: cpu (loader workers, "
                             "torchvision.io + transforms.v2 on uint8), gpu (workers read bytes; "
@@ -101,11 +110,13 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
     group = parser.add_argument_group("batches")
     group.add_argument("--data_sampler", default="class_random", type=str,
                        help="Batch sampler (see datasampler/).")
-    group.add_argument("--samples_per_class", default=None, type=positive_int,
+    group.add_argument("--samples_per_class", default=None, type=between(1, MAX_BATCH),
                        help="Images per class in a class_random batch (2; 4 for omniglot, 20 for "
                             "digits).")
-    group.add_argument("--bs", default=None, type=positive_int,
-                       help="Mini-batch size of real images (112; 100 for digits).")
+    group.add_argument("--bs", default=None, type=between(1, MAX_BATCH),
+                       help="Mini-batch size of real images (112; 100 for digits). At most "
+                            f"{MAX_BATCH}: a batch's images, activations and B x B similarity "
+                            "matrices must fit in memory.")
     # the samplers' own --data_* options, declared in datasampler/<name>.py
     add_declared(group, registry_options(datasampler.REGISTRY))
 
@@ -113,7 +124,10 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
     group.add_argument("--arch", default=None, type=str,
                        help="Backbone name plus option words: frozen, normalize, double; other "
                             "words are a run label (e.g. resnet50_frozen_normalize).")
-    group.add_argument("--embed_dim", default=128, type=positive_int, help="Embedding dimension.")
+    group.add_argument("--embed_dim", default=128, type=between(1, MAX_EMBED_DIM),
+                       help=f"Embedding dimension (at most {MAX_EMBED_DIM}: the embedding layer, "
+                            "DAS's per-class counters and the evaluation's N x D embeddings grow "
+                            "with it).")
     group.add_argument("--drop", default=-1, type=Range(float, high=1.0, open_high=True),
                        help="Dropout probability on the pooled features in training (<= 0: off).")
     group.add_argument("--not_pretrained", action="store_true", help="Start from random weights.")
@@ -188,8 +202,9 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
     group.add_argument("--kmeans_seed", default="published", choices=["published", "run"],
                        help="Seed of the NMI/F1 k-means: published (faiss's default seed 1234 "
                             "whatever --seed is, as the published evaluation) or run (--seed).")
-    group.add_argument("--eval_bs", default=None, type=positive_int,
-                       help="Batch size for computing evaluation embeddings (default: --bs).")
+    group.add_argument("--eval_bs", default=None, type=between(1, MAX_BATCH),
+                       help="Batch size for computing evaluation embeddings (default: --bs; at "
+                            f"most {MAX_BATCH}, as --bs).")
     group.add_argument("--eval_backend", default="auto", choices=["auto", "faiss", "torch"],
                        help="kNN and k-means: faiss (its GPU build when installed), torch "
                             "(chunked matrix products on the run's device), auto (torch on CUDA "

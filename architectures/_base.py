@@ -12,7 +12,7 @@ from torch import nn
 
 from datasets._base import TransformConfig
 from datasets._transforms import InputNormalizer
-from utilities.checkpoint import unloadable_reason
+from utilities.checkpoint import tensor_problem, unloadable_reason
 from utilities.errors import UserError
 
 
@@ -160,6 +160,10 @@ def load_state_dict_file(path: str, arch: str) -> Dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise PretrainedWeightsError(f"--pretrained_path '{path}' holds a {type(state).__name__}, "
                                      f"expected a state dict")
+    odd = [key for key in state if not isinstance(key, str)]
+    if odd:
+        raise PretrainedWeightsError(f"--pretrained_path '{path}' is damaged: key {odd[0]!r} is "
+                                     f"not a tensor name; expected a state dict")
     return state
 
 
@@ -170,6 +174,15 @@ def load_into(module: nn.Module, state: Dict[str, torch.Tensor], source: str, ar
     state = {k.removeprefix("module."): v for k, v in state.items()
              if not k.removeprefix("module.").startswith(ignore_prefixes)}
     own = module.state_dict()
+    # Damage first (not a tensor, no data, NaN/inf), so that it is never called another network's
+    # shape and NaN weights are refused here, naming the file, not blamed on training later.
+    for key, value in state.items():
+        if key not in own:
+            continue  # metadata or tensors of other heads: not loaded
+        problem = tensor_problem(value, own[key])
+        if problem is not None and not problem.startswith("has shape"):
+            raise PretrainedWeightsError(f"weights from {source} are damaged: '{key}' {problem}; "
+                                         f"expected finite weights of backbone '{arch}'")
     missing = [k for k in own if k not in state and not k.startswith(ignore_prefixes)
                and not k.endswith("num_batches_tracked")]
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]

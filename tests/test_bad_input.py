@@ -69,7 +69,7 @@ def rows(folder: Path):
 
 # ----------------------------------------------------------------------------- item 2: ranges
 @pytest.mark.parametrize("extra,message", [
-    (["--eval_bs", "0"], "argument --eval_bs: expected an integer >= 1, got 0"),
+    (["--eval_bs", "0"], "argument --eval_bs: expected an integer in [1, 4096], got 0"),
     (["--kmeans_iterations", "0"], "argument --kmeans_iterations: expected an integer >= 1, got 0"),
     (["--log_every", "0"], "argument --log_every: expected an integer >= 1, got 0"),
     (["--seed", "-1"], "argument --seed: expected an integer in [0, 4294967295], got -1"),
@@ -85,8 +85,8 @@ def rows(folder: Path):
      "argument --loss_softtriplet_n_centroids: expected an integer >= 1, got -1"),
     (["--lr", "0"], "argument --lr: expected a number > 0, got 0"),
     (["--lr", "nan"], "argument --lr: expected a number > 0, got nan"),
-    (["--bs", "0"], "argument --bs: expected an integer >= 1, got 0"),
-    (["--bs", "ten"], "argument --bs: expected an integer >= 1, got 'ten'"),
+    (["--bs", "0"], "argument --bs: expected an integer in [1, 4096], got 0"),
+    (["--bs", "ten"], "argument --bs: expected an integer in [1, 4096], got 'ten'"),
     (["--fc_lr", "-2"], "argument --fc_lr: expected -1 or a number > 0, got -2"),
     (["--tv_split_perc", "1"], "argument --tv_split_perc: expected a number in (0, 1), got 1"),
 ])
@@ -106,8 +106,9 @@ def test_every_numeric_option_declares_a_range_that_holds_its_default_and_shows_
             defaults = action.default if isinstance(action.default, list) else [action.default]
             assert all(action.type.contains(v) for v in defaults), action.option_strings
     help_text = " ".join(parser.format_help().split())
-    assert "--eval_bs EVAL_BS Batch size for computing evaluation embeddings (default: --bs). " \
-           "Valid: an integer >= 1." in help_text
+    assert "--eval_bs EVAL_BS Batch size for computing evaluation embeddings (default: --bs; at " \
+           "most 4096, as --bs). Valid: an integer in [1, 4096]." in help_text
+    assert "At most 1024: a batch of larger crops" in help_text  # --crop_size says why
     assert "Valid: an integer >= 1 each." in help_text  # --tau
     assert "--loss_softtriplet_n_centroids LOSS_SOFTTRIPLET_N_CENTROIDS Valid: an integer >= 1." \
            in help_text
@@ -253,7 +254,7 @@ def _drop_lr(config):
     (lambda text: "[1, 2]", "holds a JSON list, expected an object of options"),
     (lambda text: json.dumps(_drop_lr(json.loads(text))), "has no key 'lr' (option --lr)"),
     (lambda text: json.dumps(dict(json.loads(text), bs="many")),
-     "key 'bs' (option --bs): expected an integer >= 1, got 'many'"),
+     "key 'bs' (option --bs): expected an integer in [1, 4096], got 'many'"),
     (lambda text: json.dumps(dict(json.loads(text), lr=None)),
      "key 'lr' (option --lr): expected a"),
     (lambda text: json.dumps(dict(json.loads(text), use_tv_split="yes")),
@@ -499,3 +500,185 @@ def test_a_worker_death_outside_the_guard_is_not_called_a_file_error(tmp_path, m
     assert err.startswith("error: a data loader worker died ([Errno 104] Connection reset by peer")
     assert "cannot access" not in err
     assert f"Continue with: python main.py --resume {tmp_path / 'run'} --kernels 1" in err
+
+
+# ----------------------------------------------------------------------------- issue 20
+@pytest.mark.parametrize("extra,message", [
+    (["--crop_size", "100000"], "argument --crop_size: expected an integer in [1, 1024], got "
+                                "100000"),
+    (["--bs", "1000000"], "argument --bs: expected an integer in [1, 4096], got 1000000"),
+    (["--eval_bs", "5000"], "argument --eval_bs: expected an integer in [1, 4096], got 5000"),
+    (["--embed_dim", "100000"], "argument --embed_dim: expected an integer in [1, 8192]"),
+    (["--samples_per_class", "9999"], "argument --samples_per_class: expected an integer in "
+                                      "[1, 4096]"),
+    (["--kernels", "100000"], "argument --kernels: expected an integer in [0, 256]"),
+])
+def test_size_options_have_an_upper_bound_the_machine_can_meet(capsys, extra, message):
+    with pytest.raises(SystemExit) as stopped:
+        main.main([*NOWHERE, *extra])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_batch_that_cannot_fit_in_memory_is_refused_before_data_is_read(capsys, monkeypatch):
+    monkeypatch.setattr(main, "machine_memory_bytes", lambda: 8 * 2**30)
+    assert main.run([*NOWHERE, "--bs", "512", "--crop_size", "1024"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --bs 512 at --crop_size 1024 needs 6.0 GiB") and \
+        "this machine's 8.0 GiB" in err and "/nonexistent/data" not in err
+    assert main.run([*NOWHERE, "--bs", "16", "--eval_bs", "4096", "--crop_size", "512"]) == 2
+    assert "--eval_bs 4096 at --crop_size 512" in capsys.readouterr().err
+
+
+def test_das_save_frequency_beyond_n_epochs_is_refused_at_start_up(capsys):
+    assert main.run([*NOWHERE, "--embedding_producer_used", "--n_epochs", "3",
+                     "--das_save_frequency_epochs", "2", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--das_save_frequency_epochs 5 lies beyond --n_epochs 3" in err
+    assert "/nonexistent/data" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("where", ["savename_slash", "savename_sub", "save_path_inside"])
+def test_a_new_run_inside_an_existing_run_folder_is_refused(finished_run, tmp_path, capsys,
+                                                            where):
+    parent, name = finished_run.parent, finished_run.name
+    save_path, savename = {"savename_slash": (parent, name + "/"),
+                           "savename_sub": (parent, f"{name}/again"),
+                           "save_path_inside": (finished_run, "again")}[where]
+    args = [*NOWHERE, "--save_path", str(save_path), "--savename", savename]
+    before = sorted(os.listdir(finished_run))
+    assert main.run(args) == 2
+    err = capsys.readouterr().err
+    assert f"inside the run folder '{finished_run}'" in err or \
+        f"the existing run folder '{finished_run}'" in err
+    assert "/nonexistent/data" not in err and len(err.strip().splitlines()) == 1
+    assert sorted(os.listdir(finished_run)) == before
+
+
+def damaged_network(key_change):
+    """A function damaging the network weights of a checkpoint in place."""
+    def damage(path: Path) -> None:
+        state = torch.load(path, weights_only=True)
+        weights = state["network"]["state_dict"]
+        key_change(weights)
+        torch.save(state, path)
+    return damage
+
+
+def _first_float(weights):
+    return next(k for k, v in weights.items() if v.dtype.is_floating_point)
+
+
+def _nan(weights):
+    weights[_first_float(weights)][0].fill_(float("nan"))
+
+
+def _inf_last(weights):
+    weights["last_linear.weight"][0, 0] = float("inf")
+
+
+def _rename(weights):
+    key = _first_float(weights)
+    weights[key + "_renamed"] = weights.pop(key)
+
+
+def _reshape(weights):
+    weights["last_linear.weight"] = torch.zeros(3, 3)
+
+
+def _no_data(weights):
+    weights["last_linear.weight"] = torch.empty(weights["last_linear.weight"].shape, device="meta")
+
+
+def _string(weights):
+    weights["last_linear.bias"] = "not a tensor"
+
+
+def _optimizer_nan(path: Path) -> None:
+    state = torch.load(path, weights_only=True)
+    first = next(iter(state["optimizer"]["state"].values()))
+    first["exp_avg"].fill_(float("nan"))
+    torch.save(state, path)
+
+
+def _optimizer_groups(path: Path) -> None:
+    state = torch.load(path, weights_only=True)
+    state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:1]
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize("damage,message", [
+    (damaged_network(_nan), "holds NaN or infinite weights in 1 tensor(s)"),
+    (damaged_network(_inf_last), "holds NaN or infinite weights in 1 tensor(s) (first: "
+                                 "'last_linear.weight')"),
+    (damaged_network(_rename), "does not hold the weights of --arch 'tinycnn_normalize': 1 "
+                               "tensor(s) of --arch 'tinycnn_normalize' missing"),
+    (damaged_network(_reshape), "does not fit --arch 'tinycnn_normalize': 'last_linear.weight' "
+                                "has shape (3, 3), the network's is (16, 128)"),
+    (damaged_network(_no_data), "is damaged: 'last_linear.weight' holds no data (shape (16, 128) "
+                                "without its values)"),
+    (damaged_network(_string), "is damaged: 'last_linear.bias' holds a str where a tensor of "
+                               "shape (16,) belongs"),
+    (_optimizer_nan, "is damaged: 'optimizer/state/0/exp_avg' holds NaN or infinite values"),
+    (_optimizer_groups, "is damaged: its optimizer state does not load into this run"),
+], ids=["nan", "inf", "renamed", "shape", "no-data", "string", "optimizer-nan",
+        "optimizer-groups"])
+def test_damaged_or_non_finite_resume_checkpoint_is_refused_when_loaded(run_copy, capsys,
+                                                                        damage, message):
+    checkpoint = run_copy / rf.LAST_CHECKPOINT
+    damage(checkpoint)
+    before = rows(run_copy)
+    assert main.run(["--resume", str(run_copy), "--n_epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint '{checkpoint}'" in err and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "the last good checkpoint is kept" not in err and "does not fit" not in \
+        err.replace(message, "") and rows(run_copy) == before  # refused, not trained
+
+
+def tinycnn_weights(change) -> dict:
+    import architectures
+
+    weights = architectures.select("tinycnn_normalize", 16, pretrained=False).features \
+        .state_dict()
+    change(weights)
+    return weights
+
+
+@pytest.mark.parametrize("change,message", [
+    (_nan, "are damaged: '0.0.weight' holds NaN or infinite values"),
+    (lambda w: w.__setitem__("0.0.weight", torch.empty(w["0.0.weight"].shape, device="meta")),
+     "are damaged: '0.0.weight' holds no data"),
+    (lambda w: w.__setitem__("0.0.weight", "abc"), "are damaged: '0.0.weight' holds a str"),
+    (_rename, "do not fit backbone 'tinycnn': missing 1 tensor(s)"),
+    (lambda w: w.__setitem__("0.0.weight", torch.zeros(2, 2)), "do not fit backbone 'tinycnn': "
+                                                             "shape mismatch"),
+], ids=["nan", "no-data", "string", "renamed", "shape"])
+def test_damaged_or_non_finite_pretrained_path_is_refused_naming_the_file(
+        generated_folder, tmp_path, capsys, change, message):
+    weights = tmp_path / "weights.pth"
+    torch.save(tinycnn_weights(change), weights)
+    assert main.run(tiny(generated_folder, tmp_path, "--pretrained_path", str(weights))) == 2
+    err = capsys.readouterr().err
+    assert f"weights from {weights} " in err and message in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_first_checkpoint_that_fails_does_not_promise_a_previous_one(tmp_path, monkeypatch):
+    def no_space(obj, target, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(torch, "save", no_space)
+    with pytest.raises(ckpt.CheckpointWriteError) as caught:
+        ckpt.save_checkpoint({"epoch": 1}, str(tmp_path / "c.pth"))
+    assert "previous checkpoint is kept" not in str(caught.value)
+    assert "no earlier checkpoint exists there" in str(caught.value)
+    (tmp_path / "c.pth").write_bytes(b"old")
+    with pytest.raises(ckpt.CheckpointWriteError, match="the previous checkpoint is kept"):
+        ckpt.save_checkpoint({"epoch": 2}, str(tmp_path / "c.pth"))
+    assert (tmp_path / "c.pth").read_bytes() == b"old"
+
+
+def test_main_writes_the_resume_hint_in_one_way_only():
+    text = Path(main.__file__).read_text()
+    assert "Continue with" not in text and "resume_hint(" in text

@@ -69,9 +69,48 @@ def default_run_name(dataset: str, arch: str, seed: int) -> str:
     return f"{dataset}_{arch}_s{seed}_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
 
 
+RUN_MARKERS = (CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE)  # any of them: a run folder
+
+
+def is_run_folder(folder: str) -> bool:
+    return any(os.path.isfile(os.path.join(folder, marker)) for marker in RUN_MARKERS)
+
+
+def enclosing_run(path: str) -> Optional[str]:
+    """The run folder that ``path`` lies inside (``path`` excluded), or None."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while True:
+        if is_run_folder(folder):
+            return folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+
+
+def new_run_base(save_path: str, savename: str) -> str:
+    """Where a new run named ``savename`` goes under ``save_path``; refused (ValueError, before
+    anything is read) when it would lie inside an existing run folder, where no tool finds it:
+    ``--savename NAME/`` or ``NAME/sub`` with NAME an existing run, or a --save_path inside one."""
+    base = os.path.normpath(os.path.join(save_path, savename)) if savename else \
+        os.path.normpath(os.path.join(save_path, "run"))
+    inside = enclosing_run(base)
+    if savename.endswith(("/", os.sep)) and is_run_folder(base):
+        raise ValueError(f"--savename '{savename}' names the existing run folder '{base}' as a "
+                         f"parent; a new run there would be nested where no tool finds it: "
+                         f"choose another --savename, or continue that run with --resume")
+    if inside is not None:
+        raise ValueError(f"--save_path '{save_path}' with --savename '{savename}' puts the new run "
+                         f"inside the run folder '{inside}', where no tool finds it; choose a "
+                         f"--savename (or --save_path) outside existing runs, or continue that "
+                         f"run with --resume")
+    return base
+
+
 def create_run_folder(save_path: str, savename: str, dataset: str, arch: str, seed: int) -> str:
-    """Create a fresh run folder; an existing name gets a numeric suffix, never overwritten."""
-    base = os.path.join(save_path, savename or default_run_name(dataset, arch, seed))
+    """Create a fresh run folder; an existing name gets a numeric suffix, never overwritten, and
+    a name inside an existing run folder is refused (:func:`new_run_base`)."""
+    base = new_run_base(save_path, savename or default_run_name(dataset, arch, seed))
     folder, counter = base, 1
     while os.path.exists(folder):
         folder = f"{base}_{counter}"
