@@ -15,6 +15,7 @@ import torch
 import architectures
 from datasets import DatasetSplits, build_transform
 from utilities.checkpoint import CheckpointError, load_checkpoint
+from utilities.checkpoint import check_state_dict as shared_check_state_dict
 from utilities.run_folder import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, read_config
 
 CHECKPOINTS = {"last": LAST_CHECKPOINT, "best": BEST_CHECKPOINT}
@@ -87,54 +88,12 @@ def check_against_config(network: Dict, config: Dict, checkpoint_path: str) -> N
                               f"config.json describes: " + "; ".join(problems))
 
 
-def _bytes_needed(tensor: torch.Tensor) -> int:
-    """Bytes of storage ``tensor``'s shape, strides and offset address."""
-    if tensor.numel() == 0:
-        return 0
-    last = tensor.storage_offset() + sum((size - 1) * stride
-                                         for size, stride in zip(tensor.shape, tensor.stride()))
-    return (last + 1) * tensor.element_size()
-
-
 def check_state_dict(saved: Dict, expected: Dict[str, torch.Tensor], checkpoint_path: str,
                      arch: str) -> None:
-    """Refuse network weights that cannot be loaded or used, naming the first bad tensor: keys
-    missing or unexpected (renamed), an entry that is not a tensor, a tensor without data (a
-    meta tensor, or storage smaller than its shape), another shape or a non-float dtype, and
-    NaN or infinite values."""
-    where = f"checkpoint '{checkpoint_path}'"
-    missing = [key for key in expected if key not in saved]
-    unexpected = [key for key in saved if key not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} tensor(s) of --arch '{arch}' missing (e.g. "
-                         f"'{missing[0]}')")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. '{unexpected[0]}')")
-        raise CheckpointError(f"{where} does not hold the weights of --arch '{arch}' of its "
-                              f"config.json: {'; '.join(parts)}")
-    for key, reference in expected.items():
-        value = saved[key]
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{where} is damaged: '{key}' holds a {type(value).__name__} "
-                                  f"where a tensor of shape {tuple(reference.shape)} belongs")
-        if value.is_meta or value.untyped_storage().nbytes() < _bytes_needed(value):
-            raise CheckpointError(f"{where} is damaged: tensor '{key}' holds no data (shape "
-                                  f"{tuple(value.shape)} without its values)")
-        if tuple(value.shape) != tuple(reference.shape):
-            raise CheckpointError(f"{where} does not fit --arch '{arch}' of its config.json: "
-                                  f"'{key}' has shape {tuple(value.shape)}, the network's is "
-                                  f"{tuple(reference.shape)}")
-        if value.dtype.is_floating_point != reference.dtype.is_floating_point:
-            raise CheckpointError(f"{where} is damaged: tensor '{key}' is {value.dtype}, "
-                                  f"expected {reference.dtype}")
-    bad = [key for key, value in saved.items()
-           if value.dtype.is_floating_point and not bool(torch.isfinite(value).all())]
-    if bad:
-        raise CheckpointError(f"{where} holds NaN or infinite weights in {len(bad)} tensor(s) "
-                              f"(first: '{bad[0]}'); it cannot give meaningful embeddings - use "
-                              f"another checkpoint (--checkpoint best) or retrain")
+    """Refuse network weights that cannot be loaded or used, naming the first bad tensor: the
+    check main.py --resume shares (:func:`utilities.checkpoint.check_state_dict`)."""
+    shared_check_state_dict(saved, expected, f"checkpoint '{checkpoint_path}'",
+                            f"--arch '{arch}' of its config.json")
 
 
 def load_trained_model(path: str, checkpoint: str = "last") -> TrainedModel:
