@@ -46,7 +46,7 @@ class ParametricMiner(BaseMiner):
                help="parametric: target density of the anchor-negative distance."),
         Option("--miner_parametric_n_support", default=30, type=at_least(1),
                help="parametric: number of equal bins the support is cut into."),
-        Option("--miner_parametric_support_lim", default=(0.0, 2.0), nargs=2,
+        Option("--miner_parametric_support_lim", default=[0.0, 2.0], nargs=2,
                type=non_negative_float, metavar=("LOW", "HIGH"),
                help="parametric: the distance range negatives are drawn from (LOW < HIGH; unit "
                     "embeddings lie at distances in [0, 2])."),

@@ -217,6 +217,10 @@ def _saved_value_problem(action: argparse.Action, value: Any) -> str:
         if not isinstance(value, list) or (action.nargs == "+" and not value):
             return "expected a list"
         values = value
+    elif isinstance(action.nargs, int) and action.nargs > 1:
+        if not isinstance(value, list) or len(value) != action.nargs:
+            return f"expected a list of {action.nargs} values"
+        values = value
     else:
         values = [value]
     for item in values:
