@@ -141,7 +141,8 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                             "out of the optimizer). Published: they train, with weight decay.")
 
     group = parser.add_argument_group("optimisation")
-    group.add_argument("--optim", default="adam", choices=["adam", "sgd", "adamw"])
+    group.add_argument("--optim", default="adam", choices=["adam", "sgd", "adamw"],
+                       help="Optimizer of the network and criterion parameter groups.")
     group.add_argument("--lr", default=None, type=positive_float,
                        help="Learning rate (default 1e-5; 1e-3 for omniglot and digits).")
     group.add_argument("--fc_lr", default=-1, type=greater_than(0.0, also=(-1,)),
