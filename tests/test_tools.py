@@ -347,3 +347,25 @@ def test_embed_compare_bench_runs_and_prints_the_ratio(capsys):
     summary = dict(field.split("=") for field in lines[-1].split())
     assert set(summary) == {"embed_tool_s", "compute_embeddings_s", "ratio"}
     assert float(summary["ratio"]) > 0
+
+
+def test_evaluate_seeds_k_means_as_the_run_did(run, tmp_path, monkeypatch):
+    """--kmeans_seed run with --seed 7 is re-evaluated with k-means seed 7, not faiss's 1234."""
+    import evaluation
+
+    copy = tmp_path / "seeded_run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns(".lock"))
+    config = json.loads((copy / rf.CONFIG_FILE).read_text())
+    config.update(kmeans_seed="run", seed=7)
+    (copy / rf.CONFIG_FILE).write_text(json.dumps(config))
+    seeds = []
+    real_evaluate = evaluation.evaluate
+
+    def recording_evaluate(*args, **kwargs):
+        seeds.append(kwargs["seed"])
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "evaluate", recording_evaluate)
+    assert evaluate_tool.main([str(copy), "--device", "cpu", "--evaluation_metrics", "nmi",
+                               "--out", str(tmp_path / "nmi.json")]) == 0
+    assert seeds == [7]

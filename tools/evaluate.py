@@ -85,7 +85,9 @@ def evaluate_checkpoint(path: str, checkpoint: str = "last", dataset: Optional[s
     name, used_source, eval_set = evaluation_set(trained, dataset, source, folder_name, split)
     options = argparse.Namespace(evaluation_metrics=metric_names, eval_bs=batch_size,
                                  kernels=num_workers, seed=config.get("seed", 0),
-                                 kmeans_iterations=config.get("kmeans_iterations", 20))
+                                 kmeans_iterations=config.get("kmeans_iterations", 20),
+                                 kmeans_seed=config.get("kmeans_seed", "published"),
+                                 eval_backend=config.get("eval_backend", "auto"))
     trained.model.to(torch_device)
     results = evaluate_all(trained.model, {split: eval_set}, options, torch_device)
     report = {WRITTEN_BY: "tools.evaluate",
