@@ -406,15 +406,35 @@ def run_in_process(argv: List[str]) -> int:
             signal.signal(sig, handler)
 
 
-def _wait(poll: Callable[[], Optional[int]], tick: Callable[[], None]) -> int:
-    # Polling, not Popen.wait(): a SLURM job's signal handler must be able to reach the child
-    # while this loop waits (Popen.wait holds a lock that the handler would need).
+def _wait(wait: Callable[[float], Optional[int]], tick: Callable[[], None]) -> int:
+    """``wait(0.5)`` (the exit status, or None after half a second) until the row ends."""
     while True:
-        code = poll()
+        code = wait(0.5)
         if code is not None:
             return code
         tick()
-        time.sleep(0.5)
+
+
+def _popen_wait(child: subprocess.Popen) -> Callable[[float], Optional[int]]:
+    def wait(timeout: float) -> Optional[int]:
+        try:
+            # with a timeout, Popen.wait does not hold its lock while it sleeps
+            return child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+    return wait
+
+
+def _child_exited(child: subprocess.Popen) -> bool:
+    """From a signal handler: whether the child has ended (os.waitpid, not Popen.poll, whose
+    lock the interrupted main thread may hold)."""
+    if child.returncode is not None:
+        return True
+    try:
+        pid, _ = os.waitpid(child.pid, os.WNOHANG)
+    except ChildProcessError:  # reaped by the main thread already
+        return True
+    return pid != 0
 
 
 def _child_setup(cores: Sequence[int]) -> Callable[[], None]:
@@ -463,7 +483,7 @@ def popen_runner(gpus: Optional[str] = None, cores: Sequence[int] = (),
         if on_child is not None:
             on_child(child)
         try:
-            return _wait(child.poll, tick)
+            return _wait(_popen_wait(child), tick)
         finally:
             if on_child is not None:
                 on_child(None)
@@ -510,8 +530,12 @@ def fork_runner(gpus: Optional[str], cores: Sequence[int], threads: int) -> Runn
         process = fork_context().Process(target=_forked_row,
                                          args=(argv, log.path, gpus, tuple(cores), threads))
         process.start()
-        code = _wait(lambda: process.exitcode, tick)
-        process.join()
+
+        def wait(timeout: float) -> Optional[int]:
+            process.join(timeout)
+            return process.exitcode
+
+        code = _wait(wait, tick)
         return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell says
     return run
 
@@ -755,11 +779,11 @@ class RowJob:
         import submitit
 
         child = self._child
-        if child is not None and child.poll() is None:
+        if child is not None and not _child_exited(child):
             if not self._terminated:
                 child.send_signal(signal.SIGTERM)  # main.py: finish the step, save, exit 130
             deadline = time.time() + STOP_WAIT_S
-            while child.poll() is None and time.time() < deadline:
+            while not _child_exited(child) and time.time() < deadline:
                 time.sleep(0.2)
         write_state(self.spec, state="requeued", text=f"requeued at epoch "
                     f"{last_epoch(self.spec.folder)} of {self.spec.n_epochs}", time=time.time())
