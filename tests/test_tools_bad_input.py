@@ -480,3 +480,10 @@ def test_a_rows_file_with_an_unterminated_quote(tmp_path, capsys):
     rows.write_text("cub200 resnet50 baseline -- --loss 'margin\n")
     one_line(capsys, sweep.main(["--rows", str(rows), "--save_path", str(tmp_path)]),
              "row line 1", "No closing quotation")
+
+
+def test_a_rows_file_that_is_not_text(tmp_path, capsys):
+    rows = tmp_path / "rows.bin"
+    rows.write_bytes(b"\xff\xfe\x00binary\x80\x81")
+    one_line(capsys, sweep.main(["--rows", str(rows), "--save_path", str(tmp_path)]),
+             str(rows), "not UTF-8 text")

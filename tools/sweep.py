@@ -433,8 +433,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.rows == "-":
             lines = sys.stdin.read().splitlines()
         else:
-            with open(args.rows) as handle:
-                lines = handle.read().splitlines()
+            try:
+                with open(args.rows, encoding="utf-8") as handle:
+                    lines = handle.read().splitlines()
+            except UnicodeDecodeError:
+                raise SweepError(f"rows file '{args.rows}' is not UTF-8 text; expected one row "
+                                 f"per line: NAME followed by main.py options") from None
         rows = select_rows(read_rows(lines), args.select, args.script)
         if not rows:
             raise SweepError(f"{args.script}: the words {' '.join(args.select)} select no row")
