@@ -54,8 +54,11 @@ SETUP = {"finished": False, "folder": "", "kernels": 0}
 
 # Options that a resumed run may take from the new command line instead of the saved config:
 # none of them changes what is trained (--no_amp and --compile only on CUDA, in rounding).
-RESUME_OVERRIDABLE = ("n_epochs", "kernels", "gpu", "device", "log_every", "source", "eval_bs",
-                      "evaluate_on_gpu", "no_train_metrics", "compile", "no_amp")
+# Options a --resume may give with a new value: the bookkeeping ones that are options of main.py
+# (the run folder's place and the recorded facts are not), and --n_epochs, to extend a run.
+RESUME_OVERRIDABLE = tuple(sorted(
+    (rf.BOOKKEEPING - {"savename", "save_path", "resume", "torch_threads", "world_size"})
+    | {"n_epochs"}))
 
 
 class TrainingError(RuntimeError):

@@ -98,3 +98,15 @@ def test_bad_input_is_one_message(runs, tmp_path, capsys):
     assert "no run folder" in capsys.readouterr().err
     assert summarize.main([str(tmp_path / "missing")]) == 2
     assert "RUNS_DIR" in capsys.readouterr().err
+
+
+def test_seeds_group_whatever_machine_ran_them():
+    """Thread count, process count and --compile are recorded in config.json but change no
+    setting: two seeds run on different machines are one setting (run_folder.BOOKKEEPING)."""
+    from utilities.seed_groups import settings_of
+
+    first = {"loss": "margin", "lr": 1e-5, "seed": 0, "torch_threads": 2, "world_size": 1,
+             "compile": False, "device": "cpu"}
+    second = dict(first, seed=1, torch_threads=16, world_size=4, compile=True, device="cuda")
+    assert settings_of(first) == settings_of(second)
+    assert settings_of(first) != settings_of(dict(first, lr=1e-4))

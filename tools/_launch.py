@@ -54,11 +54,9 @@ LOG_FILE = "train.log"
 JOBS_FILE = "slurm_jobs.json"
 STOP_WAIT_S = 600  # how long a preempted job waits for main.py to save its checkpoint
 
-# Options that may differ between a run folder and its row without making it another experiment.
-VOLATILE_OPTIONS = {"n_epochs", "kernels", "gpu", "device", "log_every", "save_path", "savename",
-                    "resume", "source", "evaluate_on_gpu", "no_train_metrics", "eval_bs",
-                    "world_size", "train_classes", "train_images", "compile", "no_amp",
-                    "train_metrics", "torch_threads"}  # train metrics: time only (PARITY.md)
+# What may differ between a run folder and its row without making it another experiment: the
+# bookkeeping entries, and --n_epochs (a row with more epochs continues the run).
+VOLATILE_OPTIONS = rf.BOOKKEEPING | {"n_epochs", "train_classes", "train_images"}
 
 
 class LaunchError(UserError, ValueError):

@@ -7,9 +7,10 @@ import json
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
-# Options that name, place or pace a run without changing its figures.
-NOT_SETTINGS = frozenset({"seed", "savename", "save_path", "source", "resume", "device", "gpu",
-                          "kernels", "log_every", "eval_bs", "evaluate_on_gpu"})
+from utilities.run_folder import BOOKKEEPING
+
+# What may differ between seeds of one setting: the seed and the bookkeeping entries.
+NOT_SETTINGS = BOOKKEEPING | {"seed"}
 
 
 def settings_of(config: Dict) -> str:
