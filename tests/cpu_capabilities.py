@@ -1,11 +1,15 @@
-"""The CPU kernel sets torch can use on this machine (``ATEN_CPU_CAPABILITY`` values).
+"""The CPU kernel sets torch can use on this machine, and how to make it use a narrower one.
 
-torch picks the widest vector kernels the CPU has (default < avx2 < avx512 on x86-64); setting
-``ATEN_CPU_CAPABILITY`` to a narrower one makes it use those, as a machine without the wider
-instructions would. ``.ci/run`` runs the training-outcome tests under each narrower set.
+torch picks the widest vector kernels the CPU has (default < avx2 < avx512 on x86-64), in two
+places: ATen's own kernels (``ATEN_CPU_CAPABILITY``) and oneDNN's convolutions and matrix
+products (``ONEDNN_MAX_CPU_ISA``). Setting both to a narrower set makes this CPU compute what a
+machine without the wider instructions computes: the bundled default run gives 52.0 R@1 with
+both at AVX2 here, as on a real AVX2-only EPYC, but 57.4 with ATEN_CPU_CAPABILITY alone
+(docs/PERFORMANCE.md). ``.ci/run`` runs the training-outcome tests under each narrower set.
 
-    python tests/cpu_capabilities.py               # every set this CPU can run, narrowest first
-    python tests/cpu_capabilities.py --below-native  # those narrower than the CPU's own
+    python tests/cpu_capabilities.py                    # every set, narrowest first
+    python tests/cpu_capabilities.py --below-native     # those narrower than the CPU's own
+    python tests/cpu_capabilities.py --below-native --env  # one line of VAR=value per set
 """
 from __future__ import annotations
 
@@ -16,6 +20,14 @@ from typing import List
 import torch
 
 ORDER = ("default", "avx2", "avx512")
+# oneDNN's name for the widest instruction set of each kernel set (SSE4.1 is x86-64's baseline
+# for oneDNN; "ALL" leaves oneDNN free, as with no variable).
+ONEDNN_ISA = {"default": "SSE41", "avx2": "AVX2", "avx512": "ALL"}
+
+
+def environment(capability: str) -> str:
+    """The variables that make torch compute with ``capability``'s kernels, as ``VAR=value``."""
+    return f"ATEN_CPU_CAPABILITY={capability} ONEDNN_MAX_CPU_ISA={ONEDNN_ISA[capability]}"
 
 
 def native_capability() -> str:
@@ -38,4 +50,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--below-native", action="store_true",
                         help="only the sets narrower than the one torch picks on this CPU")
-    print(" ".join(supported(parser.parse_args().below_native)))
+    parser.add_argument("--env", action="store_true",
+                        help="print each set's environment variables, one line per set")
+    args = parser.parse_args()
+    sets = supported(args.below_native)
+    print("\n".join(map(environment, sets)) if args.env else " ".join(sets))

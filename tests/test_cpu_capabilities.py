@@ -27,3 +27,6 @@ def test_every_listed_kernel_set_is_the_one_torch_then_uses():
     assert cpu_capabilities.supported(below_native=True) == listed[:-1]
     for value in listed:
         assert capability_in_child(value) == value
+        assert cpu_capabilities.environment(value).split() == [
+            f"ATEN_CPU_CAPABILITY={value}",
+            f"ONEDNN_MAX_CPU_ISA={cpu_capabilities.ONEDNN_ISA[value]}"]
