@@ -29,6 +29,7 @@ class Backbone:
     mean: tuple = (0.485, 0.456, 0.406)
     std: tuple = (0.229, 0.224, 0.225)
     bgr_255: bool = False
+    interpolation: str = "bilinear"  # of the resizes in the input transforms (timm: bicubic)
 
 
 class EmbeddingNetwork(nn.Module):
@@ -74,6 +75,7 @@ class EmbeddingNetwork(nn.Module):
         self.freeze_bn_affine = frozen_bn and freeze_bn_affine
         self.input_convention = dict(mean=tuple(backbone.mean), std=tuple(backbone.std),
                                      bgr_255=backbone.bgr_255)
+        self.interpolation = backbone.interpolation
         # uint8 images from the loader are normalized here, on the network's device
         self.input_normalizer = InputNormalizer(**self.input_convention)
         if self.freeze_bn_affine:
@@ -95,7 +97,7 @@ class EmbeddingNetwork(nn.Module):
 
     def transform_config(self, crop_size: int, augmentation: str) -> TransformConfig:
         return TransformConfig(crop_size=crop_size, augmentation=augmentation,
-                               **self.input_convention)
+                               interpolation=self.interpolation, **self.input_convention)
 
     def embedding_parameters(self) -> Iterable[nn.Parameter]:
         """The embedding head: the linear layer, and the ``bn_norm`` BatchNorm when present."""

@@ -126,7 +126,6 @@ class TimmBackbone(Backbone):
     native_size: int = 224
     patch_size: int = 0  # ViTs built with dynamic_img_size; 0 otherwise
     fixed_input_size: bool = False
-    interpolation: str = "bilinear"  # timm's pretrained config (our transforms resize bilinear)
 
     @property
     def network_class(self) -> type:
@@ -142,7 +141,6 @@ class TimmEmbeddingNetwork(EmbeddingNetwork):
         self.native_size = backbone.native_size
         self.patch_size = backbone.patch_size
         self.fixed_input_size = backbone.fixed_input_size
-        self.interpolation = backbone.interpolation
 
     def supported_crop(self, crop: int) -> Optional[str]:
         """None when ``crop`` works, else the sizes that do."""

@@ -107,6 +107,9 @@ BGR_255_STD = (1.0, 1.0, 1.0)
 AUGMENTATIONS = ("base", "adv", "big", "red")
 
 
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
 @dataclass
 class TransformConfig:
     """Input convention of a backbone plus the augmentation choice.
@@ -120,6 +123,7 @@ class TransformConfig:
     mean: Optional[Sequence[float]] = None
     std: Optional[Sequence[float]] = None
     bgr_255: bool = False  # BN-Inception: BGR channel order on a 0-255 scale
+    interpolation: str = "bilinear"  # of every resize (timm models ask for bicubic)
 
     def __post_init__(self) -> None:
         if self.mean is None:
@@ -128,6 +132,9 @@ class TransformConfig:
             self.std = BGR_255_STD if self.bgr_255 else IMAGENET_STD
         if self.crop_size <= 0:
             raise ValueError(f"--crop_size must be a positive integer, got {self.crop_size}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"resize interpolation '{self.interpolation}' is not one of "
+                             f"{', '.join(INTERPOLATIONS)}")
         if self.augmentation not in AUGMENTATIONS:
             raise ValueError(f"--augmentation '{self.augmentation}' is not one of "
                              f"{', '.join(AUGMENTATIONS)}")

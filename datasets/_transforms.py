@@ -51,17 +51,18 @@ def build_transform(config: TransformConfig, train: bool) -> TensorTransform:
     random crop, no RandomResizedCrop), following the Revisiting-DML codebase.
     """
     crop, resize = crop_and_resize_sizes(config)
+    mode = v2.InterpolationMode(config.interpolation)
     steps = []
     if train:
         if config.augmentation == "red":
-            steps += [v2.Resize(resize, antialias=True), v2.RandomCrop(crop)]
+            steps += [v2.Resize(resize, interpolation=mode, antialias=True), v2.RandomCrop(crop)]
         else:
-            steps += [v2.RandomResizedCrop(crop, antialias=True)]
+            steps += [v2.RandomResizedCrop(crop, interpolation=mode, antialias=True)]
         steps += [v2.RandomHorizontalFlip(0.5)]
         if config.augmentation == "adv":
             steps += [v2.RandomGrayscale(p=0.2), v2.ColorJitter(0.2, 0.2, 0.2, 0.2)]
     else:
-        steps += [v2.Resize(resize, antialias=True), v2.CenterCrop(crop)]
+        steps += [v2.Resize(resize, interpolation=mode, antialias=True), v2.CenterCrop(crop)]
     return TensorTransform(steps, config, train)
 
 

@@ -2,6 +2,7 @@
 layer-wise lr decay, and small models (random weights, never downloaded) trained with DAS on,
 resumed, evaluated and exported like the other backbones."""
 import csv
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import architectures
 import main as training
 from architectures import PretrainedWeightsError, parse_arch
 from architectures.timm_backbone import TimmOptionError, TimmUnavailableError
+from datasets._transforms import build_transform
 from tests.fixtures import DAS_ON, torch_threads
 from tools import evaluate as evaluate_tool
 from tools import export as export_tool
@@ -161,6 +163,15 @@ def test_preprocessing_and_crop_sizes_follow_the_timm_config(capsys):
     config = vit.transform_config(64, "base")
     assert tuple(config.mean) == (0.5, 0.5, 0.5) and tuple(config.std) == (0.5, 0.5, 0.5)
     assert vit.interpolation == "bicubic" and vit.native_size == 224
+    assert config.interpolation == "bicubic"  # the model's resize, used by the transforms:
+    image = torch.randint(0, 256, (3, 80, 100), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0))
+    bicubic = build_transform(config, train=False)(image)
+    bilinear = build_transform(dataclasses.replace(config, interpolation="bilinear"),
+                               train=False)(image)
+    assert bicubic.shape == bilinear.shape == (3, 64, 64) and not torch.equal(bicubic, bilinear)
+    resnet = architectures.select("resnet18_normalize", 8, pretrained=False)
+    assert resnet.transform_config(64, "base").interpolation == "bilinear"
     with torch.no_grad():  # position embeddings follow the patch grid of the input
         assert vit(torch.randn(1, 3, 64, 64)).shape == vit(torch.randn(1, 3, 96, 96)).shape
     with pytest.raises(TimmOptionError, match="--crop_size 40 .* multiple of its patch size 16"):

@@ -138,7 +138,8 @@ def describe(trained, model, fmt: str, out: str, size: int, difference: float) -
         "checkpoint": os.path.abspath(trained.checkpoint_path), "epoch": trained.epoch,
         "arch": config["arch"],
         "input": {"name": "images", "shape": ["batch", 3, size, size], "dtype": "float32",
-                  "preprocessing": f"RGB image, Resize({resize}) of the shorter side, "
+                  "preprocessing": f"RGB image, {model.interpolation} Resize({resize}) of the "
+                                   f"shorter side, "
                                    f"CenterCrop({size}), "
                                    + ("BGR channel order on a 0-255 scale, "
                                       if convention["bgr_255"] else "0-1 scale, ")
