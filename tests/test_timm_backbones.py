@@ -272,3 +272,8 @@ def test_layer_decay_scales_each_layer_and_covers_the_backbone_once():
         architectures.layer_decay_groups(architectures.select("resnet18", 8, pretrained=False),
                                          1e-4, 0.0, 0.5)
     assert np.isclose(build_parser().parse_args([]).layer_decay, 1.0)
+
+
+def test_a_timm_run_folder_is_one_folder_under_save_path():
+    name = rf.default_run_name("cub200", "timm/vit_small_patch16_224_normalize", 0)
+    assert name.startswith("cub200_timm-vit_small_patch16_224_normalize_s0_") and "/" not in name

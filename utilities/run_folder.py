@@ -77,6 +77,9 @@ def release_locks() -> None:
 
 
 def default_run_name(dataset: str, arch: str, seed: int) -> str:
+    """``<dataset>_<arch>_s<seed>_<date>_<time>``, one folder name: the '/' of a timm arch
+    (``timm/vit_small_patch16_224``) becomes '-', so the run is not nested one level deeper."""
+    arch = arch.replace("/", "-").replace(os.sep, "-")
     return f"{dataset}_{arch}_s{seed}_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
 
 
