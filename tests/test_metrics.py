@@ -160,10 +160,18 @@ def test_kmeans_recovers_well_separated_classes():
 
 
 def test_query_gallery_clusters_queries_and_gallery_together():
+    # The mechanism, not k-means' luck: one k-means run from faiss's seed 1234 (the published
+    # evaluation's) may start two centroids in one class of this data, so clustering quality is
+    # not asserted; the query/gallery figures must equal those of clustering all 30 rows at once.
     x, y = separated_clusters(3, 10)
     query = np.arange(len(y)) % 2 == 0
     scores = compute_metrics(["nmi", "f1", "recall@1"], x[~query], y[~query], x[query], y[query])
-    assert scores == pytest.approx({"nmi": 1.0, "f1": 1.0, "recall@1": 1.0})
+    together = compute_metrics(["nmi", "f1"], np.concatenate([x[query], x[~query]]),
+                               np.concatenate([y[query], y[~query]]))
+    assert scores["recall@1"] == 1.0  # every query's nearest gallery row is of its class
+    assert (scores["nmi"], scores["f1"]) == (together["nmi"], together["f1"])
+    gallery_only = compute_metrics(["nmi"], x[~query], y[~query])
+    assert gallery_only["nmi"] != scores["nmi"]  # the queries did take part in the clustering
 
 
 # --- against pytorch-metric-learning --------------------------------------------------------------
