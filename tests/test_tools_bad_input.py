@@ -366,16 +366,21 @@ def small_file_limit(limit: int = 256):
         signal.signal(signal.SIGXFSZ, handler)
 
 
-def test_a_full_disk_leaves_nothing_behind(run, generated_folder, tmp_path, capsys):
-    out = tmp_path / "out"
-    out.mkdir()
-    commands = [
+def writing_commands(run, generated_folder, out):
+    """embed, evaluate, export and figures, each writing one file into folder ``out``."""
+    return [
         (embed_tool.main, [str(run), "--images", str(generated_folder / "class_04"), "--out",
                            str(out / "e.npz"), "--num_workers", "0"]),
         (evaluate_tool.main, [str(run), "--out", str(out / "r.json"), "--device", "cpu"]),
         (export_tool.main, [str(run), "--format", "torchscript", "--out", str(out / "m.pt")]),
         (figures.main, ["curves", str(run), "--out", str(out / "c.png")]),
     ]
+
+
+def test_a_full_disk_leaves_nothing_behind(run, generated_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    commands = writing_commands(run, generated_folder, out)
     for command, argv in commands:
         with small_file_limit():
             code = command(argv)
@@ -411,12 +416,7 @@ def test_ctrl_c_exits_130_and_removes_temporary_files(run, generated_folder, tmp
     monkeypatch.setattr(_common, "os", proxy)
     out = tmp_path / "out"
     out.mkdir()
-    commands = [
-        (embed_tool.main, [str(run), "--images", str(generated_folder / "class_04"), "--out",
-                           str(out / "e.npz"), "--num_workers", "0"]),
-        (evaluate_tool.main, [str(run), "--out", str(out / "r.json"), "--device", "cpu"]),
-        (export_tool.main, [str(run), "--format", "torchscript", "--out", str(out / "m.pt")]),
-    ]
+    commands = writing_commands(run, generated_folder, out)[:3]
     for command, argv in commands:
         one_line(capsys, command(argv), "interrupted", status=130)
         assert os.listdir(out) == []
