@@ -8,7 +8,6 @@ dataset (architecture, crop size, number of epochs, pretraining, Recall@K values
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Dict, List, Optional, Tuple
 
 import batchminer
@@ -16,6 +15,7 @@ import criteria
 import das
 import datasampler
 from criteria import _sec as criteria_sec
+from utilities.data import default_workers
 from utilities.options import (OptionParser, Range, add_declared, between, document_ranges,
                                given_options, greater_than, non_negative_float, non_negative_int,
                                positive_float, positive_int, registry_options, torch_device)
@@ -276,8 +276,7 @@ def resolve_dataset_defaults(opt: argparse.Namespace) -> argparse.Namespace:
         if getattr(opt, key) is None:
             setattr(opt, key, defaults[key])
     if opt.kernels is None:
-        opt.kernels = min(6, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                          else (os.cpu_count() or 1))
+        opt.kernels = default_workers()
     if opt.lr is None:
         opt.lr = defaults.get("lr", 1e-5)
     if opt.eval_initial is None:

@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from datasets._base import output_crop
 from utilities.errors import UserError
 from utilities.registry import UnknownNameError
 
@@ -154,10 +155,10 @@ class TimmEmbeddingNetwork(EmbeddingNetwork):
         return None
 
     def transform_config(self, crop_size: int, augmentation: str):
-        crop = 256 if augmentation == "big" else crop_size
+        crop = output_crop(crop_size, augmentation)
         supported = self.supported_crop(crop)
         if supported:
-            flag = ("--augmentation big (crop 256)" if augmentation == "big"
+            flag = (f"--augmentation big (crop {crop})" if augmentation == "big"
                     else f"--crop_size {crop_size}")
             raise TimmOptionError(f"{flag} does not fit --arch '{self.name}': timm model "
                                   f"'{self.timm_model}' takes {supported}")

@@ -105,6 +105,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 BGR_255_MEAN = (104.0, 117.0, 128.0)
 BGR_255_STD = (1.0, 1.0, 1.0)
 AUGMENTATIONS = ("base", "adv", "big", "red")
+BIG_CROP = 256  # --augmentation big trains and tests at 256 pixels whatever --crop_size says
+
+
+def output_crop(crop_size: int, augmentation: str) -> int:
+    """Side of the square images the transforms produce (Revisiting-DML's ``big`` sets 256)."""
+    return BIG_CROP if augmentation == "big" else crop_size
 
 
 INTERPOLATIONS = ("bilinear", "bicubic")
@@ -151,7 +157,7 @@ def build_pil_transform(config: TransformConfig,
     Kept as the reference that tests and ``bench/train_step.py --modes loader_compare`` set the
     uint8 pipeline of :func:`build_transform` against; same augmentation choices.
     """
-    crop = 256 if config.augmentation == "big" else config.crop_size
+    crop = output_crop(config.crop_size, config.augmentation)
     resize = int(round(crop * 256 / 224))
     steps: List[Callable] = []
     if train:

@@ -16,12 +16,12 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
 
-from ._base import TransformConfig, pil_to_tensor
+from ._base import TransformConfig, output_crop, pil_to_tensor
 
 
 def crop_and_resize_sizes(config: TransformConfig):
     """(crop, resize): the output side and the test-time short side (256/224 of the crop)."""
-    crop = 256 if config.augmentation == "big" else config.crop_size
+    crop = output_crop(config.crop_size, config.augmentation)
     return crop, int(round(crop * 256 / 224))
 
 

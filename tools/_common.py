@@ -26,6 +26,7 @@ from datasets._base import DataError, load_image
 from datasets._layout import IMAGE_EXTENSIONS, is_image_name
 from evaluation import compute_embeddings
 from utilities import run_folder as rf
+from utilities.data import default_workers  # noqa: F401 (the tools import it from here)
 from utilities.errors import UserError
 
 EMBEDDING_FORMAT = 1  # version of the .npz layout written by tools.embed
@@ -237,8 +238,6 @@ def choose_device(name: Optional[str]) -> torch.device:
     return device
 
 
-def default_workers() -> int:
-    return min(4, os.cpu_count() or 1)
 
 
 # ----------------------------------------------------------------------------- image lists

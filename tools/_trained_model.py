@@ -14,6 +14,7 @@ import torch
 
 import architectures
 from datasets import DatasetSplits, build_transform
+from datasets._base import output_crop
 from utilities.checkpoint import CheckpointError, load_checkpoint
 from utilities.checkpoint import check_state_dict as shared_check_state_dict
 from utilities.run_folder import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, read_config
@@ -35,8 +36,7 @@ class TrainedModel:
     @property
     def crop_size(self) -> int:
         """Side of the square input the test transform produces (its final CenterCrop)."""
-        return 256 if self.config.get("augmentation", "base") == "big" else \
-            int(self.config["crop_size"])
+        return output_crop(int(self.config["crop_size"]), self.config.get("augmentation", "base"))
 
     @property
     def normalized(self) -> bool:

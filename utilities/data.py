@@ -2,12 +2,22 @@
 worker lifetime, so that a seed fixes the augmentations and a resumed epoch repeats them."""
 from __future__ import annotations
 
+import os
 from typing import Iterator, List, Tuple
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from .seeding import sample_seeds
+
+MAX_DEFAULT_WORKERS = 6  # past about 6 loader processes a 2-8 core machine gains nothing
+
+
+def default_workers() -> int:
+    """Loader worker processes when none are asked for: the cores this process may use, at most
+    MAX_DEFAULT_WORKERS (main.py's --kernels and the tools' --num_workers alike)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(MAX_DEFAULT_WORKERS, cores or 1)
 
 
 class SeededBatches(Sampler[List[Tuple[int, int]]]):
