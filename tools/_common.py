@@ -45,17 +45,11 @@ RUN_FILES = (rf.CONFIG_FILE, rf.METRICS_FILE, rf.SUMMARY_FILE, rf.LAST_CHECKPOIN
 CSV_HEADERS = ("query,rank,neighbour,", "group,seeds", "table,method,", "folder,used,")
 
 
-def is_run_folder(folder: str) -> bool:
-    """A folder main.py trains in (its config.json, metrics.csv or a checkpoint)."""
-    return any(os.path.exists(os.path.join(folder, name))
-               for name in (rf.CONFIG_FILE, rf.METRICS_FILE, rf.LAST_CHECKPOINT))
-
-
 def run_file_reason(path: str) -> Optional[str]:
     """Why ``path`` (after links) is one of a training run's own files, or None."""
     real = os.path.realpath(path)
     folder, name = os.path.split(real)
-    if not is_run_folder(folder):
+    if not rf.is_run_folder(folder):
         return None
     if (name in RUN_FILES or name.startswith(("events.out.tfevents", FREQUENCY_PATTERN, ".tmp_"))
             or name.endswith((".pth", ".pt.tmp"))):

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from architectures import parse_arch
-from tools._common import atomic_output, is_run_folder, write_text, written_by_tools
+from tools._common import atomic_output, write_text, written_by_tools
 from utilities import run_folder as rf
 from utilities.errors import UserError, run_command
 from utilities.registry import UnknownNameError
@@ -468,7 +468,7 @@ def check_out_folder(out: str) -> None:
     that holds a file of an output's name that this tool did not write."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise TablesError(f"--out '{out}' is a file; expected a folder for the tables")
-    if is_run_folder(out):
+    if rf.is_run_folder(out):
         raise TablesError(f"--out '{out}' is a run folder of main.py; write the tables elsewhere")
     for name in output_names():
         path = os.path.join(out, name)

@@ -7,9 +7,8 @@ traceback for something the user can act on.
 """
 from __future__ import annotations
 
-import os
 import sys
-from typing import Callable, Iterable
+from typing import Callable
 
 RESUME_HINT = "Continue with: python main.py --resume {folder}"
 
@@ -35,34 +34,22 @@ def report(error: BaseException) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
-def remove_quietly(paths: Iterable[str]) -> None:
-    """Delete temporary files left by a failed command; a file already gone is fine."""
-    for path in paths:
-        try:
-            os.remove(path)
-        except OSError:
-            pass
-
-
-def run_command(command: Callable[[], int], *, temporary_files: Iterable[str] = ()) -> int:
+def run_command(command: Callable[[], int]) -> int:
     """Run ``command``; a ``UserError`` prints one line and returns its exit status.
 
     A full disk or a read-only folder (``OSError`` with a file name) is reported the same way,
-    naming the file. Ctrl-C exits with status 130 without a traceback. ``temporary_files`` are
-    removed on every failure path.
+    naming the file. Ctrl-C exits with status 130 without a traceback. Temporary files are the
+    writers' to remove (``tools._common.atomic_output``, ``checkpoint.save_checkpoint``).
     """
     try:
         return command()
     except UserError as error:
-        remove_quietly(temporary_files)
         report(error)
         return error.exit_status
     except KeyboardInterrupt:
-        remove_quietly(temporary_files)
         print("error: interrupted (Ctrl-C); nothing more was written", file=sys.stderr)
         return 130
     except OSError as error:
-        remove_quietly(temporary_files)
         if error.filename is None:
             raise
         reason = error.strerror or type(error).__name__
