@@ -37,14 +37,15 @@ import metrics
 from datasampler._feed import StorageFeed
 from datasets import DataError, ImageDataset, QueryGallery, device_decoding, image_dataset
 from datasets._batch import evaluation_decode
-from parameters import FILLED_IN, build_parser, parse_command_line, resolve_dataset_defaults
+from parameters import (RunSpec, build_parser, parse_command_line, resolve_dataset_defaults,
+                        resume_overridable)
 from utilities import checkpoint as ckpt
 from utilities import distributed
 from utilities import run_folder as rf
 from utilities.data import SeededBatches, SeededDataset
 from utilities.errors import UserError, resume_hint
 from utilities.grad_stats import gradient_norms
-from utilities.options import ConfigError, check_saved_options, option_name
+from utilities.options import ConfigError, option_name
 from utilities.registry import UnknownNameError
 from utilities.schedulers import make_scheduler
 from utilities.seeding import rng_state, seed_everything, set_backend_flags, set_rng_state
@@ -52,13 +53,8 @@ from utilities.seeding import rng_state, seed_everything, set_backend_flags, set
 # see run(): ValueErrors before "finished" are bad input; folder and kernels for its messages
 SETUP = {"finished": False, "folder": "", "kernels": 0}
 
-# Options that a resumed run may take from the new command line instead of the saved config:
-# none of them changes what is trained (--no_amp and --compile only on CUDA, in rounding).
-# Options a --resume may give with a new value: the bookkeeping ones that are options of main.py
-# (the run folder's place and the recorded facts are not), and --n_epochs, to extend a run.
-RESUME_OVERRIDABLE = tuple(sorted(
-    (rf.BOOKKEEPING - {"savename", "save_path", "resume", "torch_threads", "world_size"})
-    | {"n_epochs"}))
+# Options a --resume may give with a new value (parameters.resume_overridable).
+RESUME_OVERRIDABLE = resume_overridable()
 
 
 class TrainingError(RuntimeError):
@@ -261,10 +257,9 @@ def resume_options(folder: str, given: Dict) -> argparse.Namespace:
                                    f"from")
     if distributed.is_main_process():
         rf.lock_run_folder(folder)
-    config = rf.read_config(folder)
-    parser = build_parser()
-    check_saved_options(parser, config, os.path.join(folder, rf.CONFIG_FILE), filled=FILLED_IN)
-    names = {action.dest: option_name(action) for action in parser._actions}
+    saved = RunSpec.load(folder)
+    config = saved.to_config()
+    names = {action.dest: option_name(action) for action in build_parser()._actions}
     refused = [f"{names[dest]} {value!r} (the run has {config.get(dest)!r})"
                for dest, value in given.items()
                if dest not in RESUME_OVERRIDABLE + ("resume",) and value != config.get(dest)]
@@ -273,7 +268,6 @@ def resume_options(folder: str, given: Dict) -> argparse.Namespace:
                          f"{'; '.join(refused)}. Only "
                          f"{', '.join('--' + d for d in RESUME_OVERRIDABLE)} may change on resume; "
                          f"start a new run for other settings")
-    saved = argparse.Namespace(**config)
     for dest in RESUME_OVERRIDABLE:
         if dest in given:
             setattr(saved, dest, given[dest])

@@ -8,15 +8,20 @@ dataset (architecture, crop size, number of epochs, pretraining, Recall@K values
 from __future__ import annotations
 
 import argparse
-from typing import Dict, List, Optional, Tuple
+import functools
+import os
+import sys
+from typing import Any, Dict, List, Optional, Tuple
 
 import batchminer
 import criteria
 import das
 import datasampler
 from criteria import _sec as criteria_sec
+from utilities import run_folder as rf
 from utilities.data import default_workers
-from utilities.options import (OptionParser, Range, add_declared, between, document_ranges,
+from utilities.options import (OptionParser, Range, add_declared, between, bookkeeping,
+                               changes_experiment, check_saved_options, document_ranges,
                                given_options, greater_than, non_negative_float, non_negative_int,
                                positive_float, positive_int, registry_options, torch_device)
 
@@ -53,13 +58,22 @@ MAX_BATCH = 4096
 MAX_EMBED_DIM = 8192
 MAX_WORKERS = 256
 
+# Flags of older command lines that mean nothing here. They are not options (nothing reads them
+# and config.json does not record them): parse_command_line drops them with a one-line note.
+# flag -> what this codebase does instead.
+NO_OP_FLAGS = {
+    "--no_amp": "float32 is the default; bf16 autocast is --amp",
+    "--train_metrics": "train-split metrics are on unless --no_train_metrics",
+    "--evaluate_on_gpu": "faiss-gpu is used whenever it is installed (see --eval_backend)",
+}
+
 
 def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", default=DEFAULT_DATASET, type=str,
                        help="Dataset name (see datasets/). Default: the bundled Omniglot "
                             "characters (data/omniglot/).")
-    group.add_argument("--source", "--source_path", dest="source", default=None, type=str,
+    bookkeeping(group, "--source", "--source_path", dest="source", default=None, type=str,
                        help="Folder holding <dataset>/ in its published layout (for `folder`: the "
                             "class tree itself, or its parent when named by --folder_name).")
     group.add_argument("--folder_name", default=None, type=str,
@@ -92,7 +106,7 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                        help="ooDML split file: a pickle (as published for CARS196) or JSON.")
     group.add_argument("--data_split_id", default=0, type=non_negative_int,
                        help="Which split of --data_split_path to use.")
-    group.add_argument("--kernels", default=None, type=between(0, MAX_WORKERS),
+    bookkeeping(group, "--kernels", default=None, type=between(0, MAX_WORKERS),
                        help="DataLoader worker processes (default: 6, or fewer on a machine with "
                             f"fewer cores; at most {MAX_WORKERS}, each one a process holding its "
                             "own copy of the dataset index).")
@@ -135,7 +149,7 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
                        help="Use ImageNet weights even where the dataset default is random init.")
     group.add_argument("--pretrained_path", "--ckpt_path", dest="pretrained_path", default=None,
                        type=str, help="Local backbone state dict to start from.")
-    group.add_argument("--compile", action="store_true", help="torch.compile the backbone (CUDA).")
+    bookkeeping(group, "--compile", action="store_true", help="torch.compile the backbone (CUDA).")
     group.add_argument("--frozen_bn_affine", action="store_true",
                        help="With a 'frozen' arch, also fix the BatchNorm affine weights (left "
                             "out of the optimizer). Published: they train, with weight decay.")
@@ -170,9 +184,6 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
     group.add_argument("--amp", action="store_true",
                        help="bf16 autocast of the network's forward pass on CUDA. Off: float32 "
                             "with TF32 matmuls, the published code's precision (docs/PARITY.md).")
-    group.add_argument("--no_amp", action="store_true",
-                       help="Does nothing; accepted so that old command lines run (float32 is "
-                            "the default now, bf16 is --amp).")
 
     group = parser.add_argument_group("evaluation")
     group.add_argument("--evaluation_metrics", nargs="+", default=None, type=str,
@@ -184,15 +195,10 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
     group.add_argument("--storage_metric", "--storage_metrics", dest="storage_metric",
                        default="recall@1", type=str, nargs="?",
                        help="Metric that selects checkpoint_best.pth.")
-    group.add_argument("--no_train_metrics", action="store_true",
+    bookkeeping(group, "--no_train_metrics", action="store_true",
                        help="Do not evaluate on the training split every epoch (on by default, "
                             "as in the published code; it costs time only, test figures are "
                             "unchanged).")
-    group.add_argument("--train_metrics", action="store_true",
-                       help="Does nothing; accepted so that old command lines run (train-split "
-                            "metrics are on unless --no_train_metrics).")
-    group.add_argument("--evaluate_on_gpu", action="store_true",
-                       help="Accepted for compatibility: faiss-gpu is used whenever available.")
     group.add_argument("--eval_initial", action="store_true", default=None,
                        help="Also evaluate the untrained network (row epoch 0 of metrics.csv); on "
                             "by default for the bundled omniglot and digits.")
@@ -203,7 +209,7 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
     group.add_argument("--kmeans_seed", default="published", choices=["published", "run"],
                        help="Seed of the NMI/F1 k-means: published (faiss's default seed 1234 "
                             "whatever --seed is, as the published evaluation) or run (--seed).")
-    group.add_argument("--eval_bs", default=None, type=between(1, MAX_BATCH),
+    bookkeeping(group, "--eval_bs", default=None, type=between(1, MAX_BATCH),
                        help="Batch size for computing evaluation embeddings (default: --bs; at "
                             f"most {MAX_BATCH}, as --bs).")
     group.add_argument("--eval_backend", default="auto", choices=["auto", "faiss", "torch"],
@@ -228,16 +234,16 @@ def basic_training_parameters(parser: argparse.ArgumentParser) -> argparse.Argum
     group.add_argument("--no_tf32", dest="tf32", action="store_false",
                        help="CUDA: true float32 matmuls and convolutions, as the published runs "
                             "on a Pascal GPU (slower on Ampere and later).")
-    group.add_argument("--gpu", default=[0], nargs="+", type=non_negative_int,
+    bookkeeping(group, "--gpu", default=[0], nargs="+", type=non_negative_int,
                        help="CUDA card to use.")
-    group.add_argument("--device", default=None, type=torch_device,
+    bookkeeping(group, "--device", default=None, type=torch_device,
                        help="Force a torch device (cpu, cuda, cuda:1); default: CUDA when present.")
-    group.add_argument("--savename", default="", type=str, help="Run folder name.")
-    group.add_argument("--save_path", default="Training_Results", type=str,
+    bookkeeping(group, "--savename", default="", type=str, help="Run folder name.")
+    bookkeeping(group, "--save_path", default="Training_Results", type=str,
                        help="Parent folder of run folders.")
-    group.add_argument("--resume", default=None, type=str,
+    bookkeeping(group, "--resume", default=None, type=str,
                        help="Run folder to continue from its checkpoint_last.pth.")
-    group.add_argument("--log_every", default=20, type=positive_int,
+    bookkeeping(group, "--log_every", default=20, type=positive_int,
                        help="Steps between per-step TensorBoard scalars (each one syncs once).")
     return parser
 
@@ -259,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="main.py",
         description="Deep metric learning with densely-anchored sampling (DAS).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Accepted and ignored, so that older command lines run: "
+               + "; ".join(f"{flag} ({meaning})" for flag, meaning in NO_OP_FLAGS.items()) + ".",
     )
     basic_training_parameters(parser)
     loss_specific_parameters(parser)
@@ -289,8 +297,8 @@ def resolve_dataset_defaults(opt: argparse.Namespace) -> argparse.Namespace:
         opt.evaluation_metrics = [f"recall@{k}" for k in ks] + ["nmi", "f1", "map@r", "r_precision"]
     if opt.eval_bs is None:
         opt.eval_bs = opt.bs
-    # Train-split metrics are on unless --no_train_metrics (published default); --train_metrics
-    # is an accepted no-op, and opt.train_metrics records what the run does.
+    # Train-split metrics are on unless --no_train_metrics (published default); config.json
+    # records what the run does as train_metrics.
     opt.train_metrics = not opt.no_train_metrics
     if opt.miner_semihard_margin is None:
         opt.miner_semihard_margin = getattr(opt, f"loss_{opt.loss}_margin",
@@ -309,10 +317,70 @@ def parse_command_line(argv: Optional[List[str]] = None
     """Parse the command line once: ``(options as typed with parser defaults, {dest: value} of the
     options actually typed})``. Dataset defaults are not filled in (see parse_options)."""
     parser = build_parser()
-    opt = parser.parse_args(argv)
+    argv = without_no_op_flags(sys.argv[1:] if argv is None else list(argv))
+    opt = parser.parse_args(argv, namespace=RunSpec())
     return opt, given_options(parser, argv)
 
 
-def parse_options(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    opt = build_parser().parse_args(argv)
-    return resolve_dataset_defaults(opt)
+def parse_options(argv: Optional[List[str]] = None) -> "RunSpec":
+    """The options of a new run: parsed, dataset defaults filled in."""
+    return resolve_dataset_defaults(parse_command_line(argv)[0])
+
+
+def without_no_op_flags(argv: List[str]) -> List[str]:
+    """``argv`` less the flags of :data:`NO_OP_FLAGS`, each dropped with a one-line note."""
+    for flag in sorted(set(argv) & set(NO_OP_FLAGS)):
+        print(f"note: {flag} does nothing here: {NO_OP_FLAGS[flag]}", file=sys.stderr)
+    return [word for word in argv if word not in NO_OP_FLAGS]
+
+
+# Entries main.py writes into config.json beside the options: how the run ran, what it derived
+# and what it trained on. name -> whether it changes the experiment (as changes_experiment()).
+RECORDED = {"world_size": False, "torch_threads": False, "train_metrics": False,
+            "train_classes": True, "train_images": True, "train_classes_sha256": True}
+
+
+class RunSpec(argparse.Namespace):
+    """One run's settings: every option declared here or by a member (typed and range-checked as
+    declared) plus the :data:`RECORDED` entries. config.json serializes it (:meth:`to_config`);
+    main.py's resume and every command that reads a run folder load it back (:meth:`load`)."""
+
+    @classmethod
+    def load(cls, folder: str) -> "RunSpec":
+        """The spec in ``folder``/config.json, checked against today's declarations: a missing,
+        ill-typed or out-of-range option raises ConfigError naming the file and key."""
+        config = rf.read_config(folder)
+        check_saved_options(build_parser(), config, os.path.join(folder, rf.CONFIG_FILE),
+                            filled=FILLED_IN)
+        return cls(**config)
+
+    def to_config(self) -> Dict[str, Any]:
+        return dict(vars(self))
+
+    def replaced(self, **values: Any) -> "RunSpec":
+        """A copy with ``values`` replaced (e.g. a tool's own --batch_size as eval_bs)."""
+        return RunSpec(**dict(vars(self), **values))
+
+
+@functools.lru_cache(maxsize=1)
+def bookkeeping_keys() -> frozenset:
+    """config.json entries that do not change the experiment: the options declared with
+    ``bookkeeping`` (or ``Option(..., changes_experiment=False)``) and the RECORDED facts marked
+    so. Runs differing only in these are one setting; a resume may give those that are options
+    of main.py anew; a table row ignores them."""
+    options = {action.dest for action in build_parser()._actions
+               if not changes_experiment(action)}
+    recorded = {key for key, changes in RECORDED.items() if not changes}
+    older_no_ops = {flag.lstrip("-") for flag in NO_OP_FLAGS}  # keys of older config.json files
+    return frozenset(options | recorded | older_no_ops)
+
+
+# A resume continues in its own run folder: the options that place it cannot change.
+RUN_FOLDER_PLACE = ("savename", "save_path", "resume")
+
+
+def resume_overridable() -> Tuple[str, ...]:
+    """Options a --resume may give with a new value: the bookkeeping options except the run
+    folder's place, and --n_epochs, to extend a run."""
+    options = {action.dest for action in build_parser()._actions}
+    return tuple(sorted((bookkeeping_keys() & options) - set(RUN_FOLDER_PLACE) | {"n_epochs"}))

@@ -152,19 +152,33 @@ def test_float32_by_default_bf16_only_with_amp_and_no_amp_a_no_op():
     assert not main.bf16_autocast(parse_options(["--amp"]), cpu)
 
 
-def test_a_config_saved_before_amp_existed_resumes_with_its_precision():
-    import argparse
+def test_a_config_saved_before_amp_existed_is_refused_naming_the_key(tmp_path):
+    """Such a run ran bf16 on CUDA unless --no_amp; its config lacks 'amp', and loading it back
+    stops with the file and key named instead of guessing the precision."""
+    import json
 
-    assert main.bf16_autocast(argparse.Namespace(no_amp=False), torch.device("cuda"))
-    assert not main.bf16_autocast(argparse.Namespace(no_amp=True), torch.device("cuda"))
+    from parameters import RunSpec
+    from utilities.options import ConfigError
+
+    config = parse_options([]).to_config()
+    del config["amp"]
+    (tmp_path / "config.json").write_text(json.dumps(dict(config, no_amp=False)))
+    with pytest.raises(ConfigError, match="no key 'amp' \\(option --amp\\)"):
+        RunSpec.load(str(tmp_path))
 
 
-def test_no_amp_help_says_it_is_a_no_op():
-    from parameters import build_parser
+def test_no_op_flags_are_documented_dropped_with_a_note_and_not_recorded(capsys):
+    from parameters import NO_OP_FLAGS, build_parser
 
-    helps = {a.dest: a.help for a in build_parser()._actions}
-    assert helps["no_amp"].startswith("Does nothing") and "--amp" in helps["no_amp"]
-    assert helps["train_metrics"].startswith("Does nothing")
+    parser = build_parser()
+    assert set(NO_OP_FLAGS) == {"--no_amp", "--train_metrics", "--evaluate_on_gpu"}
+    assert all(flag in parser.epilog for flag in NO_OP_FLAGS)
+    assert "--amp" in NO_OP_FLAGS["--no_amp"]
+    assert not {"no_amp", "train_metrics", "evaluate_on_gpu"} & {a.dest for a in parser._actions}
+    config = parse_options(["--no_amp", "--evaluate_on_gpu", "--bs", "8"]).to_config()
+    assert config["bs"] == 8 and "no_amp" not in config and "evaluate_on_gpu" not in config
+    notes = capsys.readouterr().err
+    assert "note: --no_amp does nothing here" in notes and "--evaluate_on_gpu" in notes
 
 
 def test_training_step_runs_in_float32_by_default(monkeypatch):

@@ -102,8 +102,8 @@ def test_bad_input_is_one_message(runs, tmp_path, capsys):
 
 def test_seeds_group_whatever_machine_ran_them():
     """Thread count, process count and --compile are recorded in config.json but change no
-    setting: two seeds run on different machines are one setting (run_folder.BOOKKEEPING)."""
-    from utilities.seed_groups import settings_of
+    setting: two seeds run on different machines are one setting (parameters.bookkeeping_keys)."""
+    from tools._seed_groups import settings_of
 
     first = {"loss": "margin", "lr": 1e-5, "seed": 0, "torch_threads": 2, "world_size": 1,
              "compile": False, "device": "cpu"}

@@ -44,6 +44,7 @@ import time
 import traceback
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from parameters import bookkeeping_keys
 from utilities import run_folder as rf
 from utilities.errors import UserError
 
@@ -55,8 +56,10 @@ JOBS_FILE = "slurm_jobs.json"
 STOP_WAIT_S = 600  # how long a preempted job waits for main.py to save its checkpoint
 
 # What may differ between a run folder and its row without making it another experiment: the
-# bookkeeping entries, and --n_epochs (a row with more epochs continues the run).
-VOLATILE_OPTIONS = rf.BOOKKEEPING | {"n_epochs", "train_classes", "train_images"}
+# entries that do not change it (parameters.bookkeeping_keys), --n_epochs (a row with more epochs
+# continues the run) and the training-data record, which a row's options do not hold.
+VOLATILE_OPTIONS = (bookkeeping_keys() | {"n_epochs"}
+                    | set(rf.training_data_record([], 0)))
 
 
 class LaunchError(UserError, ValueError):

@@ -17,7 +17,7 @@ epoch's figures and one with the best epoch's), ``table{1,2}_{last,best}.csv`` (
 CSV) and ``runs.csv`` (every run folder found, the cell it fills, its epochs, or why it fits none).
 Each cell shows our figure, the paper's and the difference (ours - paper) in percentage points.
 A cell without a run is shown as missing (``-`` in markdown, empty in CSV), never as zero.
-Runs of a cell that differ only in ``--seed`` (``utilities.seed_groups``, the grouping of
+Runs of a cell that differ only in ``--seed`` (``tools._seed_groups``, the grouping of
 ``tools.summarize``) are averaged: ``mean +- std (n seeds)`` in markdown; in CSV the ``ours`` row
 holds the mean, a ``std`` row the sample standard deviation and ``<dataset>/seeds`` the number
 of seeds.
@@ -50,7 +50,7 @@ from tools._common import atomic_output, write_text, written_by_tools
 from utilities import run_folder as rf
 from utilities.errors import UserError, run_command
 from utilities.registry import UnknownNameError
-from utilities.seed_groups import group_by_settings, mean_std
+from tools._seed_groups import group_by_settings, mean_std
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_RESULTS = os.path.join(REPO_ROOT, "data", "das_paper_results.csv")
@@ -233,7 +233,7 @@ def read_run(folder: str) -> Run:
 
 def assign_cells(runs: Sequence[Run]) -> Dict[Tuple[RowKey, str], List[Run]]:
     """The runs of each (row, dataset): those of one group of runs that differ only in
-    ``--seed`` (utilities.seed_groups), one run per seed. Between duplicates of a seed and between
+    ``--seed`` (tools._seed_groups), one run per seed. Between duplicates of a seed and between
     groups: finished before unfinished, then more seeds, more epochs, newer."""
     candidates: Dict[Tuple[RowKey, str], List[Run]] = {}
     for run in runs:

@@ -30,7 +30,7 @@ from tools._common import atomic_output, check_output
 from utilities import run_folder as rf
 from utilities.errors import UserError, run_command
 from utilities.run_folder import RunRecord as Run
-from utilities.seed_groups import NOT_SETTINGS, group_by_settings, mean_std, settings_of  # noqa: F401
+from tools._seed_groups import NOT_SETTINGS, group_by_settings, mean_std, settings_of  # noqa: F401
 
 MODES = ("last", "best")
 RAW_METRICS = ("dists@", "rho_spectrum@")  # not in [0, 1]: shown as they are, not in percent

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from functools import partial
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from utilities.errors import UserError
@@ -129,16 +130,36 @@ class Option:
 
         options = (Option("--loss_triplet_margin", default=0.2, type=non_negative_float,
                           help="triplet: margin m of max(0, d(a, p) - d(a, n) + m)."),)
+
+    ``changes_experiment=False`` marks an option that places, paces or logs a run without
+    changing what it trains or the figures it reports (see :func:`changes_experiment`).
     """
 
-    def __init__(self, *names: str, **settings: Any) -> None:
+    def __init__(self, *names: str, changes_experiment: bool = True, **settings: Any) -> None:
         self.names, self.settings = names, settings
+        self.changes_experiment = changes_experiment
 
     def add_to(self, group) -> argparse.Action:
-        return group.add_argument(*self.names, **self.settings)
+        add = group.add_argument if self.changes_experiment else partial(bookkeeping, group)
+        return add(*self.names, **self.settings)
 
     def __repr__(self) -> str:
         return f"Option({', '.join(self.names)})"
+
+
+def bookkeeping(group, *names: str, **settings: Any) -> argparse.Action:
+    """``group.add_argument`` for an option that does not change the experiment: where the run
+    folder is, where the same data lies, what hardware ran it, how often it logs. Runs that
+    differ only in such options are one setting (seed grouping), a resume may give them anew, a
+    table row ignores them."""
+    action = group.add_argument(*names, **settings)
+    action.changes_experiment = False
+    return action
+
+
+def changes_experiment(action: argparse.Action) -> bool:
+    """Whether an option changes what a run trains or reports (the default for every option)."""
+    return getattr(action, "changes_experiment", True)
 
 
 def add_declared(group, options: Iterable[Option]) -> None:

@@ -26,18 +26,6 @@ SUMMARY_FILE = "training_summary.txt"
 LAST_CHECKPOINT = "checkpoint_last.pth"
 BEST_CHECKPOINT = "checkpoint_best.pth"
 LOCK_FILE = ".lock"
-# Entries of config.json that name, place or pace a run, or record where it ran, without changing
-# what it trains or the figures it reports. The one list behind: the options a --resume may give
-# anew (main.RESUME_OVERRIDABLE), a table row matching its run folder (tools/_launch.py) and runs
-# grouped as seeds of one setting (utilities/seed_groups.py).
-BOOKKEEPING = frozenset({
-    "savename", "save_path", "resume",          # where the run folder is
-    "source",                                   # where the same data lies
-    "device", "gpu", "kernels", "torch_threads", "world_size", "compile",  # what ran it
-    "log_every", "eval_bs", "evaluate_on_gpu",  # how often and in what chunks it logs
-    "no_train_metrics", "train_metrics", "no_amp",  # train-split figures only; published no-ops
-})
-
 _LOCKS: Dict[str, int] = {}  # run folder -> open descriptor holding its lock
 
 

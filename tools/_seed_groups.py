@@ -7,10 +7,11 @@ import json
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from utilities.run_folder import BOOKKEEPING
+from parameters import bookkeeping_keys
 
-# What may differ between seeds of one setting: the seed and the bookkeeping entries.
-NOT_SETTINGS = BOOKKEEPING | {"seed"}
+# What may differ between seeds of one setting: the seed and the entries that do not change the
+# experiment (each option says so where it is declared; parameters.bookkeeping_keys).
+NOT_SETTINGS = bookkeeping_keys() | {"seed"}
 
 
 def settings_of(config: Dict) -> str:
