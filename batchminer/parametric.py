@@ -39,8 +39,9 @@ class ParametricMiner(BaseMiner):
     """
 
     output = TRIPLETS
-    # The published miner reads these three names from its options object, which its
-    # parameters.py never defines (docs/PARITY.md); here they are real options.
+    # The published miner reads these three names from its options object, which the
+    # published code's parameters.py never declares (docs/PARITY.md); here the miner declares
+    # them, and this repository's parameters.py collects them like every member's options.
     options = (
         Option("--miner_parametric_mode", default="uniform", choices=sorted(TARGETS),
                help="parametric: target density of the anchor-negative distance."),
