@@ -1,11 +1,15 @@
 """Datasets, selected with ``--dataset`` and read from ``--source``.
 
-Each member module registers a parser ``load(source, folder_name) -> DatasetSplits`` for one
-published layout. :func:`load` adds the optional class-disjoint train/validation split.
+Each member module parses one layout (``parse(source, folder_name) -> DatasetSplits``) and
+registers, with :func:`register`, a :class:`Dataset` record of it: the parser and what the rest of
+the code reads about the dataset (option defaults, Recall@K list, published size, how to prepare
+the publisher's download, a generated miniature); see ``_description.py``. ``REGISTRY.get(name)``
+is that record, callable as the parser. :func:`load` adds the optional class re-split, the
+integrity checks and the class-disjoint train/validation split.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 from utilities.registry import Registry
 
@@ -14,10 +18,24 @@ from ._base import (DataError, DatasetSplits, ImageDataset, QueryGallery, Split,
 from ._transforms import InputNormalizer, build_transform
 from ._batch import device_decoding, image_dataset, resolve_decode
 from ._class_split import SPLIT_CHOICES, apply_class_split
+from ._description import (DEFAULT_RECALL_KS, IMAGE_BENCHMARK, Dataset, Defaults, Published,
+                           SmokeWriter)
 from ._integrity import check_integrity
 from ._split import split_train_validation
 
-REGISTRY: Registry = Registry("dataset", "--dataset")
+REGISTRY: Registry[Dataset] = Registry("dataset", "--dataset")
+
+
+def register(dataset: Dataset) -> Dataset:
+    """Register a member's record under its name (the last statement of its file)."""
+    return REGISTRY.register(dataset.name)(dataset)
+
+
+def described() -> List[Dataset]:
+    """Every registered dataset's record, sorted by name."""
+    return [REGISTRY.get(name) for name in REGISTRY.names()]
+
+
 REGISTRY.import_members(__name__, __path__)
 
 
@@ -43,6 +61,8 @@ def load(name: str, source: Optional[str], use_tv_split: bool = False, tv_split_
     return splits
 
 
-__all__ = ["REGISTRY", "load", "DataError", "DatasetSplits", "ImageDataset", "QueryGallery",
-           "image_dataset", "device_decoding", "Split", "TransformConfig", "build_transform",
-           "build_pil_transform", "InputNormalizer", "resolve_decode"]
+__all__ = ["REGISTRY", "register", "described", "Dataset", "Defaults", "Published",
+           "SmokeWriter", "IMAGE_BENCHMARK", "DEFAULT_RECALL_KS", "load", "DataError",
+           "DatasetSplits", "ImageDataset", "QueryGallery", "image_dataset", "device_decoding",
+           "Split", "TransformConfig", "build_transform", "build_pil_transform",
+           "InputNormalizer", "resolve_decode"]

@@ -10,8 +10,9 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from . import REGISTRY
+from . import register
 from ._base import DatasetSplits, Split
+from ._description import Dataset, Defaults, Published
 
 UPSCALED_SIZE = 32
 
@@ -24,7 +25,6 @@ def _digit_images(data: np.ndarray) -> list:
     return images
 
 
-@REGISTRY.register("digits")
 def load_digits(source: Optional[str] = None, folder_name: Optional[str] = None) -> DatasetSplits:
     from sklearn.datasets import load_digits as sklearn_digits  # slow import, this dataset only
 
@@ -37,3 +37,13 @@ def load_digits(source: Optional[str] = None, folder_name: Optional[str] = None)
     test = Split([images[i] for i in test_idx], labels[test_idx] - 5,
                  [str(c) for c in range(5, 10)])
     return DatasetSplits(name="digits", train=train, evaluation={"test": test})
+
+
+DATASET = register(Dataset(
+    "digits", load_digits,
+    # 8x8 images and 5 training classes: a small CNN from scratch, batches holding all 5 classes
+    # with 20 images each, and no RandomResizedCrop (its 8%-area crops erase a digit).
+    defaults=Defaults(arch="tinycnn_normalize", crop_size=32, n_epochs=12, pretrained=False,
+                      lr=1e-3, bs=100, samples_per_class=20, augmentation="red",
+                      eval_initial=True),
+    published=Published(train=(5, 901), test=(5, 896))))

@@ -14,8 +14,9 @@ import os
 from collections import defaultdict
 from typing import Dict, List, Optional, Tuple
 
-from . import REGISTRY
+from . import register
 from ._base import DataError, DatasetSplits
+from ._description import Dataset
 from ._layout import (MIN_CLASSES_PER_SPLIT, ClassImages, halve_classes, leaf_class_folders,
                       require_classes, require_dir, split_from_classes, visible_entries)
 
@@ -58,7 +59,6 @@ def refuse_shared_images(train: List[ClassImages], test: List[ClassImages], tree
                         f"of training images; expected train/ and test/ to share no image")
 
 
-@REGISTRY.register("folder")
 def load_folder(source: Optional[str], folder_name: Optional[str] = None) -> DatasetSplits:
     if source is None:
         raise DataError(f"--dataset folder needs --source: the image tree ({LAYOUT}), or its "
@@ -90,3 +90,6 @@ def load_folder(source: Optional[str], folder_name: Optional[str] = None) -> Dat
     else:
         train, test = halve_classes(leaf_class_folders(tree), tree)
     return DatasetSplits("folder", split_from_classes(train), {"test": split_from_classes(test)})
+
+
+DATASET = register(Dataset("folder", load_folder))  # the image benchmarks' defaults

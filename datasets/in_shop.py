@@ -18,8 +18,10 @@ import os
 import sys
 from typing import Dict, List, Optional
 
-from . import REGISTRY
+from . import register
 from ._base import DataError, DatasetSplits, QueryGallery, Split
+from ._description import Dataset, Published, SmokeWriter
+from ._download import Plan, find_dir, find_file, listed_path, missing_files, safe_roots
 from ._integrity import queries_without_gallery
 from ._layout import (MIN_CLASSES_PER_SPLIT, check_disjoint_lists, check_listed_images,
                       check_unique_rows, dataset_root, dense_labels, read_list_file,
@@ -89,7 +91,6 @@ def _check_items_disjoint(parts: Dict[str, Dict[str, List]], list_file: str) -> 
                                 f"query/gallery items")
 
 
-@REGISTRY.register("in-shop")
 def load_in_shop(source: Optional[str], folder_name: Optional[str] = None) -> DatasetSplits:
     root = dataset_root(source, "in-shop", LAYOUT)
     require_dir(os.path.join(root, "img"), "the In-Shop images folder img/")
@@ -120,3 +121,64 @@ def load_in_shop(source: Optional[str], folder_name: Optional[str] = None) -> Da
               f"are reported as test/queries_without_gallery, outside the retrieval averages",
               file=sys.stderr, flush=True)
     return DatasetSplits("in-shop", train, {"test": QueryGallery(query_split, gallery_split)})
+
+
+def read_download(root: str) -> Plan:
+    """``img.zip`` or ``img/`` with ``Eval/list_eval_partition.txt``."""
+    plan = Plan()
+    partition = find_file(root, "list_eval_partition.txt")
+    if partition is None:
+        raise DataError(f"found no list_eval_partition.txt under '{root}'; expected In-Shop's "
+                        f"Eval/list_eval_partition.txt next to img.zip or img/")
+    images_parent = find_dir(root, lambda f: os.path.isdir(os.path.join(f, "img")))
+    if images_parent is None:
+        raise DataError(f"found no img/ folder (nor img.zip) under '{root}'; expected In-Shop's "
+                        f"images next to Eval/list_eval_partition.txt")
+    listed = []
+    rows = read_list_file(partition)
+    if len(rows) < 2 or rows[1][1] != HEADER:
+        raise DataError(f"'{partition}' line 2 is not '{' '.join(HEADER)}'; expected the "
+                        f"publisher's partition file (count line, column names, rows)")
+    roots = safe_roots(root)
+    for number, fields in rows[2:]:
+        if len(fields) != 3:
+            raise DataError(f"'{partition}' line {number}: expected 3 fields (image_name item_id "
+                            f"evaluation_status), found {len(fields)}")
+        if not fields[0].startswith("img/"):
+            raise DataError(f"'{partition}' line {number} names '{fields[0]}'; expected a path "
+                            f"inside img/")
+        listed.append((fields[0], listed_path(images_parent, fields[0], partition, roots,
+                                              number)))
+    count = rows[0][1] if rows else []
+    if len(count) != 1 or not count[0].isdigit() or int(count[0]) != len(listed):
+        raise DataError(f"'{partition}' lists {len(listed)} image(s), but its first line says "
+                        f"'{' '.join(count)}'; expected the count line to match the rows (a "
+                        f"truncated or edited file?)")
+    missing_files(listed, partition)
+    for relative, path in listed:
+        plan.add(relative, path, list_file=partition)
+    plan.add("Eval/list_eval_partition.txt", partition, image=False)
+    plan.described = f"In-Shop '{partition}' with '{os.path.join(images_parent, 'img')}'"
+    return plan
+
+
+def smoke_layout(write: SmokeWriter, classes: int, images_per_class: int) -> None:
+    """Half the items train; every test item has query and gallery images (alternating)."""
+    n_train = (classes + 1) // 2
+
+    def path_of(item: int, i: int) -> str:
+        group, category = ("WOMEN", "Dresses") if item % 2 == 0 else ("MEN", "Shirts_Polos")
+        return f"img/{group}/{category}/id_{item + 1:08d}/{i + 1:02d}_{i + 1}_front.jpg"
+
+    lines = []
+    for item, i, relative in write.images([max(images_per_class, 2)] * classes, path_of):
+        status = "train" if item < n_train else ("query" if i % 2 == 0 else "gallery")
+        lines.append(f"{relative} id_{item + 1:08d} {status}")
+    write.text("Eval/list_eval_partition.txt",
+               f"{len(lines)}\n{' '.join(HEADER)}\n" + "\n".join(lines) + "\n")
+
+
+DATASET = register(Dataset(
+    "in-shop", load_in_shop, recall_ks=(1, 10, 100, 1000),
+    published=Published(train=(3997, 25882), test=(3985, 26830), class_word="items"),
+    title="In-Shop", folders=("img", "Eval"), read_download=read_download, smoke=smoke_layout))

@@ -11,12 +11,14 @@ relabelled 0..n-1 per split (11,318 train classes / 59,551 images; 11,316 test c
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from . import REGISTRY
+from . import register
 from ._base import DataError, DatasetSplits, Split
+from ._description import Dataset, Published, SmokeWriter
+from ._download import Plan, find_dir, has, listed_path, missing_files, safe_roots
 from ._layout import (MIN_CLASSES_PER_SPLIT, check_disjoint_lists, check_listed_images,
                       check_unique_rows, dataset_root, dense_labels, parse_int, read_list_file,
                       require_classes, require_dir, require_file)
@@ -83,7 +85,6 @@ def _split(rows: Rows, super_ids: List[int], list_file: str) -> Split:
     return Split(paths, labels, [str(c) for c in published], super_labels)
 
 
-@REGISTRY.register("online_products")
 def load_online_products(source: Optional[str], folder_name: Optional[str] = None) -> DatasetSplits:
     root = dataset_root(source, "online_products", LAYOUT)
     images_dir = require_dir(os.path.join(root, "images"), "the images folder of SOP")
@@ -99,3 +100,71 @@ def load_online_products(source: Optional[str], folder_name: Optional[str] = Non
     train = _split(lists["train"][1], super_ids, lists["train"][0])
     test = _split(lists["test"][1], super_ids, lists["test"][0])
     return DatasetSplits("online_products", train, {"test": test})
+
+
+def read_download(root: str) -> Plan:
+    """``Stanford_Online_Products.zip`` or its folder (``Ebay_train.txt``, ``Ebay_test.txt``,
+    ``<category>_final/``), or the prepared ``online_products.tar``."""
+    plan = Plan()
+    prepared = find_dir(root, lambda f: has(f, "Info_Files/Ebay_train.txt",
+                                            "Info_Files/Ebay_test.txt", "images"))
+    if prepared is not None:  # the DAS repository's online_products.tar
+        home, images_dir = os.path.join(prepared, "Info_Files"), os.path.join(prepared, "images")
+    else:  # Stanford_Online_Products.zip: the lists beside the <category>_final/ folders
+        home = images_dir = find_dir(root, lambda f: has(f, "Ebay_train.txt", "Ebay_test.txt"))
+        if home is None:
+            raise DataError(f"found no Stanford Online Products files under '{root}'; expected "
+                            f"Stanford_Online_Products.zip, its folder (Ebay_train.txt, "
+                            f"Ebay_test.txt, <category>_final/) or the prepared "
+                            f"online_products.tar (images/, Info_Files/)")
+    for split in ("train", "test"):
+        list_file = os.path.join(home, f"Ebay_{split}.txt")
+        rows = read_list_file(list_file)
+        if not rows or rows[0][1] != HEADER:
+            raise DataError(f"'{list_file}' does not start with the line '{' '.join(HEADER)}'"
+                            f"; expected the publisher's list (a damaged or edited file?)")
+        listed = []
+        roots = safe_roots(root)
+        for number, fields in rows[1:]:
+            if len(fields) != 4:
+                raise DataError(f"'{list_file}' line {number}: expected 4 fields (image_id "
+                                f"class_id super_class_id path), found {len(fields)}")
+            listed.append((fields[3], listed_path(images_dir, fields[3], list_file, roots,
+                                                  number)))
+        if not listed:
+            raise DataError(f"'{list_file}' lists no images; expected the publisher's list")
+        missing_files(listed, list_file)
+        for relative, path in listed:
+            plan.add(f"images/{relative}", path, list_file=list_file)
+        plan.add(f"Info_Files/Ebay_{split}.txt", list_file, image=False)
+    plan.described = f"Stanford Online Products '{home}'"
+    return plan
+
+
+SMOKE_SUPER_CLASSES = ("bicycle", "cabinet", "chair")
+
+
+def smoke_layout(write: SmokeWriter, classes: int, images_per_class: int) -> None:
+    """Half the products train, half test, 2.. images each as in SOP; published-style ids
+    (class ids 1.., super-class ids 1..)."""
+    n_train = (classes + 1) // 2
+    supers = len(SMOKE_SUPER_CLASSES)
+
+    def relative(c: int, i: int) -> str:  # as listed: relative to images/
+        return f"{SMOKE_SUPER_CLASSES[c % supers]}_final/{1000000 + c + 1}_{i}.JPG"
+
+    counts = [2 + (c % max(images_per_class - 1, 1)) for c in range(classes)]
+    written = write.images(counts, lambda c, i: f"images/{relative(c, i)}")
+    rows: Dict[str, List[str]] = {"train": [], "test": []}
+    for image_id, (c, i, _) in enumerate(written, start=1):
+        rows["train" if c < n_train else "test"].append(
+            f"{image_id} {c + 1} {c % supers + 1} {relative(c, i)}")
+    for split, lines in rows.items():
+        write.text(f"Info_Files/Ebay_{split}.txt", "\n".join([" ".join(HEADER)] + lines) + "\n")
+
+
+DATASET = register(Dataset(
+    "online_products", load_online_products, recall_ks=(1, 10, 100, 1000),
+    published=Published(train=(11318, 59551), test=(11316, 60502)), title="SOP",
+    aliases=("sop",), folders=("images", "Info_Files"), read_download=read_download,
+    smoke=smoke_layout))

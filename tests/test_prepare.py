@@ -1,9 +1,12 @@
-"""datasets.prepare against tiny fake downloads in each publisher's format (tgz, zip, tar, unpacked
+"""tools.prepare against tiny fake downloads in each publisher's format (tgz, zip, tar, unpacked
 folders, Stanford Cars' .mat files written with scipy.io.savemat), and every refusal."""
 from __future__ import annotations
 
+import ast
 import io
 import os
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -15,9 +18,10 @@ import scipy.io
 
 import datasets
 from datasets import DataError
-import datasets.prepare as prepare_module
-from datasets.prepare import main as prepare_main
-from datasets.prepare import prepare
+import tools.prepare as prepare_module
+from tools.prepare import main as prepare_main
+from tools.prepare import prepare
+from tests.fixtures import REPO_ROOT
 from tests.test_datasets import (INSHOP_ROWS, SOP_HEADER, SOP_TEST, SOP_TRAIN, class_sizes,
                                  inshop_text, sop_rows, write_image)
 
@@ -594,3 +598,25 @@ def test_a_full_disk_while_writing_names_the_to_folder_and_leaves_nothing(tmp_pa
                       f"'{tmp_path / 'data'}': No space left on device; nothing was kept there")
     assert ".preparing" not in message
     assert_nothing_written(tmp_path / "data")
+
+
+# ----------------------------------------------------------------------------- the command's place
+
+ARCHIVE_MODULES = ("tarfile", "zipfile", "concurrent.futures")
+
+
+def test_import_datasets_leaves_the_prepare_command_and_its_archive_modules_alone():
+    """The command lives in tools/: ``import datasets`` loads no part of it, and no module of
+    datasets/ imports tarfile, zipfile or a thread pool when loaded (torch itself loads
+    tarfile and zipfile, so their absence from sys.modules cannot be asserted)."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, datasets; print(' '.join(sorted(m for m in sys.modules "
+         "if m.startswith(('tools', 'datasets.prepare')))))"],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []
+    for path in sorted((REPO_ROOT / "datasets").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = [alias.name for node in tree.body if isinstance(node, ast.Import)
+                 for alias in node.names]
+        names += [node.module for node in tree.body if isinstance(node, ast.ImportFrom)]
+        assert not [n for n in names if n and n.startswith(ARCHIVE_MODULES)], path.name
