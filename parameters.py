@@ -17,6 +17,7 @@ import batchminer
 import criteria
 import das
 import datasampler
+import datasets
 from criteria import _sec as criteria_sec
 from utilities import run_folder as rf
 from utilities.data import default_workers
@@ -25,31 +26,8 @@ from utilities.options import (OptionParser, Range, add_declared, between, bookk
                                given_options, greater_than, non_negative_float, non_negative_int,
                                positive_float, positive_int, registry_options, torch_device)
 
-# Defaults per dataset for options left unset on the command line. The bundled sets (Omniglot,
-# the default, and scikit-learn's digits) train a small network from scratch at a small crop on a
-# CPU, and evaluate the untrained network too, so that a first run shows what training did.
-IMAGE_BENCHMARK_DEFAULTS = dict(
-    arch="resnet50_frozen_normalize", crop_size=224, n_epochs=150, pretrained=True, bs=112,
-    samples_per_class=2, augmentation="base",
-)
-DATASET_DEFAULTS = {
-    # 105x105 drawings, 68 training characters of 20 drawings: batches of 28 characters x 4;
-    # resize-and-crop, as RandomResizedCrop's small crops cut strokes off a character (with it,
-    # R@1 stayed at the untrained network's 21%; see docs/PERFORMANCE.md).
-    "omniglot": dict(arch="tinycnn_normalize", crop_size=48, n_epochs=8, pretrained=False, lr=1e-3,
-                     bs=112, samples_per_class=4, augmentation="red", eval_initial=True),
-    # 8x8 images and 5 training classes: a small CNN from scratch, batches holding all 5 classes
-    # with 20 images each, and no RandomResizedCrop (its 8%-area crops erase a digit).
-    "digits": dict(arch="tinycnn_normalize", crop_size=32, n_epochs=12, pretrained=False, lr=1e-3,
-                   bs=100, samples_per_class=20, augmentation="red", eval_initial=True),
-    "folder": dict(IMAGE_BENCHMARK_DEFAULTS),
-    "cub200": dict(IMAGE_BENCHMARK_DEFAULTS),
-    "cars196": dict(IMAGE_BENCHMARK_DEFAULTS),
-    "online_products": dict(IMAGE_BENCHMARK_DEFAULTS),
-    "in-shop": dict(IMAGE_BENCHMARK_DEFAULTS),
-}
-RECALL_KS = {"online_products": [1, 10, 100, 1000], "in-shop": [1, 10, 100, 1000]}
-DEFAULT_RECALL_KS = [1, 2, 4, 8]
+# The defaults of options left unset and the Recall@K list are the dataset's own: the
+# `defaults` and `recall_ks` of its record in datasets/<name>.py (see resolve_dataset_defaults).
 DEFAULT_DATASET = "omniglot"
 # Upper bounds of the size options: values a machine can meet; the combination --bs/--eval_bs x
 # --crop_size is also checked against this machine's memory (main.check_batch_fits_in_memory).
@@ -278,22 +256,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_dataset_defaults(opt: argparse.Namespace) -> argparse.Namespace:
-    """Fill options left unset with the dataset's defaults (see ``DATASET_DEFAULTS``)."""
-    defaults = DATASET_DEFAULTS.get(opt.dataset, IMAGE_BENCHMARK_DEFAULTS)
-    for key in ("arch", "crop_size", "n_epochs", "bs", "samples_per_class", "augmentation"):
+    """Fill options left unset with the dataset's defaults, as its record in datasets/ declares
+    them (``defaults``, ``recall_ks``); an unknown name (refused later) gets the benchmarks'."""
+    dataset = datasets.REGISTRY.get(opt.dataset) if opt.dataset in datasets.REGISTRY else None
+    defaults = dataset.defaults if dataset else datasets.IMAGE_BENCHMARK
+    for key in ("arch", "crop_size", "n_epochs", "bs", "samples_per_class", "augmentation", "lr",
+                "eval_initial"):
         if getattr(opt, key) is None:
-            setattr(opt, key, defaults[key])
+            setattr(opt, key, getattr(defaults, key))
     if opt.kernels is None:
         opt.kernels = default_workers()
-    if opt.lr is None:
-        opt.lr = defaults.get("lr", 1e-5)
-    if opt.eval_initial is None:
-        opt.eval_initial = defaults.get("eval_initial", False)
     if opt.not_pretrained and opt.pretrained:
         raise SystemExit("error: --pretrained and --not_pretrained contradict each other")
-    opt.pretrained = (defaults["pretrained"] or opt.pretrained) and not opt.not_pretrained
+    opt.pretrained = (defaults.pretrained or opt.pretrained) and not opt.not_pretrained
     if opt.evaluation_metrics is None:
-        ks = RECALL_KS.get(opt.dataset, DEFAULT_RECALL_KS)
+        ks = dataset.recall_ks if dataset else datasets.DEFAULT_RECALL_KS
         opt.evaluation_metrics = [f"recall@{k}" for k in ks] + ["nmi", "f1", "map@r", "r_precision"]
     if opt.eval_bs is None:
         opt.eval_bs = opt.bs

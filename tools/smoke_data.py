@@ -1,24 +1,21 @@
 """Generated test images, the one source of them: the published dataset layouts for smoke runs
 (``SMOKE=1 bash table1.sh``) and plain class-folder trees for ``--dataset folder`` (the tests').
 
-    python -m tools.smoke_data OUT [--datasets cub200 cars196 online_products in-shop]
+    python -m tools.smoke_data OUT [--datasets cars196 cub200 in-shop online_products]
     python -m tools.smoke_data OUT --layout folder [--pattern glyph|patch|stripes]
 
 The first writes ``OUT/<dataset>/`` exactly as the parsers in ``datasets/`` expect the real data,
-so a smoke run goes through the same parsing, loading and evaluation code as a real one:
-
-* ``cub200/images/<NNN.Class_Name>/*.jpg``
-* ``cars196/images/<class folder with spaces>/*.jpg``
-* ``online_products/images/<super>_final/*.JPG`` plus ``Info_Files/Ebay_{train,test}.txt``
-* ``in-shop/img/<GROUP>/<Category>/id_<item>/*.jpg`` plus ``Eval/list_eval_partition.txt``
-
-Every class there is a colour and a stripe direction plus noise (``stripes``), so that even one
-epoch learns something. The second writes ``OUT/<class>/<i>.png`` for ``--dataset folder --source
-OUT``; with its defaults, ``glyph`` and ``patch`` write the tests' ``generated_folder`` and
-``tiny_folder`` byte for byte. Nothing is downloaded; a few hundred kilobytes are written.
-Nothing is overwritten: every file is first compared with what OUT holds, and a file of another
-content (a user's image, or one of another --seed) stops the command before it writes anything.
-Sizes are bounded (``MAX_SIZE``, ``MAX_CLASSES``, ``MAX_IMAGES_PER_CLASS``, ``MAX_PIXELS``).
+so a smoke run goes through the same parsing, loading and evaluation code as a real one. Where each
+file goes is the dataset's own ``smoke`` layout, declared in its file in datasets/ (e.g.
+``cub200/images/<NNN.Class_Name>/*.jpg``, or SOP's images plus ``Info_Files/Ebay_*.txt``); this
+module draws the images. Every class there is a colour and a stripe direction plus noise
+(``stripes``), so that even one epoch learns something. The second writes ``OUT/<class>/<i>.png``
+for ``--dataset folder --source OUT``; with its defaults, ``glyph`` and ``patch`` write the tests'
+``generated_folder`` and ``tiny_folder`` byte for byte. Nothing is downloaded; a few hundred
+kilobytes are written. Nothing is overwritten: every file is first compared with what OUT holds,
+and a file of another content (a user's image, or one of another --seed) stops the command before
+it writes anything. Sizes are bounded (``MAX_SIZE``, ``MAX_CLASSES``, ``MAX_IMAGES_PER_CLASS``,
+``MAX_PIXELS``).
 
 One routine, ``write_classes``, writes every layout: per class, in class order, a pattern draws
 the class's constants from the generator, then its images, so one seed fixes every file.
@@ -37,9 +34,9 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Ty
 import numpy as np
 from PIL import Image
 
+import datasets
 from utilities.errors import UserError, run_command
 
-DATASETS = ("cub200", "cars196", "online_products", "in-shop")
 DEFAULT_CLASSES = 16  # half train, half test: 8 classes, enough for a batch of 16 at 2 per class
 DEFAULT_IMAGES_PER_CLASS = 4
 DEFAULT_IMAGE_SIZE = 40
@@ -253,85 +250,24 @@ def write_patch_folder(root: PathT, classes: int = 12, per_class: int = 4) -> Pa
     return write_class_folder(root, "patch", classes, per_class)
 
 
-def _write_named_classes(root: str, class_names: Sequence[str], images_per_class: int,
-                         size: int, rng: np.random.Generator) -> str:
-    """``root/images/<class name>/<class name>_<i>.jpg`` (the CUB and CARS layout)."""
-    def path_of(label: int, index: int) -> str:
-        name = class_names[label]
-        return os.path.join("images", name, f"{name.replace(' ', '_')}_{index:04d}.jpg")
+class LayoutWriter:
+    """The ``datasets.SmokeWriter`` a dataset's ``smoke`` layout writes through: files under
+    ``root`` (``OUT/<name>``), every image drawn by ``stripes_pattern`` from the one ``rng``."""
 
-    write_classes(root, stripes_pattern, size, rng, [images_per_class] * len(class_names),
-                  path_of)
-    return root
+    def __init__(self, root: str, size: int, rng: np.random.Generator) -> None:
+        self.root, self.size, self.rng = root, size, rng
 
+    def images(self, counts: Sequence[int], path_of: Callable[[int, int], str]
+               ) -> List[Tuple[int, int, str]]:
+        return write_classes(self.root, stripes_pattern, self.size, self.rng, counts, path_of)
 
-def make_cub200(out: str, num_classes: int, images_per_class: int, size: int,
-                rng: np.random.Generator) -> str:
-    names = [f"{i + 1:03d}.Smoke_Bird_{i + 1:03d}" for i in range(num_classes)]
-    return _write_named_classes(os.path.join(out, "cub200"), names, images_per_class, size, rng)
+    def text(self, relative: str, text: str) -> None:
+        _write_text(os.path.join(self.root, relative), text)
 
 
-def make_cars196(out: str, num_classes: int, images_per_class: int, size: int,
-                 rng: np.random.Generator) -> str:
-    # The DML codebases' CARS folders are car names with spaces, e.g. "Acura RL Sedan 2012".
-    names = [f"Smoke Car Model {i + 1:03d} 20{10 + i % 10}" for i in range(num_classes)]
-    return _write_named_classes(os.path.join(out, "cars196"), names, images_per_class, size, rng)
-
-
-SOP_SUPER_CLASSES = ("bicycle", "cabinet", "chair")
-
-
-def make_online_products(out: str, num_classes: int, images_per_class: int, size: int,
-                         rng: np.random.Generator) -> str:
-    """Half the products train, half test; published-style ids (class ids 1.., super ids 1..)."""
-    root = os.path.join(out, "online_products")
-    n_train = (num_classes + 1) // 2
-    counts = [2 + (c % max(images_per_class - 1, 1)) for c in range(num_classes)]  # 2.., as SOP
-
-    def path_of(class_index: int, index: int) -> str:
-        folder = f"{SOP_SUPER_CLASSES[class_index % len(SOP_SUPER_CLASSES)]}_final"
-        return f"{folder}/{1000000 + class_index + 1}_{index}.JPG"
-
-    rows: Dict[str, List[str]] = {"train": [], "test": []}
-    written = write_classes(os.path.join(root, "images"), stripes_pattern, size, rng, counts,
-                            path_of)
-    for image_id, (class_index, _, relative) in enumerate(written, start=1):
-        split = "train" if class_index < n_train else "test"
-        super_id = class_index % len(SOP_SUPER_CLASSES) + 1
-        rows[split].append(f"{image_id} {class_index + 1} {super_id} {relative}")
-    for split, lines in rows.items():
-        _write_text(os.path.join(root, "Info_Files", f"Ebay_{split}.txt"),
-                    "image_id class_id super_class_id path\n" + "\n".join(lines) + "\n")
-    return root
-
-
-def make_in_shop(out: str, num_classes: int, images_per_class: int, size: int,
-                 rng: np.random.Generator) -> str:
-    """Half the items train; each test item has query and gallery images."""
-    root = os.path.join(out, "in-shop")
-    n_train = (num_classes + 1) // 2
-
-    def path_of(item_index: int, index: int) -> str:
-        group, category = ("WOMEN", "Dresses") if item_index % 2 == 0 else ("MEN", "Shirts_Polos")
-        return (f"img/{group}/{category}/id_{item_index + 1:08d}/"
-                f"{index + 1:02d}_{index + 1}_front.jpg")
-
-    lines = []
-    written = write_classes(root, stripes_pattern, size, rng,
-                            [max(images_per_class, 2)] * num_classes, path_of)
-    for item_index, index, relative in written:
-        if item_index < n_train:
-            status = "train"
-        else:
-            status = "query" if index % 2 == 0 else "gallery"
-        lines.append(f"{relative} id_{item_index + 1:08d} {status}")
-    _write_text(os.path.join(root, "Eval", "list_eval_partition.txt"),
-                f"{len(lines)}\nimage_name item_id evaluation_status\n" + "\n".join(lines) + "\n")
-    return root
-
-
-MAKERS = {"cub200": make_cub200, "cars196": make_cars196,
-          "online_products": make_online_products, "in-shop": make_in_shop}
+def smoke_layouts() -> Dict[str, datasets.Dataset]:
+    """The datasets that declare a smoke layout, by name."""
+    return {d.name: d for d in datasets.described() if d.smoke is not None}
 
 
 def _check_counts(num_classes: int, images_per_class: int, size: int = 1) -> None:
@@ -352,24 +288,32 @@ def _check_counts(num_classes: int, images_per_class: int, size: int = 1) -> Non
         raise SmokeDataError(f"--images_per_class must be at least 2, got {images_per_class}")
 
 
-def make_smoke_datasets(out: str, names: Sequence[str] = DATASETS,
+def make_smoke_datasets(out: str, names: Optional[Sequence[str]] = None,
                         num_classes: int = DEFAULT_CLASSES,
                         images_per_class: int = DEFAULT_IMAGES_PER_CLASS,
                         size: int = DEFAULT_IMAGE_SIZE, seed: int = 0) -> Dict[str, str]:
-    """Write the named datasets under ``out``; returns dataset name -> its folder.
+    """Write the named datasets (default: every one with a smoke layout, by name) under
+    ``out``; returns dataset name -> its folder. The datasets draw from one generator in the
+    order named, so ``names`` and ``seed`` fix every file.
 
     ``num_classes`` counts train and test classes together (the first half trains).
     """
-    unknown = [name for name in names if name not in MAKERS]
+    layouts = smoke_layouts()
+    names = list(layouts) if names is None else list(names)
+    unknown = [name for name in names if name not in layouts]
     if unknown:
         raise SmokeDataError(f"unknown smoke dataset(s) {', '.join(unknown)}; choose from "
-                             f"{', '.join(DATASETS)}")
+                             f"{', '.join(layouts)}")
     _check_counts(num_classes, images_per_class, size)
 
     def write() -> Dict[str, str]:
         rng = np.random.default_rng(seed)
-        return {name: MAKERS[name](out, num_classes, images_per_class, size, rng)
-                for name in names}
+        folders = {}
+        for name in names:
+            folders[name] = os.path.join(out, name)
+            layouts[name].smoke(LayoutWriter(folders[name], size, rng), num_classes,
+                                images_per_class)
+        return folders
 
     return no_overwrite(write)
 
@@ -404,10 +348,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("out", help="Folder to write <dataset>/ folders into (a --source), or "
                                     "with --layout folder the class tree itself.")
     parser.add_argument("--layout", choices=("published", "folder"), default="published",
-                        help="published: the four datasets' own layouts; folder: OUT/<class>/"
+                        help="published: the datasets' own layouts; folder: OUT/<class>/"
                              "<i>.png for --dataset folder --source OUT (default: published).")
-    parser.add_argument("--datasets", nargs="+", choices=DATASETS,
-                        help=f"--layout published only (default: all: {' '.join(DATASETS)}).")
+    names = list(smoke_layouts())
+    parser.add_argument("--datasets", nargs="+", choices=names,
+                        help=f"--layout published only (default: all: {' '.join(names)}).")
     parser.add_argument("--pattern", choices=tuple(PATTERNS),
                         help="--layout folder only (default glyph): glyph on noise, colour "
                              "patch on noise, or the published layouts' colour stripes.")
@@ -441,7 +386,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise SmokeDataError("--pattern applies to --layout folder; the published layouts "
                                  "are always drawn with colour stripes")
         folders = make_smoke_datasets(
-            args.out, args.datasets or list(DATASETS),
+            args.out, args.datasets,
             DEFAULT_CLASSES if args.classes is None else args.classes,
             DEFAULT_IMAGES_PER_CLASS if args.images_per_class is None else args.images_per_class,
             DEFAULT_IMAGE_SIZE if args.size is None else args.size, args.seed)

@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 
 import architectures
+import datasets
 from parameters import parse_options
 from tools import _launch as launch
 from tools._launch import VOLATILE_OPTIONS, last_epoch, row_status  # noqa: F401 (used by tests)
@@ -43,14 +44,8 @@ from utilities.registry import UnknownNameError
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN_SCRIPT = os.path.join(REPO_ROOT, "main.py")
 
-# What the dataset folder under DATA_ROOT must hold (checked before anything runs).
-DATASET_LAYOUT = {
-    "cub200": ("images",),
-    "cars196": ("images",),
-    "online_products": ("images", "Info_Files"),
-    "in-shop": ("img", "Eval"),
-}
-DATASET_ALIASES = {"cub": "cub200", "cars": "cars196", "sop": "online_products"}
+# What a dataset folder under DATA_ROOT must hold (checked before anything runs) and the short
+# words that select a dataset's rows are the dataset's own (`folders`, `aliases` in datasets/).
 VARIANT_ALIASES = {"base": "baseline"}
 
 # SMOKE=1: one epoch on tiny generated data, on CPU, small and quick. The backbone is swapped
@@ -104,9 +99,16 @@ def read_rows(lines: Sequence[str]) -> List[Row]:
 
 
 # ----------------------------------------------------------------------------- selection
+def dataset_aliases(names: Sequence[str]) -> List[str]:
+    """The short words of the named datasets (cub, cars, sop), in the names' order."""
+    return [alias for name in names if name in datasets.REGISTRY
+            for alias in datasets.REGISTRY.get(name).aliases]
+
+
 def _word_matches(word: str, position: int, tag: str) -> bool:
     if position == 0:
-        return DATASET_ALIASES.get(word, word) == tag
+        return word == tag or (tag in datasets.REGISTRY and
+                               word in datasets.REGISTRY.get(tag).aliases)
     if position == 2:
         return VARIANT_ALIASES.get(word, word) == tag
     return word == tag or word in tag.split("_")
@@ -129,9 +131,11 @@ def select_rows(rows: Sequence[Row], words: Sequence[str],
                      if any(_word_matches(word, p, row.tags[p]) for row in rows)]
         if not positions:
             kinds = [sorted({row.tags[p] for row in rows}) for p in range(3)]
+            aliases = ", ".join(dataset_aliases(kinds[0]))
             raise SweepError(
                 f"{script}: unknown row word '{word}'. Choose rows by dataset "
-                f"({' '.join(kinds[0])}; or cub, cars, sop), by backbone/method "
+                f"({' '.join(kinds[0])}{'; or ' + aliases if aliases else ''}), by "
+                f"backbone/method "
                 f"({' '.join(kinds[1])}; or a part of it), by variant ({' '.join(kinds[2])}), "
                 f"or by a full row name such as {rows[-1].name}")
         by_position.setdefault(positions[0], []).append(word)
@@ -182,7 +186,7 @@ def check_data_roots(rows: Sequence[Row], script: str) -> None:
             problems[(None, dataset)] = f"row {row.name} has no --source"
             continue
         folder = os.path.join(source, dataset)
-        expected = DATASET_LAYOUT.get(dataset, ())
+        expected = datasets.REGISTRY.get(dataset).folders if dataset in datasets.REGISTRY else ()
         missing = [part for part in expected if not os.path.isdir(os.path.join(folder, part))]
         if not os.path.isdir(folder):
             problems[(source, dataset)] = f"'{folder}' does not exist"
@@ -192,8 +196,8 @@ def check_data_roots(rows: Sequence[Row], script: str) -> None:
                                            f"{dataset}/{' and '.join(expected)})")
     if problems:
         sources = sorted({str(s) for s, _ in problems})
-        present = sorted(d for d in DATASET_LAYOUT
-                         if sources and os.path.isdir(os.path.join(sources[0], d)))
+        present = sorted(d.name for d in datasets.described() if d.folders and sources
+                         and os.path.isdir(os.path.join(sources[0], d.name)))
         hint = (f"; it holds {', '.join(present)}: choose those rows, e.g. "
                 f"'bash {script} DATA_ROOT {present[0]}'" if present else
                 "; DATA_ROOT must be the folder that holds cub200/, cars196/, online_products/")
@@ -233,7 +237,6 @@ def epoch_size(options: argparse.Namespace, cache: Dict) -> str:
     """``52 steps x 112 = 5824 of 5864 training images per epoch`` for --dry-run, from the
     dataset's file lists and the row's sampler (no image is opened)."""
     import datasampler
-    import datasets
 
     key = (options.dataset, options.source, options.use_tv_split, options.tv_split_perc,
            options.data_split, options.data_split_id, options.folder_name)
