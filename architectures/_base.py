@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datasets._base import TransformConfig
-from datasets._transforms import InputNormalizer
+from datasets._transforms import InputNormalizer, TransformConfig
 from utilities.checkpoint import tensor_problem, unloadable_reason
 from utilities.errors import UserError
 

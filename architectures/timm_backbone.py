@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from datasets._base import output_crop
+from datasets._transforms import output_crop
 from utilities.errors import UserError
 from utilities.registry import UnknownNameError
 

@@ -119,7 +119,7 @@ def our_pixels(path_kind: str, crop: int, decoder: str = "ours") -> Callable[[st
     """Path -> float (3, crop, crop) on 0-255 from our ``cpu`` or ``batch`` path. ``decoder``
     "pil" feeds them PIL's decoded pixels instead (to separate the decoder's share)."""
     from datasets import TransformConfig, build_transform
-    from datasets._base import decode_image_tensor, pil_to_tensor
+    from datasets._decode import decode_image_tensor, pil_to_tensor
     from datasets._batch import batch_resized_crop, center_crop_box
 
     resize = int(round(crop * 256 / 224))
@@ -176,7 +176,8 @@ def retrieval_figures(folder: str) -> Dict[str, Dict[str, float]]:
     """The trained model's test figures with the published, cpu and batch transforms."""
     import datasets
     import evaluation
-    from datasets import ImageDataset, build_pil_transform
+    from bench.loader_compare import build_pil_transform
+    from datasets import ImageDataset
     from datasets._batch import image_dataset
     from tools._trained_model import load_trained_model
 

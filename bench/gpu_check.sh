@@ -107,7 +107,7 @@ EOF
 
 section "DataLoader alone, old (PIL) vs main.py's (--decode auto), 500x375 JPEGs, --kernels $KERNELS" \
   40 80 \
-  "$PYTHON" bench/train_step.py --modes loader_compare --loader_batches 10 --repeats 2 \
+  "$PYTHON" bench/loader_compare.py --loader_batches 10 --repeats 2 \
   --kernels "$KERNELS" --arch resnet50_double_frozen_normalize "${TABLE1[@]}"
 
 section "ResNet50 --compile, DAS on: data on the GPU, then fed by main.py's loader (--decode auto)" \

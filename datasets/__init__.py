@@ -13,9 +13,8 @@ from typing import List, Optional
 
 from utilities.registry import Registry
 
-from ._base import (DataError, DatasetSplits, ImageDataset, QueryGallery, Split, TransformConfig,
-                    build_pil_transform)
-from ._transforms import InputNormalizer, build_transform
+from ._data import DataError, DatasetSplits, QueryGallery, Split
+from ._transforms import ImageDataset, InputNormalizer, TransformConfig, build_transform
 from ._batch import device_decoding, image_dataset, resolve_decode
 from ._class_split import SPLIT_CHOICES, apply_class_split
 from ._description import (DEFAULT_RECALL_KS, IMAGE_BENCHMARK, Dataset, Defaults, Published,
@@ -64,5 +63,4 @@ def load(name: str, source: Optional[str], use_tv_split: bool = False, tv_split_
 __all__ = ["REGISTRY", "register", "described", "Dataset", "Defaults", "Published",
            "SmokeWriter", "IMAGE_BENCHMARK", "DEFAULT_RECALL_KS", "load", "DataError",
            "DatasetSplits", "ImageDataset", "QueryGallery", "image_dataset", "device_decoding",
-           "Split", "TransformConfig", "build_transform", "build_pil_transform",
-           "InputNormalizer", "resolve_decode"]
+           "Split", "TransformConfig", "build_transform", "InputNormalizer", "resolve_decode"]

@@ -22,13 +22,13 @@ from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.io import ImageReadMode
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
-from ._base import (JPEG_MAGIC, DataError, ImageDataset, ImageSource, Split, TransformConfig,
-                    decode_bytes, decode_image_tensor, read_bytes)
-from ._transforms import build_transform, crop_and_resize_sizes
+from ._data import DataError, ImageSource, Split
+from ._decode import JPEG_MAGIC, decode_bytes, decode_image_tensor, decode_jpeg, read_bytes
+from ._transforms import ImageDataset, TransformConfig, build_transform, crop_and_resize_sizes
 
 BATCH_AUGMENTATIONS = ("base", "big")  # RandomResizedCrop + flip: what the batch path implements
 DECODE_CHOICES = ("auto", "cpu", "gpu")

@@ -27,7 +27,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from ._base import DataError, DatasetSplits, Split
+from ._data import DataError, DatasetSplits, Split
 
 SPLIT_CHOICES = ("default", "ooDML")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, List, Optional, Protocol, Sequence, Tuple
 
 if TYPE_CHECKING:  # annotations only
-    from ._base import DatasetSplits
+    from ._data import DatasetSplits
     from ._download import Plan
 
 

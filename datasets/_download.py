@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from ._base import DataError
+from ._data import DataError
 from ._layout import is_image_name, visible_entries
 
 SEARCH_DEPTH = 3  # how deep below --from the publisher's files are looked for

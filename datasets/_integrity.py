@@ -21,7 +21,7 @@ import os
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ._base import DataError, DatasetSplits, QueryGallery, Split
+from ._data import DataError, DatasetSplits, QueryGallery, Split
 
 FileKey = Tuple[int, int]  # (st_dev, st_ino): the same file under any name
 

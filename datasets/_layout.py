@@ -3,7 +3,7 @@
 Every check here runs at parse time, before training, and fails with one :class:`DataError`
 naming the path and what was expected: a missing folder or list file, a class folder without
 images, a listed image that is missing, empty or unreadable, a malformed list line, too few
-classes. Images are only decoded later, by :func:`datasets._base.load_image`.
+classes. Images are only decoded later, by :func:`datasets._decode.load_image`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from ._base import DataError, DatasetSplits, Split
+from ._data import DataError, DatasetSplits, Split
 
 # torchvision's image extensions plus GIF (read as its first frame).
 IMAGE_EXTENSIONS = tuple(sorted({ext.lower() for ext in IMG_EXTENSIONS} | {".gif"}))

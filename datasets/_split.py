@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._base import DataError, DatasetSplits, Split
+from ._data import DataError, DatasetSplits, Split
 
 
 def _subset(split: Split, indices: np.ndarray, class_ids: np.ndarray) -> Split:

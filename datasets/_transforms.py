@@ -1,22 +1,71 @@
-"""The uint8 image pipeline: augmentation on uint8 tensors in the loader workers, normalization
-on the network's device.
+"""The per-image uint8 pipeline: its settings (:class:`TransformConfig`), augmentation on uint8
+tensors in the loader workers, the Dataset that decodes and transforms each image, and
+normalization on the network's device.
 
 Workers hand over uint8 (3, H, W) crops (4x fewer bytes to pickle and pin than float32) and the
 network turns them into its input convention (:class:`InputNormalizer`, ImageNet mean/std or
 BN-Inception's BGR 0-255) on its device. The augmentations are those of the PIL reference
-pipeline (:func:`datasets._base.build_pil_transform`) in torchvision.transforms.v2, which draws
-the same random numbers in the same order (crop box, flip), with antialiased bilinear resizing.
+pipeline (``build_pil_transform`` in bench/loader_compare.py) in torchvision.transforms.v2, which
+draws the same random numbers in the same order (crop box, flip), with antialiased bilinear
+resizing.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
 
-from ._base import TransformConfig, output_crop, pil_to_tensor
+from ._data import Split
+from ._decode import decode_image_tensor, load_image, pil_to_tensor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# BN-Inception's ImageNet convention (pretrainedmodels' settings): BGR, 0-255, mean subtraction
+# only.
+BGR_255_MEAN = (104.0, 117.0, 128.0)
+BGR_255_STD = (1.0, 1.0, 1.0)
+AUGMENTATIONS = ("base", "adv", "big", "red")
+BIG_CROP = 256  # --augmentation big trains and tests at 256 pixels whatever --crop_size says
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def output_crop(crop_size: int, augmentation: str) -> int:
+    """Side of the square images the transforms produce (Revisiting-DML's ``big`` sets 256)."""
+    return BIG_CROP if augmentation == "big" else crop_size
+
+
+@dataclass
+class TransformConfig:
+    """Input convention of a backbone plus the augmentation choice.
+
+    ``mean``/``std`` left as None take the convention's values: ImageNet's on a 0-1 RGB scale,
+    or BN-Inception's BGR 0-255 mean with std 1 when ``bgr_255`` is set.
+    """
+
+    crop_size: int = 224
+    augmentation: str = "base"
+    mean: Optional[Sequence[float]] = None
+    std: Optional[Sequence[float]] = None
+    bgr_255: bool = False  # BN-Inception: BGR channel order on a 0-255 scale
+    interpolation: str = "bilinear"  # of every resize (timm models ask for bicubic)
+
+    def __post_init__(self) -> None:
+        if self.mean is None:
+            self.mean = BGR_255_MEAN if self.bgr_255 else IMAGENET_MEAN
+        if self.std is None:
+            self.std = BGR_255_STD if self.bgr_255 else IMAGENET_STD
+        if self.crop_size <= 0:
+            raise ValueError(f"--crop_size must be a positive integer, got {self.crop_size}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"resize interpolation '{self.interpolation}' is not one of "
+                             f"{', '.join(INTERPOLATIONS)}")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ValueError(f"--augmentation '{self.augmentation}' is not one of "
+                             f"{', '.join(AUGMENTATIONS)}")
 
 
 def crop_and_resize_sizes(config: TransformConfig):
@@ -91,3 +140,33 @@ class InputNormalizer(nn.Module):
         if self.bgr_255:
             images = images.flip(-3)
         return torch.addcmul(self.offset, images.float(), self.multiplier)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Images of one split with a transform; items are ``(image, label, index)``.
+
+    A transform from :func:`build_transform` (``takes_tensor``) receives the decoded uint8
+    (3, H, W) tensor and returns uint8: workers hand over bytes, not floats, and the network
+    normalizes on its device (:class:`InputNormalizer`). Any other callable receives an RGB PIL
+    image (the PIL reference pipeline of bench/loader_compare.py, ``ToTensor``...).
+    """
+
+    def __init__(self, split: Split, transform: Callable) -> None:
+        self.split = split
+        self.transform = transform
+        self.labels = split.labels
+
+    @property
+    def num_classes(self) -> int:
+        return self.split.num_classes
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int, int]:
+        source = self.split.images[index]
+        if getattr(self.transform, "takes_tensor", False):
+            image = decode_image_tensor(source)
+        else:
+            image = load_image(source)
+        return self.transform(image), int(self.labels[index]), index

@@ -12,7 +12,7 @@ from typing import Iterable, List, Optional, Tuple
 import numpy as np
 
 from . import register
-from ._base import DataError, DatasetSplits
+from ._data import DataError, DatasetSplits
 from ._description import Dataset, Published, SmokeWriter
 from ._download import (Plan, class_folder_plan, find_dir, find_file, has_class_folders,
                         listed_path, missing_files, require, safe_roots)

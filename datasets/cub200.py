@@ -10,7 +10,7 @@ import os
 from typing import Dict, Optional
 
 from . import register
-from ._base import DataError, DatasetSplits
+from ._data import DataError, DatasetSplits
 from ._description import Dataset, Published, SmokeWriter
 from ._download import (Plan, class_folder_plan, find_dir, has, has_class_folders, listed_path,
                         missing_files, safe_roots)

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from . import register
-from ._base import DatasetSplits, Split
+from ._data import DatasetSplits, Split
 from ._description import Dataset, Defaults, Published
 
 UPSCALED_SIZE = 32

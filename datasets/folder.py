@@ -15,7 +15,7 @@ from collections import defaultdict
 from typing import Dict, List, Optional, Tuple
 
 from . import register
-from ._base import DataError, DatasetSplits
+from ._data import DataError, DatasetSplits
 from ._description import Dataset
 from ._layout import (MIN_CLASSES_PER_SPLIT, ClassImages, halve_classes, leaf_class_folders,
                       require_classes, require_dir, split_from_classes, visible_entries)

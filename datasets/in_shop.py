@@ -19,7 +19,7 @@ import sys
 from typing import Dict, List, Optional
 
 from . import register
-from ._base import DataError, DatasetSplits, QueryGallery, Split
+from ._data import DataError, DatasetSplits, QueryGallery, Split
 from ._description import Dataset, Published, SmokeWriter
 from ._download import Plan, find_dir, find_file, listed_path, missing_files, safe_roots
 from ._integrity import queries_without_gallery

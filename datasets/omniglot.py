@@ -17,7 +17,7 @@ import tempfile
 from typing import Optional
 
 from . import register
-from ._base import DataError, DatasetSplits
+from ._data import DataError, DatasetSplits
 from ._description import Dataset, Defaults, Published
 from ._layout import halve_classes, leaf_class_folders, split_from_classes
 

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from . import register
-from ._base import DataError, DatasetSplits, Split
+from ._data import DataError, DatasetSplits, Split
 from ._description import Dataset, Published, SmokeWriter
 from ._download import Plan, find_dir, has, listed_path, missing_files, safe_roots
 from ._layout import (MIN_CLASSES_PER_SPLIT, check_disjoint_lists, check_listed_images,

@@ -1,5 +1,6 @@
-"""bench/train_step.py and bench/gpu_check.sh on CPU: host syncs of the training step, a smoke
-run of the bench, and the GPU check's syntax and refusal without CUDA. Tiny sizes throughout."""
+"""bench/sync_watch.py, bench/train_step.py, bench/loader_compare.py, bench/criteria.py and
+bench/gpu_check.sh on CPU: host syncs of the training step, smoke runs of the benches, and the GPU
+check's syntax and refusal without CUDA. Tiny sizes throughout."""
 from __future__ import annotations
 
 import os
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from bench import _harness as harness
+from bench import sync_watch
 from bench import train_step as bench
 from tests.fixtures import REPO_ROOT
 
@@ -30,29 +33,29 @@ KNOWN_STEP_SYNCS = {
 
 
 def tiny_training(extra=()):
-    opt = bench.bench_options(TINY + ["--log_every", str(LOG_EVERY), *extra])
+    opt = harness.bench_options(TINY + ["--log_every", str(LOG_EVERY), *extra])
     torch.manual_seed(0)
-    training = bench.build_training(opt, num_classes=6, device=torch.device("cpu"))
-    return training, bench.device_batches(training, 3)
+    training = harness.random_weight_training(opt, num_classes=6, device=torch.device("cpu"))
+    return training, harness.device_batches(training, 3)
 
 
-def watched_run(training, batches, use_das: bool) -> bench.SyncWatch:
+def watched_run(training, batches, use_das: bool) -> sync_watch.SyncWatch:
     """STEPS steps of main.train_one_epoch under SyncWatch, DAS taking its accelerator path."""
-    watch = bench.SyncWatch()
+    watch = sync_watch.SyncWatch()
 
     def on_batch(step):
         watch.step = step
 
     training.das.sync_free_bank_writes = True
     with watch:
-        bench.run_epoch(training, bench.DeviceBatches(batches, STEPS, on_batch), use_das)
+        harness.run_epoch(training, harness.DeviceBatches(batches, STEPS, on_batch), use_das)
     return watch
 
 
-def step_syncs(watch: bench.SyncWatch):
+def step_syncs(watch: sync_watch.SyncWatch):
     """(file, function, call) of the syncs outside the logging point, CPU-only branches left out."""
     return {e.site() for e in watch.events
-            if e.step not in LOG_STEPS and e.site()[:2] not in bench.CPU_ONLY_SITES}
+            if e.step not in LOG_STEPS and not e.cpu_only}
 
 
 def test_item_is_called_only_at_the_logging_point(monkeypatch, single_thread):
@@ -73,7 +76,7 @@ def test_item_is_called_only_at_the_logging_point(monkeypatch, single_thread):
         current["step"] = step
 
     monkeypatch.setattr(torch.Tensor, "item", counting_item)
-    bench.run_epoch(training, bench.DeviceBatches(batches, STEPS, on_batch), use_das=True)
+    harness.run_epoch(training, harness.DeviceBatches(batches, STEPS, on_batch), use_das=True)
     monkeypatch.undo()
     steps_with_item = {step for step, _ in calls}
     assert steps_with_item == LOG_STEPS, calls
@@ -81,7 +84,7 @@ def test_item_is_called_only_at_the_logging_point(monkeypatch, single_thread):
 
 
 def test_sync_watch_names_the_file_line_and_call():
-    watch = bench.SyncWatch()
+    watch = sync_watch.SyncWatch()
     values = torch.tensor([1.0, -2.0, 3.0])
     with watch:
         line = sys._getframe().f_lineno + 1
@@ -115,7 +118,7 @@ def test_table1_step_is_sync_free(single_thread):
 
 def test_breakdown_phases_cover_the_step(single_thread):
     training, batches = tiny_training(["--loss", "triplet", "--batch_mining", "distance"])
-    parts = bench.breakdown(training, bench.DeviceBatches(batches, 4), use_das=True)
+    parts = bench.breakdown(training, harness.DeviceBatches(batches, 4), use_das=True)
     assert parts["das_forward"] > 0 and parts["mining"] > 0 and parts["loss_forward"] > 0
     assert parts["backbone_forward"] > 0 and parts["backbone_backward"] > 0
     assert 0 < parts["head_share"] < 1
@@ -144,6 +147,52 @@ def test_train_step_refuses_too_few_classes():
     with pytest.raises(SystemExit, match="--num_classes 10 x --samples_per_class 2 is smaller than "
                                          "--bs 112"):
         bench.main(["--num_classes", "10", "--bs", "112", "--modes", "loader"])
+
+
+def test_sync_watch_marks_calls_in_cpu_only_branches(tmp_path):
+    """A call inside ``if <x>.type == "cpu":`` (or the else of ``!= "cpu"``) runs only on CPU."""
+    source = tmp_path / "branches.py"
+    source.write_text("def f(x):\n"
+                      "    if x.device.type == 'cpu':\n"
+                      "        return int(x)\n"
+                      "    if x.device.type != 'cpu':\n"
+                      "        return 0\n"
+                      "    else:\n"
+                      "        return bool(x)\n")
+    marked = [sync_watch.cpu_only_branch(str(source), line) for line in range(1, 8)]
+    assert [bool(m) for m in marked] == [False, False, True, False, False, False, True]
+    assert marked[2] == "x.device.type == 'cpu'"
+
+
+def test_sync_watch_command_reports_the_call_sites(capsys, single_thread):
+    sync_watch.main(TINY + ["--steps", "3", "--num_classes", "6", "--das", "on",
+                            "--log_every", "3"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("host syncs, DAS on, 3 steps, --log_every 3 (SyncWatch")
+    assert any("main.py" in line and "item: at the logging point only" in line for line in lines)
+
+
+def test_loader_compare_smoke_ends_with_the_comparison(tmp_path):
+    command = [sys.executable, str(REPO_ROOT / "bench" / "loader_compare.py"), "--repeats", "1",
+               "--loader_batches", "1", "--unique_images", "4", "--image_size", "40x30",
+               "--num_classes", "6", "--threads", "1", *TINY]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = [field.split("=") for field in done.stdout.strip().splitlines()[-1].split()]
+    assert [key for key, _ in summary] == ["device", "loader_imgs_per_s_old",
+                                           "loader_imgs_per_s_new", "speedup"]
+    assert all(float(value) > 0 for _, value in summary[1:])
+
+
+def test_criteria_bench_skips_a_criterion_without_counterpart(monkeypatch, capsys):
+    """A new criterion with no pytorch-metric-learning entry is reported, not a KeyError."""
+    from bench import criteria as criteria_bench
+
+    monkeypatch.setattr(criteria_bench, "pml_counterparts", lambda num_classes, dim: {})
+    worst = criteria_bench.main(["--only", "triplet", "--device", "cpu", "--repeats", "1",
+                                 "--warmup", "0"])
+    assert "triplet" in capsys.readouterr().out.split("not compared")[0].splitlines()[-1]
+    assert worst == 0.0
 
 
 def test_gpu_check_is_valid_bash():
@@ -183,7 +232,7 @@ def test_gpu_check_refuses_without_cuda(tmp_path, with_driver):
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in (REPO_ROOT / "bench").glob("*.py")
-                                          if p.name != "__init__.py"))
+                                          if not p.name.startswith("_")))
 def test_every_bench_script_runs_as_a_file_outside_the_repository(script, tmp_path):
     """``python bench/X.py`` works from any folder (``python -m bench.X`` is how the tests and
     docs run them from the repository root)."""

@@ -12,9 +12,11 @@ from torchvision import transforms
 
 from torchvision.transforms import v2
 
+from bench.loader_compare import build_pil_transform
 from datasets import (DataError, DatasetSplits, ImageDataset, InputNormalizer, Split,
-                      TransformConfig, build_pil_transform, build_transform)
-from datasets._base import BGR_255_MEAN, IMAGENET_MEAN, IMAGENET_STD, load_image
+                      TransformConfig, build_transform)
+from datasets._decode import load_image
+from datasets._transforms import BGR_255_MEAN, IMAGENET_MEAN, IMAGENET_STD
 from datasets._split import split_train_validation
 
 PLAIN = TransformConfig(crop_size=8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))

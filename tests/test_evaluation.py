@@ -12,7 +12,7 @@ import evaluation
 import evaluation._blocks
 import evaluation.compute as compute_module
 import evaluation.faiss_ops as faiss_module
-from datasets._base import ImageDataset, Split
+from datasets import ImageDataset, Split
 from evaluation import compute_embeddings, compute_metrics, evaluate
 from utilities.registry import UnknownNameError
 

@@ -14,7 +14,8 @@ from torchvision.transforms.v2 import functional as F
 
 import datasets
 from datasets import ImageDataset, InputNormalizer, Split, TransformConfig, build_transform
-from datasets._base import build_pil_transform, decode_image_tensor, load_image
+from bench.loader_compare import build_pil_transform
+from datasets._decode import decode_image_tensor, load_image
 from datasets._batch import (BatchDecoder, EncodedImageDataset, batch_resized_crop,
                              center_crop_box, random_resized_crop_box, resolve_decode)
 from utilities.data import SeededBatches, SeededDataset

@@ -274,7 +274,7 @@ def test_export_matches_pytorch(run, test_tree, tmp_path, capsys, fmt):
     assert description["output"] == {"name": "embeddings", "shape": ["batch", EMBED_DIM],
                                      "dtype": "float32", "l2_normalized": True}
     trained = load_trained_model(str(run))
-    from datasets._base import load_image
+    from datasets._decode import load_image
 
     images = torch.stack([trained.transform(load_image(str(test_tree / "class_04" / f"{i}.png")))
                           for i in range(5)])

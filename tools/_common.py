@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from das.figure import FREQUENCY_PATTERN
-from datasets._base import DataError, load_image
+from datasets._data import DataError
+from datasets._decode import load_image
 from datasets._layout import IMAGE_EXTENSIONS, is_image_name
 from evaluation import compute_embeddings
 from utilities import run_folder as rf

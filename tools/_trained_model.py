@@ -14,7 +14,7 @@ import torch
 
 import architectures
 from datasets import DatasetSplits, build_transform
-from datasets._base import output_crop
+from datasets._transforms import output_crop
 from utilities.checkpoint import CheckpointError, load_checkpoint
 from utilities.checkpoint import check_state_dict as shared_check_state_dict
 from utilities.run_folder import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, read_config

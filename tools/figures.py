@@ -41,7 +41,7 @@ from PIL import Image
 
 from das import figure as das_figure
 from datasets import DataError, ImageDataset, QueryGallery
-from datasets._base import load_image
+from datasets._decode import load_image
 from evaluation import compute_embeddings
 from tools._common import atomic_output, check_loader, check_output, check_seed, mark_png
 from tools._trained_model import load_trained_model
