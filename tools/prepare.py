@@ -28,6 +28,7 @@ once everything was written and checked.
 """
 from __future__ import annotations
 
+import argparse
 import errno
 import lzma
 import os
@@ -35,6 +36,7 @@ import re
 import shutil
 import sys
 import tarfile
+import textwrap
 import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -370,6 +372,16 @@ def prepare(name: str, source: str, data_root: str) -> str:
     return target
 
 
+def download_help(readers: Dict[str, datasets.Dataset]) -> str:
+    """What --from may be for each dataset: the docstrings of their ``read_download``."""
+    lines = ["what --from may be, per dataset (its read_download in datasets/<name>.py):"]
+    for name, dataset in readers.items():
+        text = " ".join((dataset.read_download.__doc__ or "").replace("``", "").split())
+        lines.append(textwrap.fill(f"{name}: {text}", 79, initial_indent="  ",
+                                   subsequent_indent="    "))
+    return "\n".join(lines)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Command-line entry: bad input is one ``error: ...`` line and exit status 2, Ctrl-C 130;
     nothing half-written is left under --to either way."""
@@ -378,9 +390,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         prog="python -m tools.prepare",
         description="Write a benchmark, from what its publisher ships, in the layout "
                     "`main.py --dataset NAME --source DATA_ROOT` reads.",
-        epilog="what --from may be: " + "; ".join(
-            f"{name}: {' '.join((d.read_download.__doc__ or '').split())}"
-            for name, d in readers.items()))
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=download_help(readers))
     parser.add_argument("name", choices=list(readers), help="the dataset")
     parser.add_argument("--from", dest="source", required=True,
                         help="downloaded archive, folder holding the download(s), or the unpacked "
