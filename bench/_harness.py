@@ -20,7 +20,7 @@ import torch
 
 if TYPE_CHECKING:  # the training stack is imported when a bench runs (see import_main)
     from datasets import Split
-    from main import Training
+    from training.build import Training
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Defaults of the benches, given to main.py's parser before the user's options (which win).
@@ -32,10 +32,14 @@ DAS_SETTINGS = {"both": [False, True], "on": [True], "off": [False]}
 
 
 def import_main():
-    """``import main`` (deferred until a bench runs; main.py needs no faiss: evaluation imports it
-    only when its faiss backend is used)."""
-    import main
-    return main
+    """main.py's training stack, ``training/`` (deferred until a bench runs; it needs no faiss:
+    evaluation imports it only when its faiss backend is used)."""
+    from training import build, checks, loop, stops
+    return SimpleNamespace(validate_options=checks.validate_options,
+                           build_learner=build.build_learner,
+                           make_train_loader=build.make_train_loader,
+                           train_one_epoch=loop.train_one_epoch, EpochStats=loop.EpochStats,
+                           StopRequest=stops.StopRequest)
 
 
 def synchronize(device: torch.device) -> None:

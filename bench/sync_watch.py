@@ -31,7 +31,7 @@ from torch.overrides import TorchFunctionMode
 from bench import _harness as harness
 
 if TYPE_CHECKING:
-    from main import Training
+    from training.build import Training
 
 REPO_ROOT = harness.REPO_ROOT
 # Calls that make the host wait for the device on CUDA (torch.cuda.set_sync_debug_mode flags them;

@@ -62,7 +62,7 @@ from bench._harness import (BENCH_DEFAULTS, DAS_SETTINGS, DeviceBatches, Report,
                             require_positive, run_epoch, set_up, synchronize, throughput)
 
 if TYPE_CHECKING:
-    from main import Training
+    from training.build import Training
 
 MODES = ("step", "step_loader", "loader")
 PHASES = ("backbone_forward", "das_forward", "mining", "loss_forward", "das_loss_backward",

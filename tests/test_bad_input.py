@@ -16,6 +16,7 @@ import torch
 
 import main
 from parameters import build_parser
+from training import build, checks, loop, stops
 from tests.fixtures import torch_threads
 from utilities import checkpoint as ckpt
 from utilities import options
@@ -301,7 +302,7 @@ def test_no_space_left_is_said_in_words(tmp_path, monkeypatch):
         ckpt.save_checkpoint({"epoch": 1}, str(tmp_path / "c.pth"))
 
 
-class DiesInWorker(main.SeededDataset):
+class DiesInWorker(build.SeededDataset):
     """Kills its own DataLoader worker (as the out-of-memory killer would) on its 20th item."""
 
     calls = 0
@@ -316,7 +317,7 @@ class DiesInWorker(main.SeededDataset):
 
 def test_a_killed_loader_worker_is_one_line_saying_how_to_continue(generated_folder, tmp_path,
                                                                     monkeypatch, capsys):
-    monkeypatch.setattr(main, "SeededDataset", DiesInWorker)
+    monkeypatch.setattr(build, "SeededDataset", DiesInWorker)
     args = tiny(generated_folder, tmp_path, epochs=2)
     args[args.index("--kernels") + 1] = "2"
     assert main.run(args) == 2
@@ -361,7 +362,7 @@ def test_second_signal_outside_a_save_stops_at_once(restore_signals):
 
 def test_non_finite_weights_after_a_finite_loss_stop_in_one_line(generated_folder, tmp_path,
                                                                  monkeypatch, capsys):
-    real_step, calls = main.training_step, {"n": 0}
+    real_step, calls = loop.training_step, {"n": 0}
 
     def diverging_step(model, *args, **kwargs):
         loss = real_step(model, *args, **kwargs)
@@ -371,7 +372,7 @@ def test_non_finite_weights_after_a_finite_loss_stop_in_one_line(generated_folde
                 next(model.parameters()).fill_(float("nan"))
         return loss
 
-    monkeypatch.setattr(main, "training_step", diverging_step)
+    monkeypatch.setattr(loop, "training_step", diverging_step)
     assert main.run(tiny(generated_folder, tmp_path, "--log_every", "100", epochs=3)) == 2
     err = capsys.readouterr().err
     assert "error: non-finite weights at epoch 2, step 3 (the loss was finite" in err
@@ -458,20 +459,19 @@ def raised_through(error: BaseException, *files: str) -> BaseException:
 ])
 def test_a_connection_reset_counts_as_a_dead_worker_only_inside_the_loader(files, died):
     error = raised_through(ConnectionResetError(104, "Connection reset by peer"), *files)
-    assert main.died_in_loader_worker(error) is died
+    assert stops.died_in_loader_worker(error) is died
 
 
 def test_torchs_late_worker_error_still_gives_the_one_line(tmp_path, monkeypatch, capsys):
-    """torch's SIGCHLD handler may raise its RuntimeError after the guard has handled the first
-    sign of the death (e.g. while the message is printed): run() still says it in one line."""
-    monkeypatch.setitem(main.SETUP, "folder", str(tmp_path / "run"))
-    monkeypatch.setitem(main.SETUP, "kernels", 4)
-
+    """torch's SIGCHLD handler may raise its RuntimeError wherever the main thread is, e.g. while
+    a broken connection from the same death is being handled: the epochs' guard (as main() runs
+    them) still says it in one line."""
     def late_signal(argv):
-        try:
-            raise ConnectionResetError(104, "Connection reset by peer")
-        except ConnectionResetError:
-            raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed.")
+        with stops.stops_reported(str(tmp_path / "run"), 4):
+            try:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            except ConnectionResetError:
+                raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed.")
 
     monkeypatch.setattr(main, "main", late_signal)
     assert main.run([]) == 2
@@ -484,15 +484,14 @@ def test_torchs_late_worker_error_still_gives_the_one_line(tmp_path, monkeypatch
 def test_a_worker_death_outside_the_guard_is_not_called_a_file_error(tmp_path, monkeypatch,
                                                                       capsys):
     """A ConnectionResetError from inside the loader (e.g. while the storage sampler's embeddings
-    are refreshed, outside loader_worker_guard) is a dead worker, not "cannot access"."""
-    monkeypatch.setitem(main.SETUP, "folder", str(tmp_path / "run"))
-    monkeypatch.setitem(main.SETUP, "kernels", 2)
+    are refreshed, outside train_one_epoch) is a dead worker, not "cannot access"."""
     error = raised_through(ConnectionResetError(104, "Connection reset by peer"),
                            "/x/torch/utils/data/dataloader.py",
                            "/x/multiprocessing/resource_sharer.py")
 
     def dies(argv):
-        raise error
+        with stops.stops_reported(str(tmp_path / "run"), 2):
+            raise error
 
     monkeypatch.setattr(main, "main", dies)
     assert main.run([]) == 2
@@ -521,7 +520,7 @@ def test_size_options_have_an_upper_bound_the_machine_can_meet(capsys, extra, me
 
 
 def test_a_batch_that_cannot_fit_in_memory_is_refused_before_data_is_read(capsys, monkeypatch):
-    monkeypatch.setattr(main, "machine_memory_bytes", lambda: 8 * 2**30)
+    monkeypatch.setattr(checks, "machine_memory_bytes", lambda: 8 * 2**30)
     assert main.run([*NOWHERE, "--bs", "512", "--crop_size", "1024"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --bs 512 at --crop_size 1024 needs 6.0 GiB") and \

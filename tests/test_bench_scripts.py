@@ -40,7 +40,7 @@ def tiny_training(extra=()):
 
 
 def watched_run(training, batches, use_das: bool) -> sync_watch.SyncWatch:
-    """STEPS steps of main.train_one_epoch under SyncWatch, DAS taking its accelerator path."""
+    """STEPS steps of train_one_epoch under SyncWatch, DAS taking its accelerator path."""
     watch = sync_watch.SyncWatch()
 
     def on_batch(step):
@@ -80,7 +80,7 @@ def test_item_is_called_only_at_the_logging_point(monkeypatch, single_thread):
     monkeypatch.undo()
     steps_with_item = {step for step, _ in calls}
     assert steps_with_item == LOG_STEPS, calls
-    assert {name for _, name in calls} == {"main.py"}
+    assert {name for _, name in calls} == {"loop.py"}
 
 
 def test_sync_watch_names_the_file_line_and_call():
@@ -169,7 +169,8 @@ def test_sync_watch_command_reports_the_call_sites(capsys, single_thread):
                             "--log_every", "3"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("host syncs, DAS on, 3 steps, --log_every 3 (SyncWatch")
-    assert any("main.py" in line and "item: at the logging point only" in line for line in lines)
+    assert any("training/loop.py" in line and "item: at the logging point only" in line
+               for line in lines)
 
 
 def test_loader_compare_smoke_ends_with_the_comparison(tmp_path):

@@ -12,10 +12,11 @@ import torch.multiprocessing as mp
 
 import architectures
 import criteria
-import main
 from das import build_producer
 from evaluation import sharded_embeddings
 from parameters import parse_options
+from training.build import make_optimizer
+from training.loop import training_step
 from utilities import distributed
 
 WORLD = 2
@@ -39,7 +40,7 @@ def global_batch():
 
 
 def take_step(model_for_step, model, das_on: bool, images, labels):
-    """One main.training_step; returns (loss, flat gradient, flat parameters after the update)."""
+    """One training_step; returns (loss, flat gradient, flat parameters after the update)."""
     opt = options(das_on)
     criterion = criteria.select("multisimilarity", opt, num_classes=CLASSES)
     das = build_producer(opt, num_classes=CLASSES)
@@ -47,11 +48,11 @@ def take_step(model_for_step, model, das_on: bool, images, labels):
         warm_images, warm_labels = global_batch()
         with torch.no_grad():  # a warm MTS bank, so that the shift draws matter
             das(model(warm_images), warm_labels)
-    optimizer = main.make_optimizer(opt, model, criterion)
+    optimizer = make_optimizer(opt, model, criterion)
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters() if p.requires_grad])  # noqa: E501
     torch.manual_seed(7)  # the same DAS draws in every process
-    loss = main.training_step(model_for_step, criterion, das, optimizer, images, labels,
-                              torch.device("cpu"), use_amp=False)
+    loss = training_step(model_for_step, criterion, das, optimizer, images, labels,
+                         torch.device("cpu"), use_amp=False)
     after = torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])
     return loss.detach(), before, after
 

@@ -19,10 +19,10 @@ import pytest
 import torch
 
 import evaluation
-import main
 from das import DenselyAnchoredSampling, build_producer
 from evaluation.torch_ops import kmeans_cluster_ids as torch_kmeans
 from parameters import build_parser, parse_command_line, parse_options
+from training.loop import evaluate_all
 from utilities.options import ConfigError, check_saved_options
 from utilities.seeding import set_backend_flags
 
@@ -239,10 +239,10 @@ def test_main_evaluation_gets_the_kmeans_seed(monkeypatch, rule, expected):
         seen.update(kwargs)
         return {"nmi": 0.5}
 
-    monkeypatch.setattr(main.evaluation, "evaluate", fake_evaluate)
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
     opt = argparse.Namespace(eval_backend="torch", evaluation_metrics=["nmi"], eval_bs=4,
                              kernels=0, kmeans_iterations=3, seed=7, kmeans_seed=rule)
-    results = main.evaluate_all(torch.nn.Identity(), {"test": None}, opt, torch.device("cpu"))
+    results = evaluate_all(torch.nn.Identity(), {"test": None}, opt, torch.device("cpu"))
     assert seen["seed"] == expected and results == {"test/nmi": 0.5}
 
 

@@ -18,6 +18,8 @@ import torch
 import architectures
 import main
 from parameters import parse_options
+from training.build import build_criterion, make_optimizer
+from training.loop import bf16_autocast, training_step
 from tools import paper_tables as pt
 from utilities.run_folder import MetricsTable, write_config
 
@@ -30,8 +32,8 @@ def built(argv, num_classes: int = 5):
     torch.manual_seed(0)
     model = architectures.select(opt.arch, opt.embed_dim, pretrained=False,
                                  freeze_bn_affine=opt.frozen_bn_affine)
-    criterion = main.build_criterion(opt, num_classes)
-    return opt, model, criterion, main.make_optimizer(opt, model, criterion)
+    criterion = build_criterion(opt, num_classes)
+    return opt, model, criterion, make_optimizer(opt, model, criterion)
 
 
 def groups_by_name(optimizer):
@@ -103,8 +105,8 @@ def test_frozen_batchnorm_is_in_eval_mode_with_affine_weights_trained_and_decaye
     weight = batchnorms[0].weight.detach().clone()
     images = torch.randn(8, 3, 16, 16) * 3 + 1
     labels = torch.arange(4).repeat_interleave(2)
-    main.training_step(model, criterion, None, optimizer, images, labels, torch.device("cpu"),
-                       use_amp=False)
+    training_step(model, criterion, None, optimizer, images, labels, torch.device("cpu"),
+                  use_amp=False)
     assert torch.equal(batchnorms[0].running_mean, running_mean)  # statistics fixed
     assert not torch.equal(batchnorms[0].weight.detach(), weight)  # affine weight trained
 
@@ -146,10 +148,10 @@ def test_bninception_input_is_normalized_as_published():
 def test_float32_by_default_bf16_only_with_amp_and_no_amp_a_no_op():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")  # a device object needs no GPU
     assert parse_options([]).amp is False
-    assert not main.bf16_autocast(parse_options([]), cuda)
-    assert not main.bf16_autocast(parse_options(["--no_amp"]), cuda)
-    assert main.bf16_autocast(parse_options(["--amp"]), cuda)
-    assert not main.bf16_autocast(parse_options(["--amp"]), cpu)
+    assert not bf16_autocast(parse_options([]), cuda)
+    assert not bf16_autocast(parse_options(["--no_amp"]), cuda)
+    assert bf16_autocast(parse_options(["--amp"]), cuda)
+    assert not bf16_autocast(parse_options(["--amp"]), cpu)
 
 
 def test_a_config_saved_before_amp_existed_is_refused_naming_the_key(tmp_path):
@@ -199,8 +201,8 @@ def test_training_step_runs_in_float32_by_default(monkeypatch):
                         lambda embeddings, labels, **kw: (seen.append(embeddings.dtype),
                                                           forward(embeddings, labels, **kw))[1])
     images, labels = torch.randn(8, 3, 16, 16), torch.arange(4).repeat_interleave(2)
-    main.training_step(model, criterion, None, optimizer, images, labels, torch.device("cpu"),
-                       use_amp=main.bf16_autocast(opt, torch.device("cpu")))
+    training_step(model, criterion, None, optimizer, images, labels, torch.device("cpu"),
+                  use_amp=bf16_autocast(opt, torch.device("cpu")))
     assert entered and not any(entered) and seen == [torch.float32]  # (criteria add one too)
 
 

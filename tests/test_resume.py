@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import criteria
 import main
 from tests.fixtures import REPO_ROOT, stop_after
 from utilities import checkpoint as ckpt
@@ -122,7 +123,7 @@ def test_resume_continues_tensorboard_and_keeps_earlier_rows(generated_folder, t
 
 def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_the_good_checkpoint(
         generated_folder, tmp_path, monkeypatch, capsys):
-    real_select = main.criteria.select
+    real_select = criteria.select
 
     def poisoned_select(*args, **kwargs):
         criterion = real_select(*args, **kwargs)
@@ -137,7 +138,7 @@ def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_the_good_checkpoi
         criterion.forward = forward
         return criterion
 
-    monkeypatch.setattr(main.criteria, "select", poisoned_select)
+    monkeypatch.setattr(criteria, "select", poisoned_select)
     args = run_args(generated_folder, das=False) + ["--save_path", str(tmp_path), "--savename", "nan"]  # noqa: E501
     assert main.run(args) == 2
     err = capsys.readouterr().err

@@ -19,6 +19,7 @@ from datasets._transforms import build_transform
 from tests.fixtures import DAS_ON, torch_threads
 from tools import evaluate as evaluate_tool
 from tools import export as export_tool
+from training.build import build_criterion, make_optimizer
 from utilities import run_folder as rf
 from utilities.registry import UnknownNameError
 
@@ -249,13 +250,12 @@ def test_offline_pretrained_weights_say_where_to_get_them(monkeypatch):
 
 # ----------------------------------------------------------------------------- optimizer
 def test_layer_decay_scales_each_layer_and_covers_the_backbone_once():
-    from parameters import build_parser
+    from parameters import build_parser, resolve_dataset_defaults
 
     model = architectures.select(VIT, 8, pretrained=False)
     opt = build_parser().parse_args(["--lr", "1e-4", "--fc_lr", "1e-3", "--layer_decay", "0.5",
                                      "--optim", "adamw"])
-    optimizer = training.make_optimizer(opt, model, training.build_criterion(
-        training.resolve_dataset_defaults(opt), 4))
+    optimizer = make_optimizer(opt, model, build_criterion(resolve_dataset_defaults(opt), 4))
     groups = {g["name"]: g for g in optimizer.param_groups}
     layers = sorted(int(n[len("backbone_layer"):]) for n in groups if n.startswith("backbone_"))
     top = layers[-1]

@@ -44,9 +44,9 @@ class TrainedModel:
 
     def splits(self, source: Optional[str] = None,
                folder_name: Optional[str] = None) -> DatasetSplits:
-        """The run's data as it trained and evaluated on it (``main.load_run_data``: its
+        """The run's data as it trained and evaluated on it (``training.build.load_run_data``: its
         --data_split, class split file and train/validation options included)."""
-        from main import load_run_data  # late: main imports the whole training stack
+        from training.build import load_run_data  # late: it imports the training stack
 
         return load_run_data(self.config, source, folder_name)
 

@@ -6,7 +6,7 @@
 
 Without ``--dataset``/``--source`` the run's own dataset is read as the run read it (its
 train/validation split options included) and evaluated exactly as ``main.py`` does after an
-epoch (``main.evaluate_all``, the run's ``--eval_bs``, ``--kmeans_iterations`` and ``--seed``),
+epoch (``evaluate_all``, the run's ``--eval_bs``, ``--kmeans_iterations`` and ``--seed``),
 so the figures equal that epoch's row of ``metrics.csv``. Prints ``<split>/<metric>=<value>``
 lines and writes them as JSON next to the checkpoint (or to ``--out``).
 """
@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 import datasets
 import metrics
 from datasets import ImageDataset, QueryGallery
-from main import evaluate_all
+from training.loop import evaluate_all
 from tools._common import (WRITTEN_BY, ToolError, check_loader, check_output, choose_device,
                            write_text)
 from tools._trained_model import load_trained_model
@@ -39,7 +39,7 @@ def evaluation_set(trained, dataset: Optional[str], source: Optional[str],
     config = trained.config
     own = dataset is None or dataset == config["dataset"]
     name = dataset or config["dataset"]
-    if own:  # the run's data exactly as main.py built it (main.load_run_data)
+    if own:  # the run's data exactly as main.py built it (training.build.load_run_data)
         splits = trained.splits(source, folder_name)
         source = source or config.get("source")
     else:  # another dataset: its validation split cut as the run cut its own

@@ -182,7 +182,7 @@ def load_run(folder: str, checkpoint: str = "last", split: str = "test",
     """Rebuild the network of ``folder`` from its checkpoint and parse its dataset."""
     trained = load_trained_model(folder, checkpoint)
     config = trained.config
-    splits = trained.splits(source)  # as main.py built them (main.load_run_data)
+    splits = trained.splits(source)  # as main.py built them (training.build.load_run_data)
     if split not in splits.evaluation:
         raise FigureError(f"--split '{split}' is not an evaluation split of run '{folder}'; it has "
                           f"{', '.join(splits.evaluation)}")
