@@ -30,7 +30,8 @@ from utilities.options import (OptionParser, Range, add_declared, between, bookk
 # `defaults` and `recall_ks` of its record in datasets/<name>.py (see resolve_dataset_defaults).
 DEFAULT_DATASET = "omniglot"
 # Upper bounds of the size options: values a machine can meet; the combination --bs/--eval_bs x
-# --crop_size is also checked against this machine's memory (main.check_batch_fits_in_memory).
+# --crop_size is also checked against this machine's memory
+# (training.checks.check_batch_fits_in_memory).
 MAX_CROP_SIZE = 1024
 MAX_BATCH = 4096
 MAX_EMBED_DIM = 8192

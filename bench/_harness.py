@@ -1,6 +1,7 @@
 """What the training benches share: main.py's options and training objects built as main.py builds
-them (random weights), batches kept on the device, one timed call of ``main.train_one_epoch``,
-generated images and main.py's DataLoader over them, and the report."""
+them (random weights), batches kept on the device, one timed call of
+``training.loop.train_one_epoch``, generated images and main.py's DataLoader over them, and the
+report."""
 from __future__ import annotations
 
 import argparse
@@ -132,12 +133,13 @@ def set_up(args: argparse.Namespace, main_argv: Sequence[str]
 # ----------------------------------------------------------------------------- training as main.py
 def random_weight_training(opt: argparse.Namespace, num_classes: int,
                            device: torch.device) -> Training:
-    """main.build_learner (network, miner, criterion, DAS, SEC, optimizer; random weights), DAS
-    always built (a DAS-off step runs without it), and a stand-in sampler position."""
+    """training.build.build_learner (network, miner, criterion, DAS, SEC, optimizer; random
+    weights), DAS always built (a DAS-off step runs without it), and a stand-in sampler
+    position."""
     main = import_main()
     with_das = argparse.Namespace(**dict(vars(opt), embedding_producer_used=True))
     training = main.build_learner(with_das, num_classes, device, pretrained=False)
-    # what main.train_one_epoch reads and advances as the position in the epoch
+    # what train_one_epoch reads and advances as the position in the epoch
     return dataclasses.replace(training, opt=opt, sampler=SimpleNamespace(start_batch=0))
 
 
@@ -194,7 +196,7 @@ def device_batches(training: Training, count: int) -> List[Tuple[torch.Tensor, t
 
 
 def run_epoch(training: Training, loader, use_das: bool, quiet: bool = True) -> float:
-    """One call of main.train_one_epoch; returns its wall time (device work finished)."""
+    """One call of training.loop.train_one_epoch; returns its wall time (device work finished)."""
     main = import_main()
     sampler = getattr(getattr(loader, "batch_sampler", None), "batch_sampler", None)
     epoch = dataclasses.replace(training, loader=loader, das=training.das if use_das else None,

@@ -41,17 +41,20 @@ def make_images(root: str, count: int, size: int, classes: int = 8) -> None:
 
 def make_run(folder: str, arch: str, embed_dim: int, crop_size: int, batch_size: int) -> None:
     """A run folder as main.py leaves it, with a randomly initialised network."""
-    import architectures
+    from parameters import parse_options
+    from training.build import build_network
     from utilities.checkpoint import save_checkpoint
     from utilities.run_folder import LAST_CHECKPOINT, write_config
 
     os.makedirs(folder)
-    model = architectures.select(arch, embed_dim, pretrained=False)
+    spec = parse_options(["--dataset", "folder", "--arch", arch, "--embed_dim", str(embed_dim),
+                          "--crop_size", str(crop_size), "--augmentation", "base",
+                          "--eval_bs", str(batch_size), "--not_pretrained"])
+    model = build_network(spec, pretrained=False)
     save_checkpoint({"epoch": 1, "network": {"arch": arch, "embed_dim": embed_dim,
                                              "state_dict": model.state_dict()}},
                     os.path.join(folder, LAST_CHECKPOINT))
-    write_config(folder, {"arch": arch, "embed_dim": embed_dim, "crop_size": crop_size,
-                          "augmentation": "base", "eval_bs": batch_size, "dataset": "folder"})
+    write_config(folder, spec.to_config())
 
 
 def main(argv=None) -> None:

@@ -1,9 +1,9 @@
 """Images per second of full training steps, with and without DAS, and where the step's time goes.
 
-Every step runs through ``main.train_one_epoch`` with the objects ``main.main`` builds
+Every step runs through ``training.loop.train_one_epoch`` with the objects main.py builds
 (``architectures.select``, ``batchminer.select``, ``criteria.select``, ``build_producer``,
-``main.make_optimizer``; channels_last on CUDA, bf16 autocast with ``--amp``; ``--compile``), so
-the figures are those of the code users run. Modes (``--modes``, any of):
+``training.build.make_optimizer``; channels_last on CUDA, bf16 autocast with ``--amp``;
+``--compile``), so the figures are those of the code users run. Modes (``--modes``, any of):
 
 * ``step``: batches generated once and kept on the device, fed to ``train_one_epoch`` by a stand-in
   loader: data loading excluded.

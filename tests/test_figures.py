@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import main as training
+import main
 from tests.fixtures import torch_threads
 from tools import figures
 from tools.smoke_data import make_smoke_datasets
@@ -29,12 +29,12 @@ def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
               "--kernels", "0", "--bs", "16", "--device", "cpu", "--save_path", str(root / "runs")]
     with torch_threads(1):  # module scope: the function-scoped single_thread runs later
         runs = {
-            "baseline": training.main(["--dataset", "cub200", "--arch", "resnet18_normalize",
+            "baseline": main.main(["--dataset", "cub200", "--arch", "resnet18_normalize",
                                        "--n_epochs", "1", "--savename", "baseline", *common]),
-            "das": training.main(["--dataset", "cub200", "--arch", "tinycnn_normalize",
+            "das": main.main(["--dataset", "cub200", "--arch", "tinycnn_normalize",
                                   "--n_epochs", "2", "--eval_initial", "--embedding_producer_used",
                                   "--savename", "das", *common]),
-            "in_shop": training.main(["--dataset", "in-shop", "--arch", "tinycnn_normalize",
+            "in_shop": main.main(["--dataset", "in-shop", "--arch", "tinycnn_normalize",
                                       "--n_epochs", "1", "--savename", "in_shop", *common]),
         }
     return {name: Path(folder) for name, folder in runs.items()}

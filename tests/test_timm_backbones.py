@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import architectures
-import main as training
+import main
 from architectures import PretrainedWeightsError, parse_arch
 from architectures.timm_backbone import TimmOptionError, TimmUnavailableError
 from datasets._transforms import build_transform
@@ -53,11 +53,11 @@ def vit_runs(generated_folder, tmp_path_factory):
     1 epoch resumed to 2 (one process, one thread: exact equality holds)."""
     save = tmp_path_factory.mktemp("timm_vit")
     with torch_threads(1):
-        full = training.main(run_options(generated_folder, save, VIT, 2, "--layer_decay", "0.7",
+        full = main.main(run_options(generated_folder, save, VIT, 2, "--layer_decay", "0.7",
                                          "--savename", "full"))
-        part = training.main(run_options(generated_folder, save, VIT, 1, "--layer_decay", "0.7",
+        part = main.main(run_options(generated_folder, save, VIT, 1, "--layer_decay", "0.7",
                                          "--savename", "part"))
-        training.main(["--resume", part, "--n_epochs", "2"])
+        main.main(["--resume", part, "--n_epochs", "2"])
     return Path(full), Path(part)
 
 
@@ -99,7 +99,7 @@ def test_export_of_a_vit_matches_pytorch(vit_runs, tmp_path, fmt):
                                       ("timm/resnet18_frozen_normalize", None)])
 def test_cnns_train_with_das_and_evaluate(generated_folder, tmp_path, capsys, arch, fmt):
     with torch_threads(1):
-        folder = training.main(run_options(generated_folder, tmp_path, arch, 1))
+        folder = main.main(run_options(generated_folder, tmp_path, arch, 1))
         capsys.readouterr()
         assert evaluate_tool.main([folder, "--device", "cpu"]) == 0
     printed = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines()
@@ -138,7 +138,7 @@ def test_without_timm_the_run_stops_with_the_install_command(monkeypatch, capsys
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
     with pytest.raises(TimmUnavailableError, match=r"pip install 'timm=="):
         parse_arch(VIT)
-    assert training.run(["--arch", VIT, "--n_epochs", "0"]) == 2
+    assert main.run(["--arch", VIT, "--n_epochs", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install" in err and "Traceback" not in err
 
@@ -188,7 +188,7 @@ def test_preprocessing_and_crop_sizes_follow_the_timm_config(capsys):
 def test_an_unsupported_crop_stops_main_at_start_up(generated_folder, tmp_path, capsys):
     options = run_options(generated_folder, tmp_path, VIT, 1)
     options[options.index("--crop_size") + 1] = "40"
-    assert training.run(options) == 2
+    assert main.run(options) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "multiple of its patch size 16" in err
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-import main as training
+import main
 from tests.fixtures import torch_threads
 from tools import embed as embed_tool
 from tools import evaluate as evaluate_tool
@@ -31,7 +31,7 @@ def run(generated_folder, tmp_path_factory) -> Path:
     """tinycnn, 2 epochs on 4 generated classes (the other 4 are the test split)."""
     save = tmp_path_factory.mktemp("tool_runs")
     with torch_threads(1):
-        folder = training.main([
+        folder = main.main([
             "--dataset", "folder", "--source", str(generated_folder), "--arch", "tinycnn_normalize",
             "--not_pretrained", "--embed_dim", str(EMBED_DIM), "--crop_size", "32",
             "--n_epochs", "2", "--bs", "16", "--samples_per_class", "4", "--kernels", "0",
@@ -88,7 +88,7 @@ def test_evaluate_reproduces_an_in_shop_run_query_gallery(tmp_path, capsys):
     from tools.smoke_data import make_smoke_datasets
 
     make_smoke_datasets(str(tmp_path / "data"), ["in-shop"])
-    folder = Path(training.main([
+    folder = Path(main.main([
         "--dataset", "in-shop", "--source", str(tmp_path / "data"), "--arch", "tinycnn_normalize",
         "--not_pretrained", "--crop_size", "32", "--n_epochs", "1", "--bs", "16", "--kernels", "0",
         "--device", "cpu", "--evaluation_metrics", "recall@1", "recall@10", "map@r", "nmi",

@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-import main as training
+import main
 from tests.fixtures import torch_threads
 from tools import _common
 from tools import embed as embed_tool
@@ -47,7 +47,7 @@ RUN_OPTIONS = ["--arch", "tinycnn_normalize", "--not_pretrained", "--embed_dim",
 def run(generated_folder, tmp_path_factory) -> Path:
     save = tmp_path_factory.mktemp("bad_input_runs")
     with torch_threads(1):
-        folder = training.main(["--dataset", "folder", "--source", str(generated_folder),
+        folder = main.main(["--dataset", "folder", "--source", str(generated_folder),
                                 "--save_path", str(save), "--savename", "plain", *RUN_OPTIONS])
     return Path(folder)
 
@@ -181,7 +181,7 @@ def test_evaluate_and_figures_rebuild_an_oodml_run_as_it_trained(generated_folde
     split_file.write_text(json.dumps([{"train": [f"class_0{i}" for i in range(4, 8)],
                                        "test": [f"class_0{i}" for i in range(4)]}]))
     with torch_threads(1):
-        folder = Path(training.main([
+        folder = Path(main.main([
             "--dataset", "folder", "--source", str(generated_folder), "--data_split", "ooDML",
             "--data_split_path", str(split_file), "--data_split_id", "0",
             "--save_path", str(tmp_path / "runs"), *RUN_OPTIONS]))

@@ -27,6 +27,7 @@ from datasets._decode import load_image
 from datasets._layout import IMAGE_EXTENSIONS, is_image_name
 from evaluation import compute_embeddings
 from utilities import run_folder as rf
+from utilities.device import choose_device  # noqa: F401 (the tools import it from here)
 from utilities.data import default_workers  # noqa: F401 (the tools import it from here)
 from utilities.errors import UserError
 
@@ -218,19 +219,6 @@ def check_loader(batch_size: Optional[int], num_workers: int) -> None:
     if not 0 <= num_workers <= MAX_WORKERS:
         raise ToolError(f"--num_workers must be in 0..{MAX_WORKERS} on this machine, got "
                         f"{num_workers}")
-
-
-def choose_device(name: Optional[str]) -> torch.device:
-    """``name`` (cpu, cuda, cuda:1), or CUDA when present."""
-    if not name:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ToolError(f"--device '{name}' is not a device name (cpu, cuda, cuda:1)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ToolError(f"--device {name} asked for CUDA, but no CUDA device is available")
-    return device
 
 
 

@@ -390,11 +390,11 @@ def execute_row(spec: RowSpec, runner: Runner, job: str = "",
 # ----------------------------------------------------------------------------- runners
 def run_in_process(argv: List[str]) -> int:
     """``main.run(argv)`` in this process: no interpreter start and torch import per row."""
-    import main as training
+    import main
 
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return training.run(argv)
+        return main.run(argv)
     except SystemExit as stop:
         return stop.code if isinstance(stop.code, int) else 1
     except KeyboardInterrupt:

@@ -15,9 +15,11 @@ import torch
 import architectures
 from datasets import DatasetSplits, build_transform
 from datasets._transforms import output_crop
+from parameters import RunSpec
+from training.build import build_network, load_run_data
 from utilities.checkpoint import CheckpointError, load_checkpoint
 from utilities.checkpoint import check_state_dict as shared_check_state_dict
-from utilities.run_folder import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, read_config
+from utilities.run_folder import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT
 
 CHECKPOINTS = {"last": LAST_CHECKPOINT, "best": BEST_CHECKPOINT}
 
@@ -28,7 +30,7 @@ class TrainedModel:
 
     folder: str
     checkpoint_path: str
-    config: Dict
+    spec: RunSpec  # the run's options, as config.json holds them
     model: torch.nn.Module
     transform: Callable
     epoch: int  # the epoch the checkpoint was written after
@@ -36,7 +38,7 @@ class TrainedModel:
     @property
     def crop_size(self) -> int:
         """Side of the square input the test transform produces (its final CenterCrop)."""
-        return output_crop(int(self.config["crop_size"]), self.config.get("augmentation", "base"))
+        return output_crop(self.spec.crop_size, self.spec.augmentation)
 
     @property
     def normalized(self) -> bool:
@@ -46,9 +48,7 @@ class TrainedModel:
                folder_name: Optional[str] = None) -> DatasetSplits:
         """The run's data as it trained and evaluated on it (``training.build.load_run_data``: its
         --data_split, class split file and train/validation options included)."""
-        from training.build import load_run_data  # late: it imports the training stack
-
-        return load_run_data(self.config, source, folder_name)
+        return load_run_data(self.spec, source, folder_name)
 
 
 def resolve_checkpoint(path: str, checkpoint: str = "last") -> Tuple[str, str]:
@@ -73,16 +73,16 @@ def resolve_checkpoint(path: str, checkpoint: str = "last") -> Tuple[str, str]:
     return folder, checkpoint_path
 
 
-def check_against_config(network: Dict, config: Dict, checkpoint_path: str) -> None:
+def check_against_config(network: Dict, spec: RunSpec, checkpoint_path: str) -> None:
     """Refuse a checkpoint of another backbone, pooling or embedding size than config.json."""
 
-    saved_arch, arch = str(network.get("arch", "")), str(config.get("arch", ""))
+    saved_arch, arch = str(network.get("arch", "")), spec.arch
     problems = []
     if not architectures.same_weight_layout(saved_arch, arch):
         problems.append(f"--arch '{saved_arch}' in the checkpoint, '{arch}' in config.json")
-    if network.get("embed_dim") != config.get("embed_dim"):
+    if network.get("embed_dim") != spec.embed_dim:
         problems.append(f"--embed_dim {network.get('embed_dim')} in the checkpoint, "
-                        f"{config.get('embed_dim')} in config.json")
+                        f"{spec.embed_dim} in config.json")
     if problems:
         raise CheckpointError(f"checkpoint '{checkpoint_path}' is not of the network its run's "
                               f"config.json describes: " + "; ".join(problems))
@@ -102,27 +102,21 @@ def load_trained_model(path: str, checkpoint: str = "last") -> TrainedModel:
 
     folder, checkpoint_path = resolve_checkpoint(path, checkpoint)
     try:
-        config = read_config(folder)
-    except ValueError as error:  # its message names the file and what is wrong
+        spec = RunSpec.load(folder)  # a missing or ill-typed option is named with its file
+    except ValueError as error:
         raise CheckpointError(str(error)) from None
-    lacking = [key for key in ("dataset", "arch", "embed_dim", "crop_size")
-               if not isinstance(config, dict) or key not in config]
-    if lacking:
-        raise CheckpointError(f"'{os.path.join(folder, CONFIG_FILE)}' lacks {', '.join(lacking)}; "
-                              f"expected the config.json main.py writes")
     state = load_checkpoint(checkpoint_path)
     network = state.get("network") if isinstance(state, dict) else None
     if not isinstance(network, dict) or not isinstance(network.get("state_dict"), dict):
         raise CheckpointError(f"'{checkpoint_path}' holds no network state; expected a checkpoint "
                               f"written by main.py")
-    check_against_config(network, config, checkpoint_path)
-    model = architectures.select(config["arch"], config["embed_dim"], pretrained=False)
-    check_state_dict(network["state_dict"], model.state_dict(), checkpoint_path, config["arch"])
+    check_against_config(network, spec, checkpoint_path)
+    model = build_network(spec, pretrained=False)
+    check_state_dict(network["state_dict"], model.state_dict(), checkpoint_path, spec.arch)
     model.load_state_dict(network["state_dict"])
     model.eval()
-    transform = build_transform(model.transform_config(config["crop_size"],
-                                                       config.get("augmentation", "base")),
+    transform = build_transform(model.transform_config(spec.crop_size, spec.augmentation),
                                 train=False)
     epoch = state.get("epoch", -1)
-    return TrainedModel(folder, checkpoint_path, config, model, transform,
+    return TrainedModel(folder, checkpoint_path, spec, model, transform,
                         epoch if isinstance(epoch, int) else -1)

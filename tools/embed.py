@@ -44,7 +44,7 @@ def embed_to_file(trained, images: ImageList, device, batch_size: int,
                          trained.normalized, np.asarray(list(failed), dtype=str),
                          np.asarray(list(failed.values()), dtype=str),
                          os.path.abspath(trained.folder),
-                         os.path.abspath(trained.checkpoint_path), trained.config["arch"])
+                         os.path.abspath(trained.checkpoint_path), trained.spec.arch)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +77,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         device = choose_device(args.device)
         images = list_images(args.images)
         trained = load_trained_model(args.run, args.checkpoint)
-        batch_size = args.batch_size or int(trained.config.get("eval_bs", 64))
+        batch_size = args.batch_size or trained.spec.eval_bs
         if batch_size <= 0:
             raise ToolError(f"--batch_size must be positive, got {batch_size}")
         result = embed_to_file(trained, images, device, batch_size, args.num_workers)

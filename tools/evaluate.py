@@ -36,17 +36,17 @@ def evaluation_set(trained, dataset: Optional[str], source: Optional[str],
     """``(dataset name, source, the split as main.py evaluates it)``: one ImageDataset, or a
     QueryGallery of two for In-Shop."""
 
-    config = trained.config
-    own = dataset is None or dataset == config["dataset"]
-    name = dataset or config["dataset"]
+    spec = trained.spec
+    own = dataset is None or dataset == spec.dataset
+    name = dataset or spec.dataset
     if own:  # the run's data exactly as main.py built it (training.build.load_run_data)
         splits = trained.splits(source, folder_name)
-        source = source or config.get("source")
+        source = source or spec.source
     else:  # another dataset: its validation split cut as the run cut its own
         splits = datasets.load(name, source, use_tv_split=split == "val",
-                               tv_split_perc=config.get("tv_split_perc", 0.8),
-                               tv_split_by_samples=config.get("tv_split_by_samples", False),
-                               seed=config.get("seed", 0), folder_name=folder_name)
+                               tv_split_perc=spec.tv_split_perc,
+                               tv_split_by_samples=spec.tv_split_by_samples,
+                               seed=spec.seed, folder_name=folder_name)
     available = dict(splits.evaluation, train=splits.train)
     if split not in available:
         raise ToolError(f"--split {split}: dataset '{name}' as run '{trained.folder}' reads it has "
@@ -74,25 +74,22 @@ def evaluate_checkpoint(path: str, checkpoint: str = "last", dataset: Optional[s
     if out is not None or out_for is not None:  # refused before the evaluation runs
         check_output(out if out is not None else out_for(trained, dataset, split), "--out",
                      (".json",))
-    config = trained.config
-    metric_names = list(metric_names or config["evaluation_metrics"])
+    spec = trained.spec
+    metric_names = list(metric_names or spec.evaluation_metrics)
     metrics.select_all(metric_names)  # unknown names stop here, listing the valid ones
-    batch_size = batch_size or int(config.get("eval_bs", 64))
+    batch_size = batch_size or spec.eval_bs
     if batch_size <= 0 or num_workers < 0:
         raise ToolError(f"--batch_size must be positive and --num_workers >= 0, got "
                         f"{batch_size} and {num_workers}")
     torch_device = choose_device(device)
     name, used_source, eval_set = evaluation_set(trained, dataset, source, folder_name, split)
-    options = argparse.Namespace(evaluation_metrics=metric_names, eval_bs=batch_size,
-                                 kernels=num_workers, seed=config.get("seed", 0),
-                                 kmeans_iterations=config.get("kmeans_iterations", 20),
-                                 kmeans_seed=config.get("kmeans_seed", "published"),
-                                 eval_backend=config.get("eval_backend", "auto"))
+    options = spec.replaced(evaluation_metrics=metric_names, eval_bs=batch_size,
+                            kernels=num_workers)
     trained.model.to(torch_device)
     results = evaluate_all(trained.model, {split: eval_set}, options, torch_device)
     report = {WRITTEN_BY: "tools.evaluate",
               "checkpoint": os.path.abspath(trained.checkpoint_path), "epoch": trained.epoch,
-              "arch": config["arch"], "dataset": name, "source": used_source, "split": split,
+              "arch": spec.arch, "dataset": name, "source": used_source, "split": split,
               "metrics": results}
     return trained, report
 
@@ -100,7 +97,7 @@ def evaluate_checkpoint(path: str, checkpoint: str = "last", dataset: Optional[s
 def default_out(trained, dataset: Optional[str], split: str) -> str:
     """``<checkpoint stem>_eval[_<dataset>]_<split>.json`` next to the checkpoint."""
     stem = os.path.splitext(os.path.basename(trained.checkpoint_path))[0]
-    own = dataset is None or dataset == trained.config["dataset"]
+    own = dataset is None or dataset == trained.spec.dataset
     other = "" if own else f"_{dataset}"
     return os.path.join(os.path.dirname(os.path.abspath(trained.checkpoint_path)),
                         f"{stem}_eval{other}_{split}.json")

@@ -130,13 +130,12 @@ def export(trained, fmt: str, out: str, seed: int = 0) -> Dict:
 def describe(trained, model, fmt: str, out: str, size: int, difference: float) -> Dict:
     """What FILE.json says about the exported network's input and output."""
     convention = model.input_convention
-    config = trained.config
     resize = int(round(size * 256 / 224))
     return {
         WRITTEN_BY: "tools.export",
         "format": fmt, "file": os.path.basename(out), "run": os.path.abspath(trained.folder),
         "checkpoint": os.path.abspath(trained.checkpoint_path), "epoch": trained.epoch,
-        "arch": config["arch"],
+        "arch": trained.spec.arch,
         "input": {"name": "images", "shape": ["batch", 3, size, size], "dtype": "float32",
                   "preprocessing": f"RGB image, {model.interpolation} Resize({resize}) of the "
                                    f"shorter side, "

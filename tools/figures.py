@@ -32,7 +32,7 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import faiss
 import numpy as np
@@ -43,9 +43,11 @@ from das import figure as das_figure
 from datasets import DataError, ImageDataset, QueryGallery
 from datasets._decode import load_image
 from evaluation import compute_embeddings
+from parameters import RunSpec
 from tools._common import atomic_output, check_loader, check_output, check_seed, mark_png
 from tools._trained_model import load_trained_model
 from utilities import run_folder as rf
+from utilities.device import choose_device
 from utilities.errors import run_command
 from utilities.plotting import DPI, FigureError, pyplot, save_figure
 
@@ -166,7 +168,7 @@ class LoadedRun:
 
     folder: str
     label: str
-    config: Dict
+    spec: RunSpec  # the run's options (config.json)
     model: object
     transform: object
     queries: object  # datasets Split: the images searched for
@@ -181,7 +183,6 @@ def load_run(folder: str, checkpoint: str = "last", split: str = "test",
              source: Optional[str] = None, label: Optional[str] = None) -> LoadedRun:
     """Rebuild the network of ``folder`` from its checkpoint and parse its dataset."""
     trained = load_trained_model(folder, checkpoint)
-    config = trained.config
     splits = trained.splits(source)  # as main.py built them (training.build.load_run_data)
     if split not in splits.evaluation:
         raise FigureError(f"--split '{split}' is not an evaluation split of run '{folder}'; it has "
@@ -192,7 +193,8 @@ def load_run(folder: str, checkpoint: str = "last", split: str = "test",
     else:
         queries = references = evaluation_split
     label = label or os.path.basename(os.path.normpath(folder))
-    return LoadedRun(folder, label, config, trained.model, trained.transform, queries, references)
+    return LoadedRun(folder, label, trained.spec, trained.model, trained.transform, queries,
+                     references)
 
 
 def embed(run: LoadedRun, split, device: str, batch_size: int, num_workers: int) -> np.ndarray:
@@ -200,10 +202,6 @@ def embed(run: LoadedRun, split, device: str, batch_size: int, num_workers: int)
     embeddings, _ = compute_embeddings(run.model, ImageDataset(split, run.transform), device,
                                        batch_size, num_workers)
     return embeddings
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # ----------------------------------------------------------------------------- retrieval
@@ -266,7 +264,7 @@ def retrieval_grid(runs: Sequence[LoadedRun], query_ids: Sequence[int], top_k: i
                            == list(map(str, first.references.images)))
         if not (same_queries and same_references):
             raise FigureError(f"runs '{first.folder}' and '{run.folder}' evaluate different images "
-                              f"(dataset {first.config['dataset']} vs {run.config['dataset']}); "
+                              f"(dataset {first.spec.dataset} vs {run.spec.dataset}); "
                               f"stack runs of the same dataset and split")
     query_ids = np.asarray(query_ids, dtype=np.int64)
     neighbours = np.zeros((len(query_ids), len(runs), top_k), dtype=np.int64)
@@ -350,10 +348,10 @@ def plot_retrieval(folders: Sequence[str], out: str, queries: Optional[Sequence[
             raise FigureError(f"--random must be at least 1, got {n_random}")
         rng = np.random.default_rng(seed)
         query_ids = sorted(rng.choice(n_images, min(n_random, n_images), replace=False).tolist())
-    grid = retrieval_grid(runs, query_ids, top_k, thumb, device or default_device(), batch_size,
+    grid = retrieval_grid(runs, query_ids, top_k, thumb, device or str(choose_device()), batch_size,
                           num_workers)
 
-    title = (f"top-{top_k} retrieval, {split} split of {runs[0].config['dataset']}\n"
+    title = (f"top-{top_k} retrieval, {split} split of {runs[0].spec.dataset}\n"
              f"green: same class, red: other class")
     draw_grid(grid.image, grid.row_labels, grid.row_tops, top_k, thumb, title, out)
     return out
@@ -429,7 +427,7 @@ def plot_embedding(folder: str, out: str, method: str = "tsne", max_classes: int
         raise FigureError(f"--max_classes must be >= 1 and --max_points in 3..{MAX_POINTS} (got "
                           f"{max_classes}, {max_points})")
     run = load_run(folder, checkpoint, split, source)
-    device = device or default_device()
+    device = device or str(choose_device())
     parts = [run.queries] if run.self_retrieval else [run.queries, run.references]
     embeddings = np.concatenate([embed(run, part, device, batch_size, num_workers)
                                  for part in parts])

@@ -70,7 +70,7 @@ def query_embeddings(query: str, run: Optional[str], checkpoint: str, device: Op
 
     trained = load_trained_model(run, checkpoint)
     result = embed_to_file(trained, images, choose_device(device),
-                           batch_size or int(trained.config.get("eval_bs", 64)), num_workers)
+                           batch_size or trained.spec.eval_bs, num_workers)
     notes = [f"skipped unreadable query image {path}: {reason}"
              for path, reason in zip(result.skipped, result.skipped_reasons)]
     return result, notes
