@@ -119,9 +119,12 @@ def set_up(args: argparse.Namespace, main_argv: Sequence[str]
     if args.threads:
         torch.set_num_threads(args.threads)
     opt = bench_options(list(main_argv) + ["--seed", str(args.seed)])
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {args.device}: no CUDA device is available")
+    from utilities.device import choose_device
+
+    try:
+        device = choose_device(args.device)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     if args.num_classes * opt.samples_per_class < opt.bs:
         raise SystemExit(f"--num_classes {args.num_classes} x --samples_per_class "
                          f"{opt.samples_per_class} is smaller than --bs {opt.bs}: a batch needs "

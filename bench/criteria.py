@@ -32,6 +32,7 @@ from pytorch_metric_learning import miners as pml_miners
 import batchminer
 import criteria
 from parameters import parse_options
+from utilities.device import choose_device
 
 NUM_CLASSES, PER_CLASS, GENERATED_COPIES, DIM = 56, 2, 3, 512
 
@@ -137,13 +138,13 @@ def main(argv: Optional[List[str]] = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="Default: CUDA when present.")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's choice). On a shared, "
                              "oversubscribed CPU, 1 gives much steadier figures.")
     parser.add_argument("--only", nargs="*", default=None, help="Criteria to time (default all).")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    device = choose_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="Using a non-tuple sequence")  # PML's HistogramLoss

@@ -369,3 +369,21 @@ def test_evaluate_seeds_k_means_as_the_run_did(run, tmp_path, monkeypatch):
     assert evaluate_tool.main([str(copy), "--device", "cpu", "--evaluation_metrics", "nmi",
                                "--out", str(tmp_path / "nmi.json")]) == 0
     assert seeds == [7]
+
+
+def test_an_image_folder_is_read_as_a_class_tree_by_the_rule_of_dataset_folder(tmp_path):
+    """tools' --images and --dataset folder name and order classes alike: leaf folders, sorted
+    component by component ('a/b' before 'a-b/c', which plain string order reverses)."""
+    from datasets._layout import leaf_class_folders
+    from tools._common import ToolError, list_images
+
+    for leaf in ("a/b", "a-b/c"):
+        (tmp_path / "tree" / leaf).mkdir(parents=True)
+        (tmp_path / "tree" / leaf / "1.png").write_bytes(b"not decoded here")
+    listed = list_images(str(tmp_path / "tree"))
+    assert listed.class_names == ["a/b", "a-b/c"]
+    assert listed.class_names == [name for name, _ in leaf_class_folders(str(tmp_path / "tree"))]
+    assert listed.labels.tolist() == [0, 1]
+    (tmp_path / "tree" / "a" / "stray.png").write_bytes(b"x")  # an image beside a subfolder
+    with pytest.raises(ToolError, match="read as a class tree: .*holds both images"):
+        list_images(str(tmp_path / "tree"))

@@ -24,7 +24,7 @@ import torch
 from das.figure import FREQUENCY_PATTERN
 from datasets._data import DataError
 from datasets._decode import load_image
-from datasets._layout import IMAGE_EXTENSIONS, is_image_name
+from datasets._layout import IMAGE_EXTENSIONS, is_image_name, leaf_class_folders
 from evaluation import compute_embeddings
 from utilities import run_folder as rf
 from utilities.device import choose_device  # noqa: F401 (the tools import it from here)
@@ -243,8 +243,9 @@ def list_images(source: str, what: str = "--images") -> ImageList:
     """Every image under folder ``source`` (recursively, sorted), or the paths of list file
     ``source`` (one per line, relative to the list file's folder; '#' starts a comment).
 
-    A folder whose images all lie in subfolders is a class tree: each image's class is its
-    folder's path relative to ``source`` (``alphabet/character``), as ``--dataset folder`` reads.
+    A folder whose images all lie in subfolders is a class tree, read by the rule of
+    ``--dataset folder`` (datasets._layout.leaf_class_folders): each leaf folder is a class named
+    by its path relative to ``source`` (``alphabet/character``).
     """
 
     if os.path.isdir(source):
@@ -257,12 +258,15 @@ def list_images(source: str, what: str = "--images") -> ImageList:
         if not paths:
             raise ToolError(f"{what} '{source}' holds no image files (looked recursively for "
                             f"{' '.join(IMAGE_EXTENSIONS)})")
-        parents = [os.path.relpath(os.path.dirname(p), root) for p in paths]
-        if all(parent != "." for parent in parents):
-            class_names = sorted(set(parents))
-            index = {name: i for i, name in enumerate(class_names)}
-            return ImageList(root, paths, np.array([index[p] for p in parents], dtype=np.int64),
-                             class_names)
+        if all(os.path.dirname(path) != root for path in paths):
+            # a class tree: its classes as --dataset folder reads them (leaf folders, one rule)
+            try:
+                classes = leaf_class_folders(root)
+            except DataError as error:
+                raise ToolError(f"{what} '{source}' is read as a class tree: {error}") from None
+            paths = [path for _, images in classes for path in images]
+            labels = np.repeat(np.arange(len(classes)), [len(images) for _, images in classes])
+            return ImageList(root, paths, labels, [name for name, _ in classes])
         return ImageList(root, paths)
     if os.path.isfile(source):
         if is_image_file(source):
