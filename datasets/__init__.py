@@ -53,7 +53,7 @@ def load(name: str, source: Optional[str], use_tv_split: bool = False, tv_split_
     splits = parser(source, folder_name=folder_name)
     if data_split == "ooDML":
         splits = apply_class_split(splits, data_split_path, data_split_id)
-    check_integrity(splits)
+    check_integrity(splits, byte_copies=parser.byte_copies_checked)
     if use_tv_split:
         splits = split_train_validation(splits, tv_split_perc, by_samples=tv_split_by_samples,
                                         seed=seed)

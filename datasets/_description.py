@@ -94,6 +94,9 @@ class Dataset:
     folders: Tuple[str, ...] = ()  # subfolders of <source>/<name>/ once prepared
     read_download: Optional[ReadDownload] = None  # None: nothing to prepare
     smoke: Optional[SmokeLayout] = None  # None: no generated miniature
+    # Hash every evaluation image to refuse byte-identical copies in a split searched against
+    # itself: for trees no publisher has vetted (the published sets' list files are checked).
+    byte_copies_checked: bool = False
 
     def __call__(self, source: Optional[str], folder_name: Optional[str] = None
                  ) -> "DatasetSplits":

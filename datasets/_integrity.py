@@ -7,8 +7,9 @@ its own neighbour. A parsed dataset is refused, with one message naming what ove
 - one image file (same path, or a hard or symbolic link to the same file) is in the training
   split and in an evaluation split, twice in one evaluation split, or a query that is also a
   gallery image (In-Shop),
-- (``folder`` datasets, the user's own trees) two byte-identical files in one evaluation split
-  that is searched against itself: each would find the other at distance 0.
+- (datasets that ask for it, ``Dataset.byte_copies_checked``: the user's own trees) two
+  byte-identical files in one evaluation split that is searched against itself: each would find
+  the other at distance 0.
 
 The published list files are checked line by line in their parsers (duplicated lines, query
 rows repeated as gallery rows, ``Ebay_test.txt`` sharing images with ``Ebay_train.txt``), where
@@ -93,8 +94,9 @@ def _shared(a: Split, a_keys: List[FileKey], a_name: str, b: Split, b_keys: List
                         f"also {a_name} images; expected {why}")
 
 
-def check_integrity(splits: DatasetSplits) -> None:
-    """Refuse evaluation data that overlaps the training data or itself (see module doc)."""
+def check_integrity(splits: DatasetSplits, byte_copies: bool = False) -> None:
+    """Refuse evaluation data that overlaps the training data or itself (see module doc);
+    ``byte_copies``: also hash the images of an evaluation split searched against itself."""
     train = splits.train
     train_names = set(train.class_names)
     train_keys = _file_keys(train.images)
@@ -112,7 +114,7 @@ def check_integrity(splits: DatasetSplits) -> None:
             if part_keys is None:
                 continue
             _repeated_within(part, part_keys, label)
-            if splits.name == "folder" and len(parts) == 1:  # searched against itself
+            if byte_copies and len(parts) == 1:  # searched against itself
                 _byte_copies_within(part, label)
             if train_keys is not None:
                 _shared(train, train_keys, "training", part, part_keys, label,

@@ -92,4 +92,5 @@ def load_folder(source: Optional[str], folder_name: Optional[str] = None) -> Dat
     return DatasetSplits("folder", split_from_classes(train), {"test": split_from_classes(test)})
 
 
-DATASET = register(Dataset("folder", load_folder))  # the image benchmarks' defaults
+# the image benchmarks' defaults; a user's own tree is checked for byte-identical test images
+DATASET = register(Dataset("folder", load_folder, byte_copies_checked=True))
