@@ -514,12 +514,15 @@ def test_accepted_miners_follow_from_the_miners_output(monkeypatch):
     from batchminer._base import TRIPLETS, BaseMiner
     for name in batchminer.REGISTRY.names():
         assert batchminer.REGISTRY.get(name).output, name  # every miner says what it returns
-    monkeypatch.setitem(batchminer.REGISTRY._members, "zz_new_triplets",
-                        type("NewMiner", (BaseMiner,), {"output": TRIPLETS}))
-    for name in criteria.REGISTRY.names():
-        member = criteria.REGISTRY.get(name)
-        assert ("zz_new_triplets" in member.accepted_miners) == (member.miner_output == TRIPLETS)
-    assert criteria.REGISTRY.get("triplet").accepted_miners[-1] == "zz_new_triplets"
+    with batchminer.REGISTRY.scoped():
+        batchminer.REGISTRY.register("zz_new_triplets")(
+            type("NewMiner", (BaseMiner,), {"output": TRIPLETS}))
+        for name in criteria.REGISTRY.names():
+            member = criteria.REGISTRY.get(name)
+            assert (("zz_new_triplets" in member.accepted_miners)
+                    == (member.miner_output == TRIPLETS))
+        assert criteria.REGISTRY.get("triplet").accepted_miners[-1] == "zz_new_triplets"
+    assert "zz_new_triplets" not in batchminer.REGISTRY
 
 
 def test_every_member_option_is_collected_once():

@@ -49,8 +49,7 @@ def toy(tmp_path_factory) -> Iterator[datasets.Dataset]:
     (folder / f"{NAME}.py").write_text(documented_example(), encoding="utf-8")
     module = f"datasets.{NAME}"
     assert module not in sys.modules and NAME not in datasets.REGISTRY
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(datasets.REGISTRY, "_members", dict(datasets.REGISTRY._members))
+    with pytest.MonkeyPatch.context() as patch, datasets.REGISTRY.scoped():
         patch.setattr(datasets, "__path__", [*datasets.__path__, str(folder)])
         try:
             datasets.REGISTRY.import_members(datasets.__name__, [str(folder)])

@@ -70,8 +70,7 @@ def dropped_in(package: ModuleType, stem: str, source: str, folder: Path) -> Ite
     (folder / f"{stem}.py").write_text(source, encoding="utf-8")
     registry, name = package.REGISTRY, f"{package.__name__}.{stem}"
     assert name not in sys.modules, f"{name} exists already: pick another example name"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(registry, "_members", dict(registry._members))
+    with pytest.MonkeyPatch.context() as patch, registry.scoped():
         patch.setattr(package, "__path__", [*package.__path__, str(folder)])
         try:
             registry.import_members(package.__name__, [str(folder)])

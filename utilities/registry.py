@@ -7,9 +7,10 @@ is adding one file whose class is decorated with ``@REGISTRY.register("name")``.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pkgutil
-from typing import Callable, Dict, Generic, List, TypeVar
+from typing import Callable, Dict, Generic, Iterator, List, TypeVar
 
 from utilities.errors import UserError
 
@@ -54,6 +55,16 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         return name in self._members
+
+    @contextlib.contextmanager
+    def scoped(self) -> Iterator["Registry[T]"]:
+        """Members registered inside the block are forgotten when it ends (a test that drops an
+        example member in, or registers a stand-in, leaves the registry as it found it)."""
+        saved = dict(self._members)
+        try:
+            yield self
+        finally:
+            self._members = saved
 
     def import_members(self, package_name: str, package_path: List[str]) -> None:
         """Import every module of a package so that its ``@register`` decorators run."""
