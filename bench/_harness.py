@@ -140,7 +140,7 @@ def random_weight_training(opt: argparse.Namespace, num_classes: int,
     weights), DAS always built (a DAS-off step runs without it), and a stand-in sampler
     position."""
     main = import_main()
-    with_das = argparse.Namespace(**dict(vars(opt), embedding_producer_used=True))
+    with_das = opt.replaced(embedding_producer_used=True)
     training = main.build_learner(with_das, num_classes, device, pretrained=False)
     # what train_one_epoch reads and advances as the position in the epoch
     return dataclasses.replace(training, opt=opt, sampler=SimpleNamespace(start_batch=0))
