@@ -43,7 +43,7 @@ MAX_WORKERS = 256
 NO_OP_FLAGS = {
     "--no_amp": "float32 is the default; bf16 autocast is --amp",
     "--train_metrics": "train-split metrics are on unless --no_train_metrics",
-    "--evaluate_on_gpu": "faiss-gpu is used whenever it is installed (see --eval_backend)",
+    "--evaluate_on_gpu": "faiss-gpu is used whenever it is installed; see --eval_backend",
 }
 
 
