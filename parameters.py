@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_dataset_defaults(opt: argparse.Namespace) -> argparse.Namespace:
     """Fill options left unset with the dataset's defaults, as its record in datasets/ declares
     them (``defaults``, ``recall_ks``); an unknown name (refused later) gets the benchmarks'."""
-    dataset = datasets.REGISTRY.get(opt.dataset) if opt.dataset in datasets.REGISTRY else None
+    dataset = datasets.REGISTRY.find(opt.dataset)  # an unknown name is refused by the checks
     defaults = dataset.defaults if dataset else datasets.IMAGE_BENCHMARK
     for key in ("arch", "crop_size", "n_epochs", "bs", "samples_per_class", "augmentation", "lr",
                 "eval_initial"):

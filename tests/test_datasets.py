@@ -578,3 +578,14 @@ def test_omniglot_is_the_default_dataset_with_its_cpu_settings():
     assert parse_options(["--no_eval_initial"]).eval_initial is False
     assert parse_options(["--dataset", "cub200"]).eval_initial is False
     assert parse_options(["--dataset", "digits"]).crop_size == 32  # digits stays available
+
+
+def test_registry_find_returns_the_member_or_none_where_get_refuses():
+    """Readers that tolerate other names (sweep rows, the defaults of a name the checks refuse
+    later) look a dataset up with find; get keeps refusing with the list of valid names."""
+    from utilities.registry import UnknownNameError
+
+    assert datasets.REGISTRY.find("cub200") is datasets.REGISTRY.get("cub200")
+    assert datasets.REGISTRY.find("no_such_set") is None
+    with pytest.raises(UnknownNameError, match="valid names: .*cub200"):
+        datasets.REGISTRY.get("no_such_set")

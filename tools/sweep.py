@@ -101,14 +101,14 @@ def read_rows(lines: Sequence[str]) -> List[Row]:
 # ----------------------------------------------------------------------------- selection
 def dataset_aliases(names: Sequence[str]) -> List[str]:
     """The short words of the named datasets (cub, cars, sop), in the names' order."""
-    return [alias for name in names if name in datasets.REGISTRY
-            for alias in datasets.REGISTRY.get(name).aliases]
+    records = [datasets.REGISTRY.find(name) for name in names]
+    return [alias for record in records if record for alias in record.aliases]
 
 
 def _word_matches(word: str, position: int, tag: str) -> bool:
     if position == 0:
-        return word == tag or (tag in datasets.REGISTRY and
-                               word in datasets.REGISTRY.get(tag).aliases)
+        record = datasets.REGISTRY.find(tag)
+        return word == tag or (record is not None and word in record.aliases)
     if position == 2:
         return VARIANT_ALIASES.get(word, word) == tag
     return word == tag or word in tag.split("_")
@@ -186,7 +186,8 @@ def check_data_roots(rows: Sequence[Row], script: str) -> None:
             problems[(None, dataset)] = f"row {row.name} has no --source"
             continue
         folder = os.path.join(source, dataset)
-        expected = datasets.REGISTRY.get(dataset).folders if dataset in datasets.REGISTRY else ()
+        record = datasets.REGISTRY.find(dataset)
+        expected = record.folders if record else ()
         missing = [part for part in expected if not os.path.isdir(os.path.join(folder, part))]
         if not os.path.isdir(folder):
             problems[(source, dataset)] = f"'{folder}' does not exist"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import pkgutil
-from typing import Callable, Dict, Generic, Iterator, List, TypeVar
+from typing import Callable, Dict, Generic, Iterator, List, Optional, TypeVar
 
 from utilities.errors import UserError
 
@@ -49,6 +49,11 @@ class Registry(Generic[T]):
                 f"{', '.join(self.names())}"
             )
         return self._members[name]
+
+    def find(self, name: str) -> Optional[T]:
+        """The member registered as ``name``, or None (for readers that tolerate other names,
+        e.g. a dataset name in a sweep row; :meth:`get` refuses them)."""
+        return self._members.get(name)
 
     def names(self) -> List[str]:
         return sorted(self._members)
