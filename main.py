@@ -144,7 +144,7 @@ def write_run_header(active: ActiveRun, data_record: Dict) -> None:
     from torch.utils.tensorboard import SummaryWriter  # imported late: slow import
 
     training, spec = active.training, active.training.opt
-    rf.write_config(active.folder, dict(vars(spec), device=str(training.device),
+    rf.write_config(active.folder, dict(spec.to_config(), device=str(training.device),
                                         world_size=distributed.world_size(),
                                         torch_threads=torch.get_num_threads(), **data_record))
     print(f"run folder: {active.folder}", flush=True)

@@ -290,8 +290,7 @@ FILLED_IN = ("arch", "crop_size", "n_epochs", "bs", "samples_per_class", "augmen
              "lr", "evaluation_metrics", "eval_bs", "miner_semihard_margin")
 
 
-def parse_command_line(argv: Optional[List[str]] = None
-                       ) -> Tuple[argparse.Namespace, Dict[str, object]]:
+def parse_command_line(argv: Optional[List[str]] = None) -> Tuple["RunSpec", Dict[str, object]]:
     """Parse the command line once: ``(options as typed with parser defaults, {dest: value} of the
     options actually typed})``. Dataset defaults are not filled in (see parse_options)."""
     parser = build_parser()
@@ -315,7 +314,7 @@ def without_no_op_flags(argv: List[str]) -> List[str]:
 # Entries main.py writes into config.json beside the options: how the run ran, what it derived
 # and what it trained on. name -> whether it changes the experiment (as changes_experiment()).
 RECORDED = {"world_size": False, "torch_threads": False, "train_metrics": False,
-            "train_classes": True, "train_images": True, "train_classes_sha256": True}
+            **dict.fromkeys(rf.TRAINING_DATA_KEYS, True)}
 
 
 class RunSpec(argparse.Namespace):

@@ -58,8 +58,7 @@ STOP_WAIT_S = 600  # how long a preempted job waits for main.py to save its chec
 # What may differ between a run folder and its row without making it another experiment: the
 # entries that do not change it (parameters.bookkeeping_keys), --n_epochs (a row with more epochs
 # continues the run) and the training-data record, which a row's options do not hold.
-VOLATILE_OPTIONS = (bookkeeping_keys() | {"n_epochs"}
-                    | set(rf.training_data_record([], 0)))
+VOLATILE_OPTIONS = bookkeeping_keys() | {"n_epochs"} | set(rf.TRAINING_DATA_KEYS)
 
 
 class LaunchError(UserError, ValueError):

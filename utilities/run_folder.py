@@ -160,10 +160,14 @@ def class_list_sha256(class_names: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(map(str, class_names))).encode()).hexdigest()
 
 
+# What config.json records about the training data (training_data_record), compared on resume.
+TRAINING_DATA_KEYS = ("train_classes", "train_images", "train_classes_sha256")
+
+
 def training_data_record(class_names: Sequence[str], num_images: int) -> Dict:
-    """What config.json records about the training data, compared on resume."""
-    return {"train_classes": len(class_names), "train_images": int(num_images),
-            "train_classes_sha256": class_list_sha256(class_names)}
+    """The TRAINING_DATA_KEYS entries of config.json for this training split."""
+    return dict(zip(TRAINING_DATA_KEYS, (len(class_names), int(num_images),
+                                         class_list_sha256(class_names))))
 
 
 def check_same_training_data(saved: Dict, now: Dict, config_path: str) -> None:
