@@ -167,7 +167,7 @@ def decode_problem(path: str) -> Optional[str]:
             image.draft("RGB", (64, 64))
             image.load()
     except Exception as error:  # PIL raises many types for corrupt or truncated files
-        return " ".join(str(error).split()) or type(error).__name__
+        return one_line(error) or type(error).__name__
     return None
 
 
