@@ -14,8 +14,13 @@ generators into fixtures; tests import the constants from here).
 from __future__ import annotations
 
 import contextlib
+import re
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Iterator, Optional
+
+import pytest
 
 from tools.smoke_data import write_glyph_folder, write_patch_folder  # noqa: F401  (re-exported)
 
@@ -88,3 +93,39 @@ def torch_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+# ----------------------------------------------------------------------------- documented members
+ARCHITECTURE_DOC = REPO_ROOT / "docs" / "ARCHITECTURE.md"
+
+
+def documented_example(kind: str) -> str:
+    """The ```python block that opens section ``### Example <kind> member`` of
+    docs/ARCHITECTURE.md (the member contracts' examples, checked by the contract tests)."""
+    text = ARCHITECTURE_DOC.read_text(encoding="utf-8")
+    heading = f"\n### Example {kind} member\n"
+    assert text.count(heading) == 1, f"{ARCHITECTURE_DOC} needs one section '{heading.strip()}'"
+    block = re.match(r"\s*```python\n(.*?\n)```\n", text.split(heading, 1)[1], re.S)
+    assert block, (f"section '{heading.strip()}' of {ARCHITECTURE_DOC} must open with a "
+                   f"```python block")
+    return block.group(1)
+
+
+@contextlib.contextmanager
+def dropped_in(package: ModuleType, stem: str, source: str, folder: Path) -> Iterator[ModuleType]:
+    """``source`` imported as ``<package>/<stem>.py`` by the registry's own import_members, its
+    registration made in a copy of the registry; registry, package and sys.modules are put back
+    on exit."""
+    folder.mkdir(parents=True)
+    (folder / f"{stem}.py").write_text(source, encoding="utf-8")
+    registry, name = package.REGISTRY, f"{package.__name__}.{stem}"
+    assert name not in sys.modules, f"{name} exists already: pick another example name"
+    with pytest.MonkeyPatch.context() as patch, registry.scoped():
+        patch.setattr(package, "__path__", [*package.__path__, str(folder)])
+        try:
+            registry.import_members(package.__name__, [str(folder)])
+            yield sys.modules[name]
+        finally:
+            sys.modules.pop(name, None)
+            if hasattr(package, stem):
+                delattr(package, stem)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import re
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -24,40 +22,20 @@ from PIL import Image
 import datasets
 import main
 from parameters import parse_options
-from tests.fixtures import REPO_ROOT
+from tests.fixtures import documented_example, dropped_in
 from tools import prepare, smoke_data, sweep
 from utilities import run_folder as rf
 
-DOCUMENT = REPO_ROOT / "docs" / "ARCHITECTURE.md"
-HEADING = "\n### Example dataset member\n"
 NAME = "toy_shapes"
-
-
-def documented_example() -> str:
-    """The ```python block that opens section ``### Example dataset member``."""
-    text = DOCUMENT.read_text(encoding="utf-8")
-    assert text.count(HEADING) == 1, f"{DOCUMENT} needs one section '{HEADING.strip()}'"
-    block = re.match(r"\s*```python\n(.*?\n)```\n", text.split(HEADING, 1)[1], re.S)
-    assert block, f"section '{HEADING.strip()}' of {DOCUMENT} must open with a ```python block"
-    return block.group(1)
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> Iterator[datasets.Dataset]:
     """The documented example registered as ``toy_shapes`` for this module's tests only."""
-    folder = tmp_path_factory.mktemp("members")
-    (folder / f"{NAME}.py").write_text(documented_example(), encoding="utf-8")
-    module = f"datasets.{NAME}"
-    assert module not in sys.modules and NAME not in datasets.REGISTRY
-    with pytest.MonkeyPatch.context() as patch, datasets.REGISTRY.scoped():
-        patch.setattr(datasets, "__path__", [*datasets.__path__, str(folder)])
-        try:
-            datasets.REGISTRY.import_members(datasets.__name__, [str(folder)])
-            yield datasets.REGISTRY.get(NAME)
-        finally:
-            sys.modules.pop(module, None)
-            if hasattr(datasets, NAME):
-                delattr(datasets, NAME)
+    assert NAME not in datasets.REGISTRY
+    with dropped_in(datasets, NAME, documented_example("dataset"),
+                    tmp_path_factory.mktemp("members") / "datasets"):
+        yield datasets.REGISTRY.get(NAME)
     assert NAME not in datasets.REGISTRY
 
 

@@ -13,9 +13,6 @@ import contextlib
 import csv
 import math
 import os
-import re
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Dict, Iterator
 
@@ -34,10 +31,9 @@ import tests.test_criteria as criteria_suite
 import tests.test_criteria_training as training_suite
 import tests.test_datasampler as sampler_suite
 import tests.test_miners as miner_suite
-from tests.fixtures import DAS_ON, REPO_ROOT
+from tests.fixtures import DAS_ON, documented_example, dropped_in
 from utilities import run_folder as rf
 
-DOCUMENT = REPO_ROOT / "docs" / "ARCHITECTURE.md"
 # kind -> (its package, the file the example is written as, the name it registers)
 EXAMPLES = {
     "criterion": (criteria, "toy_pairs", "toy_pairs"),
@@ -48,37 +44,6 @@ EXAMPLES = {
 ARCH = "toynet_normalize"
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def documented_example(kind: str) -> str:
-    """The ```python block that opens section ``### Example <kind> member`` of
-    docs/ARCHITECTURE.md."""
-    text = DOCUMENT.read_text(encoding="utf-8")
-    heading = f"\n### Example {kind} member\n"
-    assert text.count(heading) == 1, f"{DOCUMENT} needs one section '{heading.strip()}'"
-    block = re.match(r"\s*```python\n(.*?\n)```\n", text.split(heading, 1)[1], re.S)
-    assert block, f"section '{heading.strip()}' of {DOCUMENT} must open with a ```python block"
-    return block.group(1)
-
-
-@contextlib.contextmanager
-def dropped_in(package: ModuleType, stem: str, source: str, folder: Path) -> Iterator[ModuleType]:
-    """``source`` imported as ``<package>/<stem>.py`` by the registry's own import_members, its
-    registration made in a copy of the registry; registry, package and sys.modules are put back
-    on exit."""
-    folder.mkdir(parents=True)
-    (folder / f"{stem}.py").write_text(source, encoding="utf-8")
-    registry, name = package.REGISTRY, f"{package.__name__}.{stem}"
-    assert name not in sys.modules, f"{name} exists already: pick another example name"
-    with pytest.MonkeyPatch.context() as patch, registry.scoped():
-        patch.setattr(package, "__path__", [*package.__path__, str(folder)])
-        try:
-            registry.import_members(package.__name__, [str(folder)])
-            yield sys.modules[name]
-        finally:
-            sys.modules.pop(name, None)
-            if hasattr(package, stem):
-                delattr(package, stem)
 
 
 @pytest.fixture(scope="module")
